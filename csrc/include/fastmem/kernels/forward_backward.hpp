@@ -1,0 +1,66 @@
+// One pass over a set of tokens: read the memory, (LayerNorm,) fused softmax
+// cross-entropy, (LayerNorm backward). Leaves dL/dQ in H so that the caller
+// writes the gradient E[tokens]^T H into W or into a gradient buffer.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "layernorm.hpp"
+#include "sgd_rank_update.hpp"
+#include "softmax_xent_grad.hpp"
+
+namespace fastmem {
+
+template <class T>
+struct Problem {
+  InputEmbedding<T> emb;    // N x d input embeddings
+  MatrixView<const T> U;    // M x d output embeddings
+  const double* p;          // N token probabilities
+  const std::int64_t* y;    // N targets in [0, M)
+  bool layernorm = false;
+  index_t chunk = 0;
+  index_t N() const { return emb.E.rows; }
+  index_t d() const { return emb.E.cols; }
+  index_t M() const { return U.rows; }
+};
+
+template <class T>
+struct PassWorkspace {
+  std::vector<T> eb, q, h, r, w, lse, zy, zother;
+  std::vector<std::int64_t> yb;
+  SoftmaxXentWorkspace<T> sx;
+  MatrixView<const T> Eb;  // the gathered rows of the last pass
+
+  void resize(index_t b, index_t d) {
+    q.resize(std::size_t(b * d));
+    h.resize(std::size_t(b * d));
+    for (auto* v : {&r, &w, &lse, &zy, &zother}) v->resize(std::size_t(b));
+    yb.resize(std::size_t(b));
+  }
+  MatrixView<T> Q(index_t b, index_t d) { return {q.data(), b, d}; }
+  MatrixView<T> H(index_t b, index_t d) { return {h.data(), b, d}; }
+};
+
+// tokens: b token ids, or null for all N tokens in order; ws.w must hold the b
+// row weights. Returns sum_i w_i l_i; ws.lse/zy/zother/H hold the per-row results.
+template <class T>
+double forward_backward(const Problem<T>& prob, MatrixView<const T> W, const std::int64_t* tokens, index_t b,
+                        PassWorkspace<T>& ws) {
+  const index_t d = prob.d();
+  ws.resize(b, d);
+  ws.Eb = prob.emb.onehot() ? MatrixView<const T>() : gather_rows(prob.emb, tokens, b, ws.eb);
+  MatrixView<T> Q = ws.Q(b, d), H = ws.H(b, d);
+  embed_read(prob.emb, tokens, ws.Eb, W, Q);
+  if (prob.layernorm) layernorm_forward(Q, ws.r.data());
+  for (index_t i = 0; i < b; ++i) ws.yb[i] = prob.y[token_at(tokens, i)];
+  SoftmaxXentGradParams<T> sp{Q, prob.U, ws.yb.data(), ws.w.data(), H,
+                              ws.lse.data(), ws.zy.data(), ws.zother.data(), prob.chunk};
+  softmax_xent_grad(sp, ws.sx);
+  if (prob.layernorm) layernorm_backward(MatrixView<const T>(Q), ws.r.data(), H);
+  double loss = 0.0;
+  for (index_t i = 0; i < b; ++i) loss += double(ws.w[i]) * (double(ws.lse[i]) - double(ws.zy[i]));
+  return loss;
+}
+
+}  // namespace fastmem

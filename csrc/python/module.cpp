@@ -1,0 +1,290 @@
+// Python bindings of the header-only core: convert arrays to views, release the
+// GIL, dispatch on dtype, call. Validation with messages for users happens once
+// in fastmem/_validate.py; the checks here only keep bad calls from reading
+// out of bounds.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <fastmem/fastmem.hpp>
+#include <string>
+#include <type_traits>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(FASTMEM_USE_CBLAS) && defined(FASTMEM_OPENBLAS_THREADS)
+extern "C" void FASTMEM_CBLAS(openblas_set_num_threads)(int);
+extern "C" int FASTMEM_CBLAS(openblas_get_num_threads)();
+#endif
+
+namespace py = pybind11;
+using namespace fastmem;
+
+namespace {
+
+void require(bool ok, const std::string& msg) {
+  if (!ok) throw py::value_error(msg);
+}
+
+template <class T>
+MatrixView<T> matrix(py::array& a, const char* name) {
+  require(a.ndim() == 2, std::string(name) + " must be 2-D");
+  require(a.dtype().is(py::dtype::of<T>()), std::string(name) + " has the wrong dtype");
+  require(a.strides(1) == sizeof(T) && a.strides(0) % sizeof(T) == 0,
+          std::string(name) + " must have contiguous rows");
+  require(a.writeable(), std::string(name) + " must be writeable");
+  return {static_cast<T*>(a.mutable_data()), a.shape(0), a.shape(1), a.strides(0) / index_t(sizeof(T))};
+}
+
+template <class T>
+MatrixView<const T> cmatrix(const py::array& a, const char* name) {
+  require(a.ndim() == 2, std::string(name) + " must be 2-D");
+  require(a.dtype().is(py::dtype::of<T>()), std::string(name) + " has the wrong dtype");
+  require(a.strides(1) == sizeof(T) && a.strides(0) % sizeof(T) == 0,
+          std::string(name) + " must have contiguous rows");
+  return {static_cast<const T*>(a.data()), a.shape(0), a.shape(1), a.strides(0) / index_t(sizeof(T))};
+}
+
+template <class T>
+T* vec(py::array& a, index_t n, const char* name) {
+  require(a.ndim() == 1 && a.shape(0) == n, std::string(name) + " must have length " + std::to_string(n));
+  require(a.dtype().is(py::dtype::of<T>()), std::string(name) + " has the wrong dtype");
+  require(a.strides(0) == sizeof(T), std::string(name) + " must be contiguous");
+  return static_cast<T*>(a.mutable_data());
+}
+
+template <class T>
+const T* cvec(const py::array& a, index_t n, const char* name) {
+  require(a.ndim() == 1 && a.shape(0) == n, std::string(name) + " must have length " + std::to_string(n));
+  require(a.dtype().is(py::dtype::of<T>()), std::string(name) + " has the wrong dtype");
+  require(a.strides(0) == sizeof(T), std::string(name) + " must be contiguous");
+  return static_cast<const T*>(a.data());
+}
+
+// Optional C-contiguous array (None -> null) with leading dimension n; inputs
+// (Writable = false) may be read-only.
+template <class T, bool Writable = true>
+auto opt_ptr(py::object o, index_t n, const char* name) {
+  using P = std::conditional_t<Writable, T*, const T*>;
+  if (o.is_none()) return P(nullptr);
+  py::array a = o.cast<py::array>();
+  require(a.ndim() >= 1 && a.shape(0) == n && a.dtype().is(py::dtype::of<T>()) &&
+              (a.flags() & py::array::c_style),
+          std::string(name) + " must be C-contiguous with leading dimension " + std::to_string(n));
+  if constexpr (Writable) {
+    require(a.writeable(), std::string(name) + " must be writeable");
+    return static_cast<T*>(a.mutable_data());
+  } else {
+    return static_cast<const T*>(a.data());
+  }
+}
+
+// Calls f(T{}) with T the floating type of `a`.
+template <class F>
+auto dispatch(const py::array& a, F&& f) {
+  if (a.dtype().is(py::dtype::of<float>())) return f(float{});
+  if (a.dtype().is(py::dtype::of<double>())) return f(double{});
+  throw py::type_error("fastmem kernels take float32 or float64 arrays");
+}
+
+template <class T>
+Problem<T> problem(py::array E, py::object oc, py::object os, py::array U, py::array p, py::array y, bool ln,
+                   index_t chunk) {
+  Problem<T> pr;
+  pr.emb.E = cmatrix<T>(E, "E");
+  const index_t N = pr.emb.E.rows;
+  pr.emb.onehot_col = opt_ptr<std::int64_t, false>(oc, N, "onehot_col");
+  pr.emb.onehot_scale = opt_ptr<T, false>(os, N, "onehot_scale");
+  require(!pr.emb.onehot_col == !pr.emb.onehot_scale, "onehot_col and onehot_scale go together");
+  pr.U = cmatrix<T>(U, "U");
+  require(pr.U.cols == pr.emb.E.cols, "E and U must have the same number of columns");
+  pr.p = cvec<double>(p, N, "p");
+  pr.y = cvec<std::int64_t>(y, N, "y");
+  pr.layernorm = ln;
+  pr.chunk = chunk;
+  return pr;
+}
+
+OptimizerParams optimizer_params(const py::dict& o) {
+  OptimizerParams op;
+  op.kind = static_cast<OptimizerKind>(o["kind"].cast<int>());
+  op.lr = o["lr"].cast<double>();
+  op.momentum = o["momentum"].cast<double>();
+  op.weight_decay = o["weight_decay"].cast<double>();
+  op.beta1 = o["beta1"].cast<double>();
+  op.beta2 = o["beta2"].cast<double>();
+  op.eps = o["eps"].cast<double>();
+  op.schedule = static_cast<ScheduleKind>(o["schedule"].cast<int>());
+  op.schedule_steps = o["schedule_steps"].cast<index_t>();
+  op.gamma = o["gamma"].cast<double>();
+  op.min_lr = o["min_lr"].cast<double>();
+  return op;
+}
+
+void py_softmax_xent_grad(py::array q, py::array u, py::array y, py::array w, py::array h, py::array lse,
+                          py::array zy, py::array zother, index_t chunk) {
+  dispatch(q, [&](auto tag) {
+    using T = decltype(tag);
+    const index_t b = q.shape(0);
+    SoftmaxXentGradParams<T> p{cmatrix<T>(q, "Q"), cmatrix<T>(u, "U"), cvec<std::int64_t>(y, b, "y"),
+                               cvec<T>(w, b, "w"), matrix<T>(h, "H"), vec<T>(lse, b, "lse"),
+                               vec<T>(zy, b, "zy"), vec<T>(zother, b, "zother"), chunk};
+    SoftmaxXentWorkspace<T> ws;
+    py::gil_scoped_release nogil;
+    softmax_xent_grad(p, ws);
+  });
+}
+
+void py_sgd_rank_update(py::array W, py::array Eb, py::array H, double alpha) {
+  dispatch(W, [&](auto tag) {
+    using T = decltype(tag);
+    auto Wv = matrix<T>(W, "W");
+    auto Ev = cmatrix<T>(Eb, "Eb");
+    auto Hv = cmatrix<T>(H, "H");
+    require(Ev.rows == Hv.rows && Ev.cols == Wv.rows && Hv.cols == Wv.cols,
+            "sgd_rank_update needs Eb (b x d), H (b x d), W (d x d)");
+    py::gil_scoped_release nogil;
+    sgd_rank_update(Wv, Ev, Hv, static_cast<T>(alpha));
+  });
+}
+
+void py_sample_tokens(py::array cdf, std::uint64_t seed, index_t start_step, py::array out) {
+  const index_t n = cdf.shape(0);
+  const double* c = cvec<double>(cdf, n, "cdf");
+  auto o = matrix<std::int64_t>(out, "out");
+  py::gil_scoped_release nogil;
+  sample_tokens(c, n, seed, start_step, o);
+}
+
+py::tuple py_population_metrics(py::array E, py::object oc, py::object os, py::array U, py::array W, py::array p,
+                                py::array y, bool ln, index_t chunk, py::object margins, py::object grad) {
+  return dispatch(E, [&](auto tag) {
+    using T = decltype(tag);
+    auto pr = problem<T>(E, oc, os, U, p, y, ln, chunk);
+    auto Wv = cmatrix<T>(W, "W");
+    T* mg = opt_ptr<T>(margins, pr.N(), "margins");
+    MatrixView<T> gv;
+    if (!grad.is_none()) {
+      py::array g = grad.cast<py::array>();
+      gv = matrix<T>(g, "grad");
+    }
+    PassWorkspace<T> ws;
+    PopulationMetrics m;
+    {
+      py::gil_scoped_release nogil;
+      m = population_metrics(pr, Wv, mg, gv, ws);
+    }
+    return py::make_tuple(m.loss, m.accuracy);
+  });
+}
+
+double py_sharpness(py::array E, py::object oc, py::object os, py::array U, py::array W, py::array p, py::array y,
+                    index_t chunk, index_t iters, double tol, std::uint64_t seed) {
+  return dispatch(E, [&](auto tag) {
+    using T = decltype(tag);
+    auto pr = problem<T>(E, oc, os, U, p, y, false, chunk);
+    auto Wv = cmatrix<T>(W, "W");
+    HvpWorkspace<T> ws;
+    py::gil_scoped_release nogil;
+    return sharpness(pr, Wv, iters, tol, seed, ws);
+  });
+}
+
+py::tuple py_train(py::array E, py::object oc, py::object os, py::array U, py::array W, py::array p, py::array y,
+                   py::object cdf, py::object tokens, py::dict opt, py::dict tpd, py::dict rec, py::object m,
+                   py::object v, index_t t0) {
+  return dispatch(E, [&](auto tag) {
+    using T = decltype(tag);
+    TrainParams tp;
+    tp.steps = tpd["steps"].cast<index_t>();
+    tp.batch_size = tpd["batch_size"].cast<index_t>();
+    tp.seed = tpd["seed"].cast<std::uint64_t>();
+    tp.start_step = tpd["start_step"].cast<index_t>();
+    tp.layernorm = tpd["layernorm"].cast<bool>();
+    tp.chunk = tpd["chunk"].cast<index_t>();
+    tp.power_iters = tpd["power_iters"].cast<index_t>();
+    auto pr = problem<T>(E, oc, os, U, p, y, tp.layernorm, tp.chunk);
+    auto Wv = matrix<T>(W, "W");
+    const index_t d = pr.d();
+    const double* cdfp = opt_ptr<double, false>(cdf, pr.N(), "cdf");
+    const std::int64_t* tok = opt_ptr<std::int64_t, false>(tokens, tp.steps, "tokens");
+    OptimizerParams op = optimizer_params(opt);
+    OptimizerState<T> st;
+    st.t = t0;
+    if (T* mp = opt_ptr<T>(m, d, "m")) st.m = MatrixView<T>(mp, d, d);
+    if (T* vp = opt_ptr<T>(v, d, "v")) st.v = MatrixView<T>(vp, d, d);
+    require(op.kind != OptimizerKind::Adam || (!st.m.empty() && !st.v.empty()), "Adam needs m and v");
+    require(op.kind != OptimizerKind::SGD || op.momentum == 0.0 || !st.m.empty(), "momentum needs m");
+    py::array steps = rec["steps"].cast<py::array>();
+    TrainRecord<T> r;
+    r.count = steps.shape(0);
+    r.steps = cvec<std::int64_t>(steps, r.count, "record steps");
+    r.loss = opt_ptr<T>(rec["loss"], r.count, "record loss");
+    r.accuracy = opt_ptr<T>(rec["accuracy"], r.count, "record accuracy");
+    r.margins = opt_ptr<T>(rec["margins"], r.count, "record margins");
+    r.W = opt_ptr<T>(rec["W"], r.count, "record W");
+    r.sharpness = opt_ptr<T>(rec["sharpness"], r.count, "record sharpness");
+    TrainResult res;
+    {
+      py::gil_scoped_release nogil;
+      res = train(pr, Wv, cdfp, tok, op, st, tp, r);
+    }
+    return py::make_tuple(static_cast<int>(res.status), res.steps_done, res.records, st.t);
+  });
+}
+
+int get_num_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+void set_num_threads(int n) {
+  require(n >= 1, "n must be >= 1");
+#ifdef _OPENMP
+  omp_set_num_threads(n);
+#endif
+#if defined(FASTMEM_USE_CBLAS) && defined(FASTMEM_OPENBLAS_THREADS)
+  FASTMEM_CBLAS(openblas_set_num_threads)(n);
+#endif
+}
+
+py::dict info() {
+  py::dict d;
+#ifdef _OPENMP
+  d["openmp"] = true;
+#else
+  d["openmp"] = false;
+#endif
+  d["blas"] = blas::name();
+#ifdef FASTMEM_BLAS_NAME
+  d["blas"] = FASTMEM_BLAS_NAME;
+#endif
+  d["threads"] = get_num_threads();
+#if defined(FASTMEM_USE_CBLAS) && defined(FASTMEM_OPENBLAS_THREADS)
+  d["blas_threads"] = FASTMEM_CBLAS(openblas_get_num_threads)();
+#endif
+  d["compiler"] = __VERSION__;
+#ifdef FASTMEM_CXX_FLAGS
+  d["cxx_flags"] = FASTMEM_CXX_FLAGS;
+#endif
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "fastmem compiled kernels (C++17 core)";
+  m.def("softmax_xent_grad", &py_softmax_xent_grad);
+  m.def("sgd_rank_update", &py_sgd_rank_update);
+  m.def("sample_tokens", &py_sample_tokens);
+  m.def("population_metrics", &py_population_metrics);
+  m.def("sharpness", &py_sharpness);
+  m.def("train", &py_train);
+  m.def("info", &info);
+  m.def("get_num_threads", &get_num_threads);
+  m.def("set_num_threads", &set_num_threads);
+}

@@ -1,0 +1,29 @@
+"""fastmem: fast simulation of gradient-descent training of associative memories.
+
+>>> import fastmem as fm
+>>> task = fm.Task.zipf(N=100, M=5, alpha=2.0)
+>>> E, U = fm.embeddings.gaussian(N=100, M=5, d=100, seed=0)
+>>> run = fm.train(fm.AssociativeMemory(E, U), task, fm.SGD(lr=1.0), steps=6400, batch_size=16)
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import embeddings, kernels
+from .backends import backends, use_backend
+from .errors import BackendUnavailableError, InvalidArgumentError
+from .memory import AssociativeMemory
+from .metrics import accuracy, evaluate, gradient, loss, margins, sharpness
+from .optim import SGD, Adam, Constant, Cosine, SignGD, StepDecay
+from .task import Task
+from .train import Record, Run, train
+
+try:
+    __version__ = version("fastmem")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "Adam", "AssociativeMemory", "BackendUnavailableError", "Constant", "Cosine", "InvalidArgumentError",
+    "Record", "Run", "SGD", "SignGD", "StepDecay", "Task", "accuracy", "backends", "embeddings", "evaluate",
+    "gradient", "kernels", "loss", "margins", "sharpness", "train", "use_backend",
+]

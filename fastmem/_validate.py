@@ -1,0 +1,69 @@
+"""Checks at the Python boundary: each raises InvalidArgumentError naming the argument."""
+
+import numbers
+
+import numpy as np
+
+from .errors import InvalidArgumentError
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def fail(name, expected, got):
+    raise InvalidArgumentError(f"{name}: expected {expected}, got {got}")
+
+
+def float_matrix(name, a, shape=None, dtype=None):
+    """A finite 2-D float32/float64 array, C-contiguous (copied only if it is not)."""
+    if not isinstance(a, np.ndarray):
+        a = np.asarray(a)
+        if a.dtype.kind in "iub":
+            a = a.astype(np.float64)
+    if a.ndim != 2:
+        fail(name, "a 2-D array", f"shape {a.shape}")
+    if a.dtype not in FLOAT_DTYPES:
+        fail(name, "dtype float32 or float64", f"dtype {a.dtype}")
+    if dtype is not None and a.dtype != dtype:
+        fail(name, f"dtype {np.dtype(dtype)} (the dtype of E)", f"dtype {a.dtype}")
+    if shape is not None:
+        want = tuple(s if s is not None else a.shape[i] for i, s in enumerate(shape))
+        if a.shape != want:
+            fail(name, f"shape {want}", f"shape {a.shape}")
+    if not np.isfinite(a).all():
+        fail(name, "finite values", "NaN or Inf")
+    return np.ascontiguousarray(a)
+
+
+def positive_int(name, v, allow_zero=False):
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+        fail(name, "an integer", repr(v))
+    if v < 0 or (v == 0 and not allow_zero):
+        fail(name, "an integer >= 0" if allow_zero else "an integer > 0", repr(v))
+    return int(v)
+
+
+def positive_float(name, v, allow_zero=False):
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not np.isfinite(v):
+        fail(name, "a finite real number", repr(v))
+    if v < 0 or (v == 0 and not allow_zero):
+        fail(name, "a number >= 0" if allow_zero else "a number > 0", repr(v))
+    return float(v)
+
+
+def unit_interval(name, v, closed_right=False):
+    v = positive_float(name, v, allow_zero=True)
+    if v > 1 or (v == 1 and not closed_right):
+        fail(name, "a number in [0, 1]" if closed_right else "a number in [0, 1)", repr(v))
+    return v
+
+
+def tokens(name, a, n, shape=None):
+    """An integer array of token ids in [0, n)."""
+    a = np.asarray(a)
+    if a.dtype.kind not in "iu":
+        fail(name, "an integer array", f"dtype {a.dtype}")
+    if shape is not None and a.shape != shape:
+        fail(name, f"shape {shape}", f"shape {a.shape}")
+    if a.size and (a.min() < 0 or a.max() >= n):
+        fail(name, f"values in [0, {n})", f"values in [{a.min()}, {a.max()}]")
+    return np.ascontiguousarray(a, dtype=np.int64)

@@ -1,0 +1,40 @@
+"""The compiled C++ backend (fastmem._core): thin adapters with the registry's signatures."""
+
+import ctypes
+import os
+
+import scipy_openblas32
+
+# _core links libscipy_openblas from the scipy-openblas32 wheel; loading it here
+# first makes the import work wherever that wheel is installed (editable
+# installs, other site-packages), not only where the RPATH points.
+ctypes.CDLL(os.path.join(scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(fullname=True)),
+            mode=ctypes.RTLD_GLOBAL)
+
+from .. import _core  # noqa: E402
+
+INFO = _core.info()
+
+
+def softmax_xent_grad(q, u, y, w, h, lse, zy, zother, chunk):
+    _core.softmax_xent_grad(q, u, y, w, h, lse, zy, zother, chunk)
+
+
+def sgd_rank_update(W, Eb, H, alpha):
+    _core.sgd_rank_update(W, Eb, H, alpha)
+
+
+def sample_tokens(cdf, seed, start_step, out):
+    _core.sample_tokens(cdf, seed, start_step, out)
+
+
+def population_metrics(E, onehot_col, onehot_scale, U, W, p, y, layernorm, chunk, margins, grad):
+    return _core.population_metrics(E, onehot_col, onehot_scale, U, W, p, y, layernorm, chunk, margins, grad)
+
+
+def sharpness(E, onehot_col, onehot_scale, U, W, p, y, chunk, iters, tol, seed):
+    return _core.sharpness(E, onehot_col, onehot_scale, U, W, p, y, chunk, iters, tol, seed)
+
+
+def train(E, onehot_col, onehot_scale, U, W, p, y, cdf, tokens, opt, tp, rec, m, v, t0):
+    return _core.train(E, onehot_col, onehot_scale, U, W, p, y, cdf, tokens, opt, tp, rec, m, v, t0)

@@ -1,0 +1,199 @@
+"""The float64 numpy reference: the oracle of every test and the last-resort backend.
+
+Written for clarity, not speed: every kernel computes in float64 whatever the input
+dtype and writes its outputs in the caller's dtype. Semantics (sampling stream,
+duplicate aggregation, schedules, optimizers, recording, divergence) mirror the C++
+core in csrc/include/fastmem exactly.
+"""
+
+import numpy as np
+
+INFO = {"precision": "float64 internally"}
+
+_LN_EPS = 1e-6
+_F = np.float64
+
+
+# --- sampling: the counter-based stream of rng.hpp ---------------------------------
+
+def _splitmix64(z):
+    z = np.asarray(z, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _uniform(seed, counters):
+    key = _splitmix64(np.array([seed], dtype=np.uint64))
+    bits = _splitmix64(key ^ _splitmix64(np.asarray(counters, dtype=np.uint64)))
+    return (bits >> np.uint64(11)).astype(_F) * 2.0**-53
+
+
+def _draw(cdf, seed, start_step, steps, b):
+    counters = np.arange(start_step * b, (start_step + steps) * b, dtype=np.uint64)
+    x = np.searchsorted(cdf, _uniform(seed, counters), side="right")
+    return np.minimum(x, len(cdf) - 1).reshape(steps, b)
+
+
+def sample_tokens(cdf, seed, start_step, out):
+    out[...] = _draw(cdf, seed, start_step, out.shape[0], out.shape[1])
+
+
+# --- kernels -----------------------------------------------------------------------
+
+def _fused(q, u, y, w):
+    """(lse, zy, zother, H) of softmax_xent_grad, float64."""
+    z = q @ u.T
+    zmax = z.max(axis=1, keepdims=True)
+    s = np.exp(z - zmax)
+    ssum = s.sum(axis=1, keepdims=True)
+    lse = (zmax + np.log(ssum))[:, 0]
+    rows = np.arange(len(y))
+    zy = z[rows, y]
+    other = z.copy()
+    other[rows, y] = -np.inf
+    zother = other.max(axis=1)
+    h = w[:, None] * ((s / ssum) @ u - u[y])
+    return lse, zy, zother, h
+
+
+def softmax_xent_grad(q, u, y, w, h, lse, zy, zother, chunk):
+    out = _fused(q.astype(_F), u.astype(_F), y, w.astype(_F))
+    for dst, src in zip((lse, zy, zother, h), out):
+        dst[...] = src
+
+
+def sgd_rank_update(W, Eb, H, alpha):
+    W[...] = W.astype(_F) + alpha * (Eb.astype(_F).T @ H.astype(_F))
+
+
+def _forward_backward(E, U, W, tokens, w, y, layernorm):
+    """Loss sum_i w_i l_i, the per-row (lse, zy, zother), dL/dQ (b, d) and E[tokens]."""
+    Eb = E if tokens is None else E[tokens]
+    q = Eb @ W
+    if layernorm:
+        r = np.sqrt((q * q).sum(axis=1, keepdims=True) + _LN_EPS)
+        q = q / r
+    yb = y if tokens is None else y[tokens]
+    lse, zy, zother, h = _fused(q, U, yb, w)
+    if layernorm:
+        h = (h - q * (q * h).sum(axis=1, keepdims=True)) / r
+    return float(w @ (lse - zy)), zy - zother, h, Eb
+
+
+def _metrics(E, U, W, p, y, layernorm):
+    loss, margins, h, _ = _forward_backward(E, U, W, None, p, y, layernorm)
+    return loss, float(p[margins > 0].sum()), margins, E.T @ h
+
+
+def population_metrics(E, onehot_col, onehot_scale, U, W, p, y, layernorm, chunk, margins, grad):
+    loss, acc, m, g = _metrics(E.astype(_F), U.astype(_F), W.astype(_F), p, y, layernorm)
+    if margins is not None:
+        margins[...] = m
+    if grad is not None:
+        grad[...] = g
+    return loss, acc
+
+
+def _hessian(E, U, W, p, y):
+    """The d^2 x d^2 Hessian of the population loss in vec(W) (row-major), for small d."""
+    d = E.shape[1]
+    s = np.exp(E @ W @ U.T)
+    s /= s.sum(axis=1, keepdims=True)
+    Hs = np.zeros((d * d, d * d))
+    for x in range(E.shape[0]):
+        cov = (U.T * s[x]) @ U - np.outer(s[x] @ U, s[x] @ U)
+        Hs += p[x] * np.kron(np.outer(E[x], E[x]), cov)
+    return Hs
+
+
+def sharpness(E, onehot_col, onehot_scale, U, W, p, y, chunk, iters, tol, seed):
+    """Top eigenvalue of the exact Hessian (eigvalsh), which the compiled power iteration must match."""
+    return float(np.linalg.eigvalsh(_hessian(E.astype(_F), U.astype(_F), W.astype(_F), p, y))[-1])
+
+
+# --- optimizers and the driver (optim.hpp, train.hpp) ------------------------------
+
+def _lr_at(opt, t):
+    if opt["schedule"] == 1:
+        T = opt["schedule_steps"]
+        frac = min(t / T, 1.0) if T > 0 else 0.0
+        return opt["min_lr"] + 0.5 * (opt["lr"] - opt["min_lr"]) * (1.0 + np.cos(np.pi * frac))
+    if opt["schedule"] == 2:
+        return opt["lr"] * opt["gamma"] ** (t // opt["schedule_steps"])
+    return opt["lr"]
+
+
+def _optimizer_step(opt, lr, g, W, state):
+    state["t"] += 1
+    t, decay = state["t"], 1.0 - lr * opt["weight_decay"]
+    if opt["kind"] == 0:
+        if opt["momentum"] != 0.0:
+            state["m"] = opt["momentum"] * state["m"] + g
+            return decay * W - lr * state["m"]
+        return decay * W - lr * g
+    if opt["kind"] == 1:
+        b1, b2 = opt["beta1"], opt["beta2"]
+        state["m"] = b1 * state["m"] + (1 - b1) * g
+        state["v"] = b2 * state["v"] + (1 - b2) * g * g
+        mhat = state["m"] / (1 - b1**t)
+        vhat = state["v"] / (1 - b2**t)
+        return decay * W - lr * mhat / (np.sqrt(vhat) + opt["eps"])
+    return decay * W - lr * np.sign(g)
+
+
+def _aggregate(draws):
+    """Distinct tokens in first-appearance order and their weights count / b."""
+    uniq, first, counts = np.unique(draws, return_index=True, return_counts=True)
+    order = np.argsort(first)
+    return uniq[order], counts[order] / len(draws)
+
+
+def train(E, onehot_col, onehot_scale, U, W, p, y, cdf, tokens, opt, tp, rec, m, v, t0):
+    # A diverging run is a result, not an error: NaN/Inf is recorded and ends the run.
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _train(E, U, W, p, y, cdf, tokens, opt, tp, rec, m, v, t0)
+
+
+def _train(E, U, W, p, y, cdf, tokens, opt, tp, rec, m, v, t0):
+    E64, U64, W64 = E.astype(_F), U.astype(_F), W.astype(_F)
+    steps, b, ln = tp["steps"], tp["batch_size"], tp["layernorm"]
+    state = {"t": t0,
+             "m": None if m is None else m.astype(_F),
+             "v": None if v is None else v.astype(_F)}
+    rec_steps = rec["steps"]
+    status, r, done = 0, 0, 0
+    for t in range(steps + 1):
+        while r < len(rec_steps) and rec_steps[r] == t:
+            if rec["loss"] is not None or rec["accuracy"] is not None or rec["margins"] is not None:
+                loss, acc, margins, _ = _metrics(E64, U64, W64, p, y, ln)
+                for key, val in (("loss", loss), ("accuracy", acc), ("margins", margins)):
+                    if rec[key] is not None:
+                        rec[key][r] = val
+                if not np.isfinite(loss):
+                    status = 1
+            if rec["W"] is not None:
+                rec["W"][r] = W64
+            if rec["sharpness"] is not None:
+                rec["sharpness"][r] = sharpness(E64, None, None, U64, W64, p, y, 0, 0, 0.0, 0)
+            r += 1
+        done = t
+        if t == steps or status != 0:
+            break
+        gt = tp["start_step"] + t
+        lr = _lr_at(opt, gt)
+        if b == 0:
+            toks, w = None, p
+        else:
+            draws = tokens[t] if tokens is not None else _draw(cdf, tp["seed"], gt, 1, b)[0]
+            toks, w = _aggregate(draws)
+        loss, _, h, Eb = _forward_backward(E64, U64, W64, toks, w, y, ln)
+        if not np.isfinite(loss):
+            status = 1
+            break
+        W64 = _optimizer_step(opt, lr, Eb.T @ h, W64, state)
+    W[...] = W64
+    for name, arr in (("m", m), ("v", v)):
+        if arr is not None and state[name] is not None:
+            arr[...] = state[name]
+    return status, done, r, state["t"]

@@ -1,0 +1,12 @@
+"""Exceptions raised by fastmem.
+
+User errors are ``ValueError`` subclasses that name the argument and what was expected.
+"""
+
+
+class InvalidArgumentError(ValueError):
+    """An argument has the wrong shape, dtype or value."""
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend that was asked for by name cannot run here; the message says why."""

@@ -1,0 +1,176 @@
+"""Multi-step training in one compiled call, with metrics recorded at chosen steps."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _validate as v
+from ._problem import chunk_arg, problem_args
+from .backends import get
+from .memory import AssociativeMemory
+
+METRICS = ("loss", "accuracy", "margins", "W", "sharpness")
+
+
+@dataclass(frozen=True)
+class Record:
+    """What to record, and when.
+
+    steps : "log" (``num`` log-spaced steps, 0 and the last included), "all", "last",
+        an int k (every k steps), or a sequence of step counts in [0, steps].
+    metrics : any of "loss", "accuracy", "margins" (N per step), "W" (d x d per
+        step), "sharpness" (top Hessian eigenvalue, power iteration).
+    """
+
+    steps: object = "log"
+    metrics: tuple = ("loss", "accuracy")
+    num: int = 100
+
+    def __post_init__(self):
+        if isinstance(self.metrics, str):
+            object.__setattr__(self, "metrics", (self.metrics,))
+        bad = [m for m in self.metrics if m not in METRICS]
+        if bad:
+            v.fail("metrics", f"names among {METRICS}", bad)
+        v.positive_int("num", self.num)
+
+    def resolve(self, total):
+        """The recorded step counts, sorted and unique, as int64."""
+        s = self.steps
+        if isinstance(s, str):
+            if s == "log":
+                pts = np.geomspace(1, max(total, 1), self.num) if total > 0 else np.zeros(0)
+                pts = np.concatenate([[0], np.round(pts), [total]])
+            elif s == "all":
+                pts = np.arange(total + 1)
+            elif s == "last":
+                pts = np.array([total])
+            else:
+                v.fail("Record.steps", "'log', 'all', 'last', an int or a sequence", repr(s))
+        elif isinstance(s, (int, np.integer)) and not isinstance(s, bool):
+            pts = np.arange(0, total + 1, v.positive_int("Record.steps", s))
+            pts = np.append(pts, total)
+        else:
+            pts = np.asarray(s)
+            if pts.ndim != 1 or pts.dtype.kind not in "iu" or (pts.size and (pts.min() < 0 or pts.max() > total)):
+                v.fail("Record.steps", f"integer steps in [0, {total}]", repr(s))
+        return np.unique(pts.astype(np.int64))
+
+
+class Run:
+    """The result of :func:`train`.
+
+    Attributes
+    ----------
+    steps : (R,) int64, recorded step counts (updates done)
+    loss, accuracy, sharpness : (R,) or None
+    margins : (R, N) or None
+    W_history : (R, d, d) or None
+    W : (d, d), the memory after the last update
+    status : "ok" or "diverged" (a non-finite loss stopped the run; records before it stay)
+    steps_done : int, updates done
+    """
+
+    def __init__(self, memory, task, steps, records, W, status, steps_done, backend, optimizer):
+        self.steps = steps
+        self.loss = records.get("loss")
+        self.accuracy = records.get("accuracy")
+        self.margins = records.get("margins")
+        self.sharpness = records.get("sharpness")
+        self.W_history = records.get("W")
+        self.W = W
+        self.status = status
+        self.steps_done = steps_done
+        self.backend = backend
+        self.optimizer = optimizer
+        self._memory, self._task = memory, task
+
+    @property
+    def memory(self):
+        """An AssociativeMemory with the trained W."""
+        return self._memory.with_W(self.W)
+
+    def to_xarray(self):
+        """An xarray.Dataset of the recorded metrics over dimension ``step`` (needs xarray)."""
+        import xarray as xr
+
+        data = {}
+        for name in ("loss", "accuracy", "sharpness"):
+            if getattr(self, name) is not None:
+                data[name] = ("step", getattr(self, name))
+        if self.margins is not None:
+            data["margins"] = (("step", "token"), self.margins)
+        if self.W_history is not None:
+            data["W"] = (("step", "row", "col"), self.W_history)
+        return xr.Dataset(data, coords={"step": self.steps},
+                          attrs={"status": self.status, "steps_done": self.steps_done, "backend": self.backend,
+                                 "optimizer": repr(self.optimizer)})
+
+    def __repr__(self):
+        last = f", loss={self.loss[-1]:.4g}" if self.loss is not None and len(self.loss) else ""
+        return f"Run(status={self.status!r}, steps_done={self.steps_done}{last})"
+
+
+def train(memory, task, optimizer, steps, batch_size=None, seed=0, tokens=None, record=None, backend=None,
+          chunk=None, start_step=0, power_iters=100):
+    """Train ``memory`` on ``task`` for ``steps`` updates in one backend call.
+
+    Parameters
+    ----------
+    memory : AssociativeMemory (not modified; the result holds the new W)
+    task : Task with the same N and M
+    optimizer : SGD, Adam or SignGD
+    steps : int >= 0
+    batch_size : None for full-batch GD on the population loss, else minibatches of
+        this many tokens drawn from p with replacement (duplicates are merged).
+    seed : int, the sampling stream (see :func:`fastmem.kernels.sample_tokens`)
+    tokens : optional (steps, batch_size) int array of the minibatches to use instead
+    record : Record (default: loss and accuracy at ~100 log-spaced steps)
+    start_step : global index of the first step (schedules and the sampling stream)
+
+    Returns
+    -------
+    Run
+    """
+    if not isinstance(memory, AssociativeMemory):
+        v.fail("memory", "an AssociativeMemory", type(memory).__name__)
+    E, oc, os_, U, p, y = problem_args(memory, task)
+    if not hasattr(optimizer, "_params"):
+        v.fail("optimizer", "fm.SGD, fm.Adam or fm.SignGD", repr(optimizer))
+    steps = v.positive_int("steps", steps, allow_zero=True)
+    seed = v.positive_int("seed", seed, allow_zero=True)
+    start_step = v.positive_int("start_step", start_step, allow_zero=True)
+    if tokens is not None:
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 2 or tokens.shape[0] != steps:
+            v.fail("tokens", f"shape ({steps}, batch_size)", f"shape {tokens.shape}")
+        if batch_size is not None and tokens.shape[1] != batch_size:
+            v.fail("batch_size", f"{tokens.shape[1]} (the width of tokens)", batch_size)
+        batch_size = tokens.shape[1]
+        tokens = v.tokens("tokens", tokens, memory.N)
+    b = 0 if batch_size is None else v.positive_int("batch_size", batch_size)
+    record = Record() if record is None else record
+    if not isinstance(record, Record):
+        v.fail("record", "an fm.Record", repr(record))
+    if "sharpness" in record.metrics and memory.layernorm:
+        raise NotImplementedError("sharpness: the Hessian-vector product is implemented without LayerNorm")
+
+    rec_steps = record.resolve(steps)
+    R, N, d, dt = len(rec_steps), memory.N, memory.d, memory.dtype
+    shapes = {"loss": (R,), "accuracy": (R,), "sharpness": (R,), "margins": (R, N), "W": (R, d, d)}
+    rec = {name: (np.full(shape, np.nan, dtype=dt) if name in record.metrics else None)
+           for name, shape in shapes.items()}
+    rec["steps"] = rec_steps
+    opt = optimizer._params()
+    needs_m = opt["kind"] == 1 or opt["momentum"] != 0.0
+    m = np.zeros((d, d), dtype=dt) if needs_m else None
+    vv = np.zeros((d, d), dtype=dt) if opt["kind"] == 1 else None
+    tp = {"steps": steps, "batch_size": b, "seed": seed, "start_step": start_step,
+          "layernorm": memory.layernorm, "chunk": chunk_arg(chunk),
+          "power_iters": v.positive_int("power_iters", power_iters)}
+    W = memory.W.copy()
+    be = get(backend)
+    status, steps_done, n_rec, _ = be.train(E, oc, os_, U, W, p, y, task.cdf, tokens, opt, tp, rec, m, vv, 0)
+    records = {name: arr[:n_rec] for name, arr in rec.items() if name != "steps" and arr is not None}
+    return Run(memory, task, rec_steps[:n_rec], records, W, "ok" if status == 0 else "diverged",
+               int(steps_done), be.name, optimizer)
