@@ -35,6 +35,8 @@ class Task:
             v.fail("y", f"shape {p.shape} (the shape of p)", f"shape {y.shape}")
         if y.dtype.kind not in "iu":
             v.fail("y", "an integer array", f"dtype {y.dtype}")
+        if y.min() < 0:
+            v.fail("y", "targets >= 0", f"min {y.min()}")
         M = int(y.max()) + 1 if M is None else v.positive_int("M", M)
         if M < 2:
             v.fail("M", "at least 2 output tokens", M)

@@ -1,0 +1,108 @@
+"""The ``fastmem`` command line: ``run`` one training run, ``info`` on the build."""
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+EMBEDDINGS = ("gaussian", "sphere", "orthogonal")
+
+
+def _run_parser(sub):
+    p = sub.add_parser("run", help="train one memory and print a summary",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--N", type=int, default=100, help="input tokens")
+    p.add_argument("--M", type=int, default=5, help="output tokens (y(x) = x mod M)")
+    p.add_argument("--d", type=int, default=100, help="embedding dimension")
+    p.add_argument("--alpha", type=float, default=2.0, help="Zipf exponent of p")
+    p.add_argument("--embeddings", choices=EMBEDDINGS, default="gaussian")
+    p.add_argument("--optimizer", choices=("sgd", "gd", "adam", "sign"), default="sgd")
+    p.add_argument("--lr", type=float, default=1.0)
+    p.add_argument("--momentum", type=float, default=0.0, help="sgd only")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999), help="adam only")
+    p.add_argument("--batch-size", type=int, default=0, help="0: full-batch GD on the population loss")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0, help="embeddings and sampling")
+    p.add_argument("--layernorm", action="store_true")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--record", default="log", help="'log', 'all', 'last' or every K steps")
+    p.add_argument("--backend", default=None, help="auto, cpp or numpy")
+    p.add_argument("--out", type=Path, help="write the recorded metrics (.csv or .json)")
+    p.add_argument("--plot", type=Path, help="save loss and error curves (.png, .pdf)")
+
+
+def _cmd_run(a):
+    import fastmem as fm
+    from fastmem import optim
+
+    dtype = np.dtype(a.dtype)
+    if a.embeddings == "orthogonal":
+        E, U = fm.embeddings.orthogonal(a.N, a.M, a.d, dtype=dtype)
+    else:
+        E, U = getattr(fm.embeddings, a.embeddings)(a.N, a.M, a.d, seed=a.seed, dtype=dtype)
+    kw = {}
+    if a.optimizer in ("sgd", "gd"):
+        kw["momentum"] = a.momentum
+    if a.optimizer == "adam":
+        kw["betas"] = tuple(a.betas)
+    opt = optim.make(a.optimizer, a.lr, weight_decay=a.weight_decay, **kw)
+    record = fm.Record(steps=int(a.record) if a.record.isdigit() else a.record, metrics=("loss", "accuracy"))
+    mem = fm.AssociativeMemory(E, U, layernorm=a.layernorm)
+    task = fm.Task.zipf(a.N, a.M, a.alpha)
+    t0 = time.perf_counter()
+    run = fm.train(mem, task, opt, a.steps, batch_size=a.batch_size or None, seed=a.seed, record=record,
+                   backend=a.backend)
+    secs = time.perf_counter() - t0
+    print(f"fastmem run: N={a.N} M={a.M} d={a.d} {opt} batch={a.batch_size or 'full'} backend={run.backend}")
+    print(f"status {run.status}: {run.steps_done} steps in {secs:.3f} s ({run.steps_done / max(secs, 1e-12):,.0f} steps/s)")
+    if len(run.steps):
+        print(f"loss {run.loss[0]:.6g} -> {run.loss[-1]:.6g}, accuracy {run.accuracy[0]:.4f} -> {run.accuracy[-1]:.4f}")
+    if a.out:
+        rows = [{"step": int(s), "loss": float(l), "accuracy": float(c)}
+                for s, l, c in zip(run.steps, run.loss, run.accuracy)]
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        if a.out.suffix == ".json":
+            a.out.write_text(json.dumps({"status": run.status, "steps_done": run.steps_done, "records": rows}, indent=1))
+        else:
+            with a.out.open("w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=["step", "loss", "accuracy"])
+                w.writeheader()
+                w.writerows(rows)
+        print(f"metrics written to {a.out}")
+    if a.plot:
+        from .plot import plot_run
+
+        a.plot.parent.mkdir(parents=True, exist_ok=True)
+        plot_run(run, a.plot, title=f"N={a.N} M={a.M} d={a.d} {a.optimizer} lr={a.lr} batch={a.batch_size or 'full'}")
+        print(f"plot written to {a.plot}")
+    return 0 if run.status == "ok" else 3
+
+
+def _cmd_info(a):
+    import fastmem as fm
+
+    print(f"fastmem {fm.__version__}")
+    for name, b in fm.backends().items():
+        state = "available" if b["available"] else f"unavailable ({b['reason']})"
+        print(f"  backend {name}: {state}")
+        for k, val in b["info"].items():
+            print(f"    {k}: {val}")
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="fastmem", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _run_parser(sub)
+    sub.add_parser("info", help="version, backends built, threads, compiler flags")
+    a = parser.parse_args(argv)
+    try:
+        return {"run": _cmd_run, "info": _cmd_info}[a.command](a)
+    except ValueError as exc:
+        print(f"fastmem {a.command}: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,51 @@
+"""The command line, run as a user would."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _fastmem(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "fastmem", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+
+
+def test_run_writes_metrics_and_plot(tmp_path):
+    r = _fastmem("run", "--N", "20", "--M", "3", "--d", "8", "--optimizer", "sgd", "--lr", "1", "--batch-size", "4",
+                 "--steps", "300", "--out", "m.json", "--plot", "run.png", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "status ok: 300 steps" in r.stdout
+    data = json.loads((tmp_path / "m.json").read_text())
+    losses = [row["loss"] for row in data["records"]]
+    assert data["records"][-1]["step"] == 300 and losses[-1] < losses[0]
+    assert (tmp_path / "run.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_run_csv_full_batch(tmp_path):
+    r = _fastmem("run", "--N", "5", "--M", "2", "--d", "5", "--embeddings", "orthogonal", "--steps", "3",
+                 "--record", "all", "--dtype", "float64", "--out", "m.csv", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = (tmp_path / "m.csv").read_text().splitlines()
+    assert lines[0] == "step,loss,accuracy" and len(lines) == 5
+
+
+def test_bad_argument_is_reported_not_raised(tmp_path):
+    r = _fastmem("run", "--lr", "-1", cwd=tmp_path)
+    assert r.returncode == 2 and "lr: expected a number > 0" in r.stderr
+
+
+def test_info(tmp_path):
+    r = _fastmem("info", cwd=tmp_path)
+    assert r.returncode == 0
+    assert "backend numpy: available" in r.stdout
+
+
+def test_console_script(tmp_path):
+    exe = Path(sys.executable).parent / "fastmem"
+    if not exe.exists():
+        pytest.skip(f"no console script beside {sys.executable} (fastmem not installed there)")
+    r = subprocess.run([str(exe), "info"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("fastmem ")
