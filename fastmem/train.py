@@ -51,7 +51,7 @@ class Record:
             pts = np.arange(0, total + 1, v.positive_int("Record.steps", s))
             pts = np.append(pts, total)
         else:
-            pts = np.asarray(s)
+            pts = np.asarray(s) if len(s) else np.zeros(0, dtype=np.int64)
             if pts.ndim != 1 or pts.dtype.kind not in "iu" or (pts.size and (pts.min() < 0 or pts.max() > total)):
                 v.fail("Record.steps", f"integer steps in [0, {total}]", repr(s))
         return np.unique(pts.astype(np.int64))

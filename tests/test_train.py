@@ -132,6 +132,7 @@ def test_training_leaves_the_memory_untouched(backend, rng):
     (10, "last", [10]),
     (10, 4, [0, 4, 8, 10]),
     (10, [3, 1, 3], [1, 3]),
+    (10, [], []),
     (0, "log", [0]),
     (1000, "log", None),
 ])

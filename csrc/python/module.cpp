@@ -50,7 +50,7 @@ template <class T>
 T* vec(py::array& a, index_t n, const char* name) {
   require(a.ndim() == 1 && a.shape(0) == n, std::string(name) + " must have length " + std::to_string(n));
   require(a.dtype().is(py::dtype::of<T>()), std::string(name) + " has the wrong dtype");
-  require(a.strides(0) == sizeof(T), std::string(name) + " must be contiguous");
+  require(n <= 1 || a.strides(0) == sizeof(T), std::string(name) + " must be contiguous");
   return static_cast<T*>(a.mutable_data());
 }
 
@@ -58,7 +58,7 @@ template <class T>
 const T* cvec(const py::array& a, index_t n, const char* name) {
   require(a.ndim() == 1 && a.shape(0) == n, std::string(name) + " must have length " + std::to_string(n));
   require(a.dtype().is(py::dtype::of<T>()), std::string(name) + " has the wrong dtype");
-  require(a.strides(0) == sizeof(T), std::string(name) + " must be contiguous");
+  require(n <= 1 || a.strides(0) == sizeof(T), std::string(name) + " must be contiguous");
   return static_cast<const T*>(a.data());
 }
 
@@ -247,9 +247,6 @@ void set_num_threads(int n) {
 #ifdef _OPENMP
   omp_set_num_threads(n);
 #endif
-#if defined(FASTMEM_USE_CBLAS) && defined(FASTMEM_OPENBLAS_THREADS)
-  FASTMEM_CBLAS(openblas_set_num_threads)(n);
-#endif
 }
 
 py::dict info() {
@@ -278,6 +275,10 @@ py::dict info() {
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fastmem compiled kernels (C++17 core)";
+#if defined(FASTMEM_USE_CBLAS) && defined(FASTMEM_OPENBLAS_THREADS)
+  // The core runs one BLAS call per OpenMP thread (parallel.hpp).
+  FASTMEM_CBLAS(openblas_set_num_threads)(1);
+#endif
   m.def("softmax_xent_grad", &py_softmax_xent_grad);
   m.def("sgd_rank_update", &py_sgd_rank_update);
   m.def("sample_tokens", &py_sample_tokens);

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 
+#include "parallel.hpp"
 #include "views.hpp"
 
 #ifdef FASTMEM_USE_CBLAS
@@ -68,10 +69,10 @@ void gemm_loops(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T a
   }
 }
 
-// C = alpha * op(A) op(B) + beta * C, all row-major; op(A) is m x k, op(B) is k x n.
+// One thread's product (the BLAS itself runs single-threaded).
 template <class T>
-void gemm(bool trans_a, bool trans_b, T alpha, MatrixView<const T> A, MatrixView<const T> B, T beta,
-          MatrixView<T> C) {
+void gemm_serial(bool trans_a, bool trans_b, T alpha, MatrixView<const T> A, MatrixView<const T> B, T beta,
+                 MatrixView<T> C) {
   const index_t m = C.rows, n = C.cols, k = trans_a ? A.rows : A.cols;
   if (m == 0 || n == 0) return;
 #ifdef FASTMEM_USE_CBLAS
@@ -88,6 +89,21 @@ void gemm(bool trans_a, bool trans_b, T alpha, MatrixView<const T> A, MatrixView
   }
 #endif
   gemm_loops(trans_a, trans_b, m, n, k, alpha, A, B, beta, C);
+}
+
+// C = alpha * op(A) op(B) + beta * C, all row-major; op(A) is m x k, op(B) is k x n.
+// Large products split the rows of C over the OpenMP threads.
+template <class T>
+void gemm(bool trans_a, bool trans_b, T alpha, MatrixView<const T> A, MatrixView<const T> B, T beta,
+          MatrixView<T> C) {
+  const index_t k = trans_a ? A.rows : A.cols;
+  const int threads = threads_for(C.rows, C.cols * k);
+  parallel_blocks(C.rows, threads, [&](int, index_t r0, index_t r1) {
+    // rows r0..r1 of op(A): a row block of A, or a column block of A when transposed
+    MatrixView<const T> Ab = trans_a ? MatrixView<const T>(A.ptr + r0, A.rows, r1 - r0, A.stride)
+                                     : A.row_block(r0, r1 - r0);
+    gemm_serial(trans_a, trans_b, alpha, Ab, B, beta, C.row_block(r0, r1 - r0));
+  });
 }
 
 }  // namespace blas

@@ -83,7 +83,7 @@ void hvp(const Problem<T>& prob, MatrixView<const T> V, MatrixView<T> out, HvpWo
       const T* dz = D.row(x);
       T sum = T(0);
       for (index_t j = 0; j < cn; ++j) {
-        s[j] = std::exp(s[j] - lse) * dz[j];
+        s[j] = exp_nonpositive(s[j] - lse) * dz[j];
         sum += s[j];
       }
       ws.t[x] += sum;

@@ -1,0 +1,51 @@
+// Parallelism of the core: OpenMP threads over row blocks, each calling a
+// single-threaded BLAS. One level only, so that BLAS threads and OpenMP threads
+// never compete for cores (embedders: link a sequential BLAS, or set its
+// thread count to 1, as the Python module does).
+#pragma once
+#include <algorithm>
+
+#include "views.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace fastmem {
+
+// Below this many multiply-adds a second thread costs more than it saves.
+constexpr index_t kParallelWork = index_t(1) << 18;
+
+inline int max_threads() {
+#ifdef _OPENMP
+  return omp_in_parallel() ? 1 : omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+// Threads worth using for n items of `work_per_item` multiply-adds each.
+inline int threads_for(index_t n, index_t work_per_item) {
+  const index_t by_work = std::max<index_t>(1, n * work_per_item / kParallelWork);
+  return static_cast<int>(std::min<index_t>({index_t(max_threads()), n, by_work}));
+}
+
+// f(thread, begin, end) on `threads` contiguous blocks of [0, n).
+template <class F>
+void parallel_blocks(index_t n, int threads, F&& f) {
+  if (threads <= 1) {
+    f(0, index_t(0), n);
+    return;
+  }
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    f(t, n * t / nt, n * (t + 1) / nt);
+  }
+#else
+  f(0, index_t(0), n);
+#endif
+}
+
+}  // namespace fastmem
