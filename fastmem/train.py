@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _validate as v
+from . import dual
 from ._problem import chunk_arg, problem_args
 from .backends import get
 from .memory import AssociativeMemory
@@ -69,9 +70,11 @@ class Run:
     W : (d, d), the memory after the last update
     status : "ok" or "diverged" (a non-finite loss stopped the run; records before it stay)
     steps_done : int, updates done
+    representation : "primal" or "dual", and representation_reason: why
     """
 
-    def __init__(self, memory, task, steps, records, W, status, steps_done, backend, optimizer):
+    def __init__(self, memory, task, steps, records, W, status, steps_done, backend, optimizer,
+                 representation="primal", representation_reason=""):
         self.steps = steps
         self.loss = records.get("loss")
         self.accuracy = records.get("accuracy")
@@ -83,6 +86,8 @@ class Run:
         self.steps_done = steps_done
         self.backend = backend
         self.optimizer = optimizer
+        self.representation = representation
+        self.representation_reason = representation_reason
         self._memory, self._task = memory, task
 
     @property
@@ -104,7 +109,7 @@ class Run:
             data["W"] = (("step", "row", "col"), self.W_history)
         return xr.Dataset(data, coords={"step": self.steps},
                           attrs={"status": self.status, "steps_done": self.steps_done, "backend": self.backend,
-                                 "optimizer": repr(self.optimizer)})
+                                 "optimizer": repr(self.optimizer), "representation": self.representation})
 
     def __repr__(self):
         last = f", loss={self.loss[-1]:.4g}" if self.loss is not None and len(self.loss) else ""
@@ -112,7 +117,7 @@ class Run:
 
 
 def train(memory, task, optimizer, steps, batch_size=None, seed=0, tokens=None, record=None, backend=None,
-          chunk=None, start_step=0, power_iters=100):
+          chunk=None, start_step=0, power_iters=100, representation="auto"):
     """Train ``memory`` on ``task`` for ``steps`` updates in one backend call.
 
     Parameters
@@ -127,6 +132,8 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=0, tokens=None, 
     tokens : optional (steps, batch_size) int array of the minibatches to use instead
     record : Record (default: loss and accuracy at ~100 log-spaced steps)
     start_step : global index of the first step (schedules and the sampling stream)
+    representation : "auto", "primal" (update W) or "dual" (update the N x M scores; exact
+        for SGD-family optimizers without LayerNorm, see :mod:`fastmem.dual`)
 
     Returns
     -------
@@ -162,15 +169,20 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=0, tokens=None, 
            for name, shape in shapes.items()}
     rec["steps"] = rec_steps
     opt = optimizer._params()
-    needs_m = opt["kind"] == 1 or opt["momentum"] != 0.0
-    m = np.zeros((d, d), dtype=dt) if needs_m else None
-    vv = np.zeros((d, d), dtype=dt) if opt["kind"] == 1 else None
     tp = {"steps": steps, "batch_size": b, "seed": seed, "start_step": start_step,
           "layernorm": memory.layernorm, "chunk": chunk_arg(chunk),
           "power_iters": v.positive_int("power_iters", power_iters)}
-    W = memory.W.copy()
     be = get(backend)
-    status, steps_done, n_rec, _ = be.train(E, oc, os_, U, W, p, y, task.cdf, tokens, opt, tp, rec, m, vv, 0)
+    rep, reason = dual.choose(memory, task, optimizer, steps, None if b == 0 else b, representation)
+    if rep == "dual":
+        W = np.empty_like(memory.W)
+        status, steps_done, n_rec = be.train_dual(E, oc, os_, U, memory.W, p, y, task.cdf, tokens, opt, tp, rec, W)
+    else:
+        W = memory.W.copy()
+        needs_m = opt["kind"] == 1 or opt["momentum"] != 0.0
+        m = np.zeros((d, d), dtype=dt) if needs_m else None
+        vv = np.zeros((d, d), dtype=dt) if opt["kind"] == 1 else None
+        status, steps_done, n_rec, _ = be.train(E, oc, os_, U, W, p, y, task.cdf, tokens, opt, tp, rec, m, vv, 0)
     records = {name: arr[:n_rec] for name, arr in rec.items() if name != "steps" and arr is not None}
     return Run(memory, task, rec_steps[:n_rec], records, W, "ok" if status == 0 else "diverged",
-               int(steps_done), be.name, optimizer)
+               int(steps_done), be.name, optimizer, rep, reason)

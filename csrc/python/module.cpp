@@ -191,19 +191,38 @@ double py_sharpness(py::array E, py::object oc, py::object os, py::array U, py::
   });
 }
 
+TrainParams train_params(const py::dict& tpd) {
+  TrainParams tp;
+  tp.steps = tpd["steps"].cast<index_t>();
+  tp.batch_size = tpd["batch_size"].cast<index_t>();
+  tp.seed = tpd["seed"].cast<std::uint64_t>();
+  tp.start_step = tpd["start_step"].cast<index_t>();
+  tp.layernorm = tpd["layernorm"].cast<bool>();
+  tp.chunk = tpd["chunk"].cast<index_t>();
+  tp.power_iters = tpd["power_iters"].cast<index_t>();
+  return tp;
+}
+
+template <class T>
+TrainRecord<T> train_record(const py::dict& rec) {
+  py::array steps = rec["steps"].cast<py::array>();
+  TrainRecord<T> r;
+  r.count = steps.shape(0);
+  r.steps = cvec<std::int64_t>(steps, r.count, "record steps");
+  r.loss = opt_ptr<T>(rec["loss"], r.count, "record loss");
+  r.accuracy = opt_ptr<T>(rec["accuracy"], r.count, "record accuracy");
+  r.margins = opt_ptr<T>(rec["margins"], r.count, "record margins");
+  r.W = opt_ptr<T>(rec["W"], r.count, "record W");
+  r.sharpness = opt_ptr<T>(rec["sharpness"], r.count, "record sharpness");
+  return r;
+}
+
 py::tuple py_train(py::array E, py::object oc, py::object os, py::array U, py::array W, py::array p, py::array y,
                    py::object cdf, py::object tokens, py::dict opt, py::dict tpd, py::dict rec, py::object m,
                    py::object v, index_t t0) {
   return dispatch(E, [&](auto tag) {
     using T = decltype(tag);
-    TrainParams tp;
-    tp.steps = tpd["steps"].cast<index_t>();
-    tp.batch_size = tpd["batch_size"].cast<index_t>();
-    tp.seed = tpd["seed"].cast<std::uint64_t>();
-    tp.start_step = tpd["start_step"].cast<index_t>();
-    tp.layernorm = tpd["layernorm"].cast<bool>();
-    tp.chunk = tpd["chunk"].cast<index_t>();
-    tp.power_iters = tpd["power_iters"].cast<index_t>();
+    const TrainParams tp = train_params(tpd);
     auto pr = problem<T>(E, oc, os, U, p, y, tp.layernorm, tp.chunk);
     auto Wv = matrix<T>(W, "W");
     const index_t d = pr.d();
@@ -216,21 +235,35 @@ py::tuple py_train(py::array E, py::object oc, py::object os, py::array U, py::a
     if (T* vp = opt_ptr<T>(v, d, "v")) st.v = MatrixView<T>(vp, d, d);
     require(op.kind != OptimizerKind::Adam || (!st.m.empty() && !st.v.empty()), "Adam needs m and v");
     require(op.kind != OptimizerKind::SGD || op.momentum == 0.0 || !st.m.empty(), "momentum needs m");
-    py::array steps = rec["steps"].cast<py::array>();
-    TrainRecord<T> r;
-    r.count = steps.shape(0);
-    r.steps = cvec<std::int64_t>(steps, r.count, "record steps");
-    r.loss = opt_ptr<T>(rec["loss"], r.count, "record loss");
-    r.accuracy = opt_ptr<T>(rec["accuracy"], r.count, "record accuracy");
-    r.margins = opt_ptr<T>(rec["margins"], r.count, "record margins");
-    r.W = opt_ptr<T>(rec["W"], r.count, "record W");
-    r.sharpness = opt_ptr<T>(rec["sharpness"], r.count, "record sharpness");
+    const TrainRecord<T> r = train_record<T>(rec);
     TrainResult res;
     {
       py::gil_scoped_release nogil;
       res = train(pr, Wv, cdfp, tok, op, st, tp, r);
     }
     return py::make_tuple(static_cast<int>(res.status), res.steps_done, res.records, st.t);
+  });
+}
+
+py::tuple py_train_dual(py::array E, py::object oc, py::object os, py::array U, py::array W0, py::array p,
+                        py::array y, py::object cdf, py::object tokens, py::dict opt, py::dict tpd, py::dict rec,
+                        py::array W_out) {
+  return dispatch(E, [&](auto tag) {
+    using T = decltype(tag);
+    const TrainParams tp = train_params(tpd);
+    auto pr = problem<T>(E, oc, os, U, p, y, tp.layernorm, tp.chunk);
+    const double* cdfp = opt_ptr<double, false>(cdf, pr.N(), "cdf");
+    const std::int64_t* tok = opt_ptr<std::int64_t, false>(tokens, tp.steps, "tokens");
+    const OptimizerParams op = optimizer_params(opt);
+    const TrainRecord<T> r = train_record<T>(rec);
+    auto W0v = cmatrix<T>(W0, "W0");
+    auto Wv = matrix<T>(W_out, "W_out");
+    TrainResult res;
+    {
+      py::gil_scoped_release nogil;
+      res = train_dual(pr, W0v, Wv, cdfp, tok, op, tp, r);
+    }
+    return py::make_tuple(static_cast<int>(res.status), res.steps_done, res.records);
   });
 }
 
@@ -285,6 +318,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("population_metrics", &py_population_metrics);
   m.def("sharpness", &py_sharpness);
   m.def("train", &py_train);
+  m.def("train_dual", &py_train_dual);
   m.def("info", &info);
   m.def("get_num_threads", &get_num_threads);
   m.def("set_num_threads", &set_num_threads);

@@ -29,6 +29,8 @@ SIGNATURES = {
     "sharpness": ("E", "onehot_col", "onehot_scale", "U", "W", "p", "y", "chunk", "iters", "tol", "seed"),
     "train": ("E", "onehot_col", "onehot_scale", "U", "W", "p", "y", "cdf", "tokens", "opt", "tp", "rec",
               "m", "v", "t0"),
+    "train_dual": ("E", "onehot_col", "onehot_scale", "U", "W0", "p", "y", "cdf", "tokens", "opt", "tp", "rec",
+                   "W_out"),
 }
 
 # Preference order of "auto" for host arrays, and the module of each backend.

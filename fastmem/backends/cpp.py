@@ -38,3 +38,7 @@ def sharpness(E, onehot_col, onehot_scale, U, W, p, y, chunk, iters, tol, seed):
 
 def train(E, onehot_col, onehot_scale, U, W, p, y, cdf, tokens, opt, tp, rec, m, v, t0):
     return _core.train(E, onehot_col, onehot_scale, U, W, p, y, cdf, tokens, opt, tp, rec, m, v, t0)
+
+
+def train_dual(E, onehot_col, onehot_scale, U, W0, p, y, cdf, tokens, opt, tp, rec, W_out):
+    return _core.train_dual(E, onehot_col, onehot_scale, U, W0, p, y, cdf, tokens, opt, tp, rec, W_out)

@@ -41,19 +41,21 @@ def sample_tokens(cdf, seed, start_step, out):
 
 # --- kernels -----------------------------------------------------------------------
 
+def _score_stats(z, y):
+    """(lse, zy, zother) of each row of the scores z (b, M)."""
+    zmax = z.max(axis=1, keepdims=True)
+    lse = (zmax + np.log(np.exp(z - zmax).sum(axis=1, keepdims=True)))[:, 0]
+    rows = np.arange(len(y))
+    other = z.copy()
+    other[rows, y] = -np.inf
+    return lse, z[rows, y], other.max(axis=1)
+
+
 def _fused(q, u, y, w):
     """(lse, zy, zother, H) of softmax_xent_grad, float64."""
     z = q @ u.T
-    zmax = z.max(axis=1, keepdims=True)
-    s = np.exp(z - zmax)
-    ssum = s.sum(axis=1, keepdims=True)
-    lse = (zmax + np.log(ssum))[:, 0]
-    rows = np.arange(len(y))
-    zy = z[rows, y]
-    other = z.copy()
-    other[rows, y] = -np.inf
-    zother = other.max(axis=1)
-    h = w[:, None] * ((s / ssum) @ u - u[y])
+    lse, zy, zother = _score_stats(z, y)
+    h = w[:, None] * (np.exp(z - lse[:, None]) @ u - u[y])
     return lse, zy, zother, h
 
 
@@ -149,51 +151,136 @@ def _aggregate(draws):
     return uniq[order], counts[order] / len(draws)
 
 
-def train(E, onehot_col, onehot_scale, U, W, p, y, cdf, tokens, opt, tp, rec, m, v, t0):
-    # A diverging run is a result, not an error: NaN/Inf is recorded and ends the run.
-    with np.errstate(over="ignore", invalid="ignore"):
-        return _train(E, U, W, p, y, cdf, tokens, opt, tp, rec, m, v, t0)
+def _batch(tp, tokens, cdf, p, t):
+    """Tokens (None: all N) and weights of step t, as BatchSource in train.hpp."""
+    if tp["batch_size"] == 0:
+        return None, p
+    gt = tp["start_step"] + t
+    draws = tokens[t] if tokens is not None else _draw(cdf, tp["seed"], gt, 1, tp["batch_size"])[0]
+    return _aggregate(draws)
 
 
-def _train(E, U, W, p, y, cdf, tokens, opt, tp, rec, m, v, t0):
-    E64, U64, W64 = E.astype(_F), U.astype(_F), W.astype(_F)
-    steps, b, ln = tp["steps"], tp["batch_size"], tp["layernorm"]
-    state = {"t": t0,
-             "m": None if m is None else m.astype(_F),
-             "v": None if v is None else v.astype(_F)}
-    rec_steps = rec["steps"]
+def _drive(steps, rec, record, step):
+    """The loop of drive() in train.hpp: record at t, then step t; record(r) returns the loss it saw."""
     status, r, done = 0, 0, 0
+    rec_steps = rec["steps"]
     for t in range(steps + 1):
         while r < len(rec_steps) and rec_steps[r] == t:
-            if rec["loss"] is not None or rec["accuracy"] is not None or rec["margins"] is not None:
-                loss, acc, margins, _ = _metrics(E64, U64, W64, p, y, ln)
-                for key, val in (("loss", loss), ("accuracy", acc), ("margins", margins)):
-                    if rec[key] is not None:
-                        rec[key][r] = val
-                if not np.isfinite(loss):
-                    status = 1
-            if rec["W"] is not None:
-                rec["W"][r] = W64
-            if rec["sharpness"] is not None:
-                rec["sharpness"][r] = sharpness(E64, None, None, U64, W64, p, y, 0, 0, 0.0, 0)
+            loss = record(r)
+            if loss is not None and not np.isfinite(loss):
+                status = 1
             r += 1
         done = t
         if t == steps or status != 0:
             break
-        gt = tp["start_step"] + t
-        lr = _lr_at(opt, gt)
-        if b == 0:
-            toks, w = None, p
-        else:
-            draws = tokens[t] if tokens is not None else _draw(cdf, tp["seed"], gt, 1, b)[0]
-            toks, w = _aggregate(draws)
-        loss, _, h, Eb = _forward_backward(E64, U64, W64, toks, w, y, ln)
-        if not np.isfinite(loss):
+        if not step(t):
             status = 1
             break
-        W64 = _optimizer_step(opt, lr, Eb.T @ h, W64, state)
-    W[...] = W64
+    return status, done, r
+
+
+def _store(rec, r, loss, acc, margins):
+    for key, val in (("loss", loss), ("accuracy", acc), ("margins", margins)):
+        if rec[key] is not None:
+            rec[key][r] = val
+
+
+def _wants_metrics(rec):
+    return rec["loss"] is not None or rec["accuracy"] is not None or rec["margins"] is not None
+
+
+def train(E, onehot_col, onehot_scale, U, W, p, y, cdf, tokens, opt, tp, rec, m, v, t0):
+    # A diverging run is a result, not an error: NaN/Inf is recorded and ends the run.
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _train(E.astype(_F), U.astype(_F), W, p, y, cdf, tokens, opt, tp, rec, m, v, t0)
+
+
+def _train(E, U, W, p, y, cdf, tokens, opt, tp, rec, m, v, t0):
+    ln = tp["layernorm"]
+    state = {"t": t0, "W": W.astype(_F),
+             "m": None if m is None else m.astype(_F),
+             "v": None if v is None else v.astype(_F)}
+
+    def record(r):
+        loss = None
+        if _wants_metrics(rec):
+            loss, acc, margins, _ = _metrics(E, U, state["W"], p, y, ln)
+            _store(rec, r, loss, acc, margins)
+        if rec["W"] is not None:
+            rec["W"][r] = state["W"]
+        if rec["sharpness"] is not None:
+            rec["sharpness"][r] = sharpness(E, None, None, U, state["W"], p, y, 0, 0, 0.0, 0)
+        return loss
+
+    def step(t):
+        toks, w = _batch(tp, tokens, cdf, p, t)
+        loss, _, h, Eb = _forward_backward(E, U, state["W"], toks, w, y, ln)
+        if not np.isfinite(loss):
+            return False
+        lr = _lr_at(opt, tp["start_step"] + t)
+        state["W"] = _optimizer_step(opt, lr, Eb.T @ h, state["W"], state)
+        return True
+
+    status, done, r = _drive(tp["steps"], rec, record, step)
+    W[...] = state["W"]
     for name, arr in (("m", m), ("v", v)):
         if arr is not None and state[name] is not None:
             arr[...] = state[name]
     return status, done, r, state["t"]
+
+
+# --- the dual representation (dual_step.hpp, train_dual in train.hpp) --------------
+
+def _residual(Z, y, toks, w):
+    """Loss sum_i w_i l(Z[x_i]), margins and residual rows G_i = w_i (softmax - onehot)."""
+    Zb = Z if toks is None else Z[toks]
+    yb = y if toks is None else y[toks]
+    lse, zy, zother = _score_stats(Zb, yb)
+    G = np.exp(Zb - lse[:, None])
+    G[np.arange(len(yb)), yb] -= 1.0
+    return float(w @ (lse - zy)), zy - zother, w[:, None] * G
+
+
+def train_dual(E, onehot_col, onehot_scale, U, W0, p, y, cdf, tokens, opt, tp, rec, W_out):
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _train_dual(E.astype(_F), U.astype(_F), W0.astype(_F), p, y, cdf, tokens, opt, tp, rec, W_out)
+
+
+def _train_dual(E, U, W0, p, y, cdf, tokens, opt, tp, rec, W_out):
+    KE, KU = E @ E.T, U @ U.T
+    st = {"Z": E @ W0 @ U.T, "A": np.zeros((E.shape[0], U.shape[0])), "c": 1.0}
+    st["B"], st["V"] = np.zeros_like(st["A"]), np.zeros_like(st["A"])
+
+    def W():
+        return st["c"] * W0 - E.T @ (st["A"] @ U)
+
+    def record(r):
+        loss = None
+        if _wants_metrics(rec):
+            loss, margins, _ = _residual(st["Z"], y, None, p)
+            _store(rec, r, loss, float(p[margins > 0].sum()), margins)
+        if rec["W"] is not None:
+            rec["W"][r] = W()
+        if rec["sharpness"] is not None:
+            rec["sharpness"][r] = sharpness(E, None, None, U, W(), p, y, 0, 0, 0.0, 0)
+        return loss
+
+    def step(t):
+        toks, w = _batch(tp, tokens, cdf, p, t)
+        loss, _, G = _residual(st["Z"], y, toks, w)
+        if not np.isfinite(loss):
+            return False
+        lr = _lr_at(opt, tp["start_step"] + t)
+        decay = 1.0 - lr * opt["weight_decay"]
+        full = np.zeros_like(st["A"])
+        np.add.at(full, slice(None) if toks is None else toks, G)
+        st["B"] = opt["momentum"] * st["B"] + full
+        st["V"] = opt["momentum"] * st["V"] + KE @ full @ KU
+        st["Z"] = decay * st["Z"] - lr * st["V"]
+        st["A"] = decay * st["A"] + lr * st["B"]
+        st["c"] *= decay
+        return True
+
+    status, done, r = _drive(tp["steps"], rec, record, step)
+    W_out[...] = W()
+    return status, done, r

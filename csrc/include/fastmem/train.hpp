@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/dual_step.hpp"
 #include "kernels/metrics.hpp"
 #include "optim.hpp"
 #include "params.hpp"
@@ -65,37 +66,94 @@ struct BatchAggregator {
   }
 };
 
+// The tokens of each step: all N with weights p (full batch, b == 0), or b draws,
+// sampled from the counter-based stream or given, merged into distinct tokens.
+template <class T>
+struct BatchSource {
+  index_t N, b;
+  const double* cdf;
+  const std::int64_t* given;  // steps x b, or null
+  CounterRng rng;
+  BatchAggregator agg;
+  std::vector<std::int64_t> draws;
+  std::vector<T> full_weights;
+
+  BatchSource(index_t N_, index_t b_, const double* p, const double* cdf_, const std::int64_t* given_,
+              std::uint64_t seed)
+      : N(N_), b(b_), cdf(cdf_), given(given_), rng(seed), draws(static_cast<std::size_t>(b_)) {
+    FASTMEM_CHECK_ARG(b >= 0, "batch_size must be >= 0 (0: full batch)");
+    FASTMEM_CHECK_ARG(b == 0 || given || cdf, "minibatch training needs a token CDF or given tokens");
+    if (b == 0)
+      for (index_t x = 0; x < N; ++x) full_weights.push_back(static_cast<T>(p[x]));
+  }
+
+  // Step t of this call (global step gt): sets tokens (null: all N in order) and
+  // weights, returns the number of rows.
+  index_t next(index_t t, index_t gt, const std::int64_t*& tokens, std::vector<T>& weights) {
+    if (b == 0) {
+      tokens = nullptr;
+      weights = full_weights;
+      return N;
+    }
+    if (given) {
+      std::copy(given + t * b, given + (t + 1) * b, draws.begin());
+    } else {
+      const std::uint64_t base = std::uint64_t(gt) * std::uint64_t(b);
+      for (index_t i = 0; i < b; ++i) draws[i] = sample_index(cdf, N, rng.uniform(base + i));
+    }
+    const index_t rows = agg.aggregate(draws.data(), b, N, weights);
+    tokens = agg.distinct.data();
+    return rows;
+  }
+};
+
+// The loop both representations share: record at t, then take step t, until
+// `steps` or divergence. record(t, res) writes res.records / res.status;
+// step(t) returns false when the loss turned non-finite.
+template <class RecordFn, class StepFn>
+TrainResult drive(index_t steps, RecordFn&& record, StepFn&& step) {
+  TrainResult res;
+  for (index_t t = 0;; ++t) {
+    record(t, res);
+    res.steps_done = t;
+    if (t == steps || res.status != Status::Ok) break;
+    if (!step(t)) {
+      res.status = Status::Diverged;
+      break;
+    }
+  }
+  return res;
+}
+
+// Writes the loss / accuracy / margins of a record and flags a non-finite loss.
+template <class T>
+void store_metrics(const TrainRecord<T>& rec, index_t r, const PopulationMetrics& m, TrainResult& res) {
+  if (rec.loss) rec.loss[r] = static_cast<T>(m.loss);
+  if (rec.accuracy) rec.accuracy[r] = static_cast<T>(m.accuracy);
+  if (!std::isfinite(m.loss)) res.status = Status::Diverged;
+}
+
 template <class T>
 TrainResult train(const Problem<T>& prob, MatrixView<T> W, const double* cdf, const std::int64_t* given_tokens,
                   const OptimizerParams& opt, OptimizerState<T>& state, const TrainParams& tp,
                   const TrainRecord<T>& rec) {
-  const index_t N = prob.N(), d = prob.d(), b = tp.batch_size;
+  const index_t N = prob.N(), d = prob.d();
   FASTMEM_CHECK_ARG(W.rows == d && W.cols == d, "W must be d x d");
-  FASTMEM_CHECK_ARG(b >= 0, "batch_size must be >= 0 (0: full batch)");
-  FASTMEM_CHECK_ARG(b == 0 || given_tokens || cdf, "minibatch training needs a token CDF or given tokens");
   const bool plain_sgd = opt.is_plain_sgd();
   PassWorkspace<T> pass, metrics_ws;
   HvpWorkspace<T> hvp_ws;
-  BatchAggregator agg;
-  CounterRng rng(tp.seed);
-  std::vector<std::int64_t> draws(static_cast<std::size_t>(b));
+  BatchSource<T> batches(N, tp.batch_size, prob.p, cdf, given_tokens, tp.seed);
   std::vector<T> grad_buf(plain_sgd ? 0 : std::size_t(d * d));
   MatrixView<T> grad(grad_buf.data(), plain_sgd ? 0 : d, plain_sgd ? 0 : d);
-  std::vector<T> full_weights(std::size_t(b == 0 ? N : 0));
-  for (index_t x = 0; b == 0 && x < N; ++x) full_weights[x] = static_cast<T>(prob.p[x]);
 
-  TrainResult res;
-  auto record = [&](index_t t) {
+  auto record = [&](index_t t, TrainResult& res) {
     for (; res.records < rec.count && rec.steps[res.records] == t; ++res.records) {
       const index_t r = res.records;
-      if (rec.loss || rec.accuracy || rec.margins) {
-        const PopulationMetrics m = population_metrics(prob, MatrixView<const T>(W),
-                                                       rec.margins ? rec.margins + r * N : nullptr,
-                                                       MatrixView<T>(), metrics_ws);
-        if (rec.loss) rec.loss[r] = static_cast<T>(m.loss);
-        if (rec.accuracy) rec.accuracy[r] = static_cast<T>(m.accuracy);
-        if (!std::isfinite(m.loss)) res.status = Status::Diverged;
-      }
+      if (rec.loss || rec.accuracy || rec.margins)
+        store_metrics(rec, r,
+                      population_metrics(prob, MatrixView<const T>(W), rec.margins ? rec.margins + r * N : nullptr,
+                                         MatrixView<T>(), metrics_ws),
+                      res);
       if (rec.W)
         for (index_t i = 0; i < d; ++i) std::copy(W.row(i), W.row(i) + d, rec.W + (r * d + i) * d);
       if (rec.sharpness)
@@ -104,31 +162,13 @@ TrainResult train(const Problem<T>& prob, MatrixView<T> W, const double* cdf, co
     }
   };
 
-  for (index_t t = 0;; ++t) {
-    record(t);
-    res.steps_done = t;
-    if (t == tp.steps || res.status != Status::Ok) break;
+  auto step = [&](index_t t) {
     const index_t gt = tp.start_step + t;
     const double lr = lr_at(opt, gt);
-    const std::int64_t* tokens = nullptr;
-    index_t rows = N;
-    if (b == 0) {
-      pass.w = full_weights;
-    } else {
-      if (given_tokens) {
-        std::copy(given_tokens + t * b, given_tokens + (t + 1) * b, draws.begin());
-      } else {
-        const std::uint64_t base = std::uint64_t(gt) * std::uint64_t(b);
-        for (index_t i = 0; i < b; ++i) draws[i] = sample_index(cdf, N, rng.uniform(base + i));
-      }
-      rows = agg.aggregate(draws.data(), b, N, pass.w);
-      tokens = agg.distinct.data();
-    }
+    const std::int64_t* tokens;
+    const index_t rows = batches.next(t, gt, tokens, pass.w);
     const double loss = forward_backward(prob, MatrixView<const T>(W), tokens, rows, pass);
-    if (!std::isfinite(loss)) {
-      res.status = Status::Diverged;
-      break;
-    }
+    if (!std::isfinite(loss)) return false;
     MatrixView<const T> H(pass.h.data(), rows, d);
     if (plain_sgd) {
       embed_write(prob.emb, tokens, pass.Eb, H, static_cast<T>(-lr), W);
@@ -137,7 +177,113 @@ TrainResult train(const Problem<T>& prob, MatrixView<T> W, const double* cdf, co
       embed_write(prob.emb, tokens, pass.Eb, H, T(1), grad);
       optimizer_step(opt, lr, MatrixView<const T>(grad), W, state);
     }
+    return true;
+  };
+  return drive(tp.steps, record, step);
+}
+
+// Population metrics read from the N x M scores (the dual representation).
+template <class T>
+PopulationMetrics score_metrics(MatrixView<const T> Z, const double* p, const std::int64_t* y,
+                                const std::vector<T>& p_weights, T* margins, std::vector<T>& margin_buf) {
+  const index_t N = Z.rows;
+  T* m = margins;
+  if (!m) {
+    margin_buf.resize(std::size_t(N));
+    m = margin_buf.data();
   }
+  PopulationMetrics out;
+  out.loss = dual_residual(Z, y, nullptr, N, p_weights.data(), MatrixView<T>(), m);
+  for (index_t x = 0; x < N; ++x)
+    if (m[x] > T(0)) out.accuracy += p[x];
+  return out;
+}
+
+// The same run as train() for an SGD-family optimizer (momentum and decoupled
+// weight decay included) without LayerNorm, simulated on the scores Z (N x M)
+// and coefficients A (W = c W0 - E^T A U) instead of W: same sampling, same
+// records. W_out receives W at the end (and is the buffer W records use).
+template <class T>
+TrainResult train_dual(const Problem<T>& prob, MatrixView<const T> W0, MatrixView<T> W_out, const double* cdf,
+                       const std::int64_t* given_tokens, const OptimizerParams& opt, const TrainParams& tp,
+                       const TrainRecord<T>& rec) {
+  FASTMEM_CHECK_ARG(opt.kind == OptimizerKind::SGD,
+                    "the dual representation needs an optimizer linear in the gradient (SGD, momentum, weight decay)");
+  FASTMEM_CHECK_ARG(!prob.layernorm, "the dual representation is not exact with LayerNorm");
+  const index_t N = prob.N(), M = prob.M(), d = prob.d();
+  FASTMEM_CHECK_ARG(W0.rows == d && W0.cols == d && W_out.rows == d && W_out.cols == d, "W must be d x d");
+  std::vector<T> ke, ke_diag, ku, ku_diag;
+  const Gram<T> KE = make_gram(prob.emb.E, ke, ke_diag), KU = make_gram(prob.U, ku, ku_diag);
+  const bool momentum = opt.momentum != 0.0;
+  std::vector<T> z(std::size_t(N * M), T(0)), a(z.size(), T(0)), bm(momentum ? z.size() : 0, T(0)),
+      v(bm.size(), T(0)), g, p_weights, margin_buf, au, weights;
+  MatrixView<T> Z(z.data(), N, M), A(a.data(), N, M), B(bm.data(), N, M), V(v.data(), N, M);
+  double c = 1.0;
+  bool w0_zero = true;
+  for (index_t i = 0; i < d && w0_zero; ++i)
+    for (index_t j = 0; j < d; ++j) w0_zero = w0_zero && W0(i, j) == T(0);
+  if (!w0_zero) {  // Z_0 = (E W_0) U^T
+    std::vector<T> q(std::size_t(N * d));
+    MatrixView<T> Q(q.data(), N, d);
+    embed_read(prob.emb, nullptr, prob.emb.E, W0, Q);
+    blas::gemm<T>(false, true, T(1), MatrixView<const T>(Q), prob.U, T(0), Z);
+  }
+  for (index_t x = 0; x < N; ++x) p_weights.push_back(static_cast<T>(prob.p[x]));
+  BatchSource<T> batches(N, tp.batch_size, prob.p, cdf, given_tokens, tp.seed);
+  DualWorkspace<T> ws;
+  HvpWorkspace<T> hvp_ws;
+  auto rebuild = [&] { dual_rebuild_W(prob.emb, prob.U, W0, c, MatrixView<const T>(A), W_out, au); };
+
+  auto record = [&](index_t t, TrainResult& res) {
+    for (; res.records < rec.count && rec.steps[res.records] == t; ++res.records) {
+      const index_t r = res.records;
+      if (rec.loss || rec.accuracy || rec.margins)
+        store_metrics(rec, r,
+                      score_metrics(MatrixView<const T>(Z), prob.p, prob.y, p_weights,
+                                    rec.margins ? rec.margins + r * N : nullptr, margin_buf),
+                      res);
+      if (rec.W || rec.sharpness) rebuild();
+      if (rec.W)
+        for (index_t i = 0; i < d; ++i) std::copy(W_out.row(i), W_out.row(i) + d, rec.W + (r * d + i) * d);
+      if (rec.sharpness)
+        rec.sharpness[r] = static_cast<T>(
+            sharpness(prob, MatrixView<const T>(W_out), tp.power_iters, 1e-6, tp.seed, hvp_ws));
+    }
+  };
+
+  auto step = [&](index_t t) {
+    const index_t gt = tp.start_step + t;
+    const double lr = lr_at(opt, gt);
+    const std::int64_t* tokens;
+    const index_t rows = batches.next(t, gt, tokens, weights);
+    g.resize(std::size_t(rows * M));
+    MatrixView<T> G(g.data(), rows, M);
+    const double loss = dual_residual<T>(MatrixView<const T>(Z), prob.y, tokens, rows, weights.data(), G, nullptr);
+    if (!std::isfinite(loss)) return false;
+    const T decay = static_cast<T>(1.0 - lr * opt.weight_decay), lrt = static_cast<T>(lr);
+    if (decay != T(1)) {
+      scale_all(Z, decay);
+      scale_all(A, decay);
+      c *= double(decay);
+    }
+    if (momentum) {  // B = mu B + G, V = K_E B K_U, Z -= lr V, A += lr B
+      const T mu = static_cast<T>(opt.momentum);
+      scale_all(B, mu);
+      dual_rows_add(tokens, MatrixView<const T>(G), T(1), B);
+      scale_all(V, mu);
+      dual_scores_update(KE, KU, tokens, MatrixView<const T>(G), T(1), V, ws);
+      for (std::size_t i = 0; i < z.size(); ++i) {
+        z[i] -= lrt * v[i];
+        a[i] += lrt * bm[i];
+      }
+    } else {
+      dual_scores_update(KE, KU, tokens, MatrixView<const T>(G), -lrt, Z, ws);
+      dual_rows_add(tokens, MatrixView<const T>(G), lrt, A);
+    }
+    return true;
+  };
+  TrainResult res = drive(tp.steps, record, step);
+  rebuild();
   return res;
 }
 

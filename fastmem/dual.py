@@ -1,0 +1,64 @@
+"""Which representation a run uses: primal (W) or dual (scores Z and coefficients A).
+
+The dual is exact when the optimizer's update is linear in the gradient (SGD with
+momentum and decoupled weight decay) and there is no LayerNorm: every iterate is then
+W_t = c_t W_0 - E^T A_t U. "auto" takes the dual where it is exact and the cost model
+below says it is cheaper (counts of multiply-adds; b is the expected number of distinct
+tokens in a batch, N for full-batch GD):
+
+    primal, per step   4 b d (d + M) + d^2       (4 b d (1 + M) + d^2 for one-hot E)
+    dual, per step     2 b (N M + M^2) + N M      (2 b (M + M) + N M for diagonal Grams)
+    dual, once         N^2 d + M^2 d (+ N d^2 + N d M when W_0 != 0)
+"""
+
+import numpy as np
+
+from . import _validate as v
+
+REPRESENTATIONS = ("auto", "primal", "dual")
+
+
+def _not_exact(memory, optimizer):
+    if not optimizer.linear:
+        return f"{type(optimizer).__name__} is not linear in the gradient"
+    if memory.layernorm:
+        return "LayerNorm makes the scores a non-linear function of W"
+    return None
+
+
+def expected_distinct(p, b):
+    """E[#distinct tokens] among b draws from p: sum_x 1 - (1 - p_x)^b."""
+    return float(np.sum(-np.expm1(b * np.log1p(-np.minimum(p, 1.0 - 1e-16)))))
+
+
+def costs(memory, task, steps, batch_size):
+    """(primal, dual) multiply-add counts of a run, by the model above."""
+    N, M, d = memory.N, memory.M, memory.d
+    b = N if batch_size is None else expected_distinct(task.p, batch_size)
+    d_read = 1 if memory.onehot is not None else d
+    primal = steps * (4 * b * d * (d_read + M) + d * d)
+    KE_diag = memory.onehot is not None and len(np.unique(memory.onehot[0])) == N
+    KU = memory.U @ memory.U.T
+    KU_diag = np.count_nonzero(KU - np.diag(np.diag(KU))) == 0
+    per_row = (M if KE_diag else N * M) + (M if KU_diag else M * M)
+    once = N * N * d + M * M * d + (N * d * d + N * d * M if np.any(memory.W) else 0)
+    dual = once + steps * (2 * b * per_row + N * M)
+    return primal, dual
+
+
+def choose(memory, task, optimizer, steps, batch_size, requested):
+    """(representation, reason) for a run; asking for "dual" where it is not exact raises."""
+    if requested not in REPRESENTATIONS:
+        v.fail("representation", f"one of {REPRESENTATIONS}", repr(requested))
+    why_not = _not_exact(memory, optimizer)
+    if requested == "dual" and why_not:
+        v.fail("representation", "'primal' or 'auto' here: the dual representation is exact only for "
+               "SGD-family optimizers without LayerNorm", f"'dual' ({why_not})")
+    if requested != "auto":
+        return requested, "requested"
+    if why_not:
+        return "primal", f"dual not exact: {why_not}"
+    primal, dual = costs(memory, task, steps, batch_size)
+    if dual < primal:
+        return "dual", f"cost model: dual {dual:.3g} < primal {primal:.3g} multiply-adds"
+    return "primal", f"cost model: primal {primal:.3g} <= dual {dual:.3g} multiply-adds"
