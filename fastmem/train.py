@@ -67,21 +67,23 @@ class Run:
     loss, accuracy, sharpness : (R,) or None
     margins : (R, N) or None
     W_history : (R, d, d) or None
-    W : (d, d), the memory after the last update
+    W : (d, d), the memory after the last update (a dual run rebuilds it on first access)
+    Z, A, c : the dual state of a dual run (scores N x M, coefficients N x M, scale of W0), else None
     status : "ok" or "diverged" (a non-finite loss stopped the run; records before it stay)
     steps_done : int, updates done
     representation : "primal" or "dual", and representation_reason: why
     """
 
     def __init__(self, memory, task, steps, records, W, status, steps_done, backend, optimizer,
-                 representation="primal", representation_reason=""):
+                 representation="primal", representation_reason="", dual_state=None):
         self.steps = steps
         self.loss = records.get("loss")
         self.accuracy = records.get("accuracy")
         self.margins = records.get("margins")
         self.sharpness = records.get("sharpness")
         self.W_history = records.get("W")
-        self.W = W
+        self._W = W
+        self.Z, self.A, self.c = dual_state if dual_state is not None else (None, None, None)
         self.status = status
         self.steps_done = steps_done
         self.backend = backend
@@ -89,6 +91,15 @@ class Run:
         self.representation = representation
         self.representation_reason = representation_reason
         self._memory, self._task = memory, task
+
+    @property
+    def W(self):
+        if self._W is None:  # dual run: W = c W0 - E^T A U, built once on request
+            m = self._memory
+            E, oc, os_, U, _, _ = problem_args(m, self._task)
+            self._W = np.empty_like(m.W)
+            get(self.backend).rebuild_W(E, oc, os_, U, m.W, self.A, self.c, self._W)
+        return self._W
 
     @property
     def memory(self):
@@ -174,9 +185,12 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=0, tokens=None, 
           "power_iters": v.positive_int("power_iters", power_iters)}
     be = get(backend)
     rep, reason = dual.choose(memory, task, optimizer, steps, None if b == 0 else b, representation)
+    dual_state = None
     if rep == "dual":
-        W = np.empty_like(memory.W)
-        status, steps_done, n_rec = be.train_dual(E, oc, os_, U, memory.W, p, y, task.cdf, tokens, opt, tp, rec, W)
+        W, Z, A = None, np.empty((N, memory.M), dtype=dt), np.empty((N, memory.M), dtype=dt)
+        status, steps_done, n_rec, c = be.train_dual(E, oc, os_, U, memory.W, p, y, task.cdf, tokens, opt, tp, rec,
+                                                     Z, A)
+        dual_state = (Z, A, c)
     else:
         W = memory.W.copy()
         needs_m = opt["kind"] == 1 or opt["momentum"] != 0.0
@@ -185,4 +199,4 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=0, tokens=None, 
         status, steps_done, n_rec, _ = be.train(E, oc, os_, U, W, p, y, task.cdf, tokens, opt, tp, rec, m, vv, 0)
     records = {name: arr[:n_rec] for name, arr in rec.items() if name != "steps" and arr is not None}
     return Run(memory, task, rec_steps[:n_rec], records, W, "ok" if status == 0 else "diverged",
-               int(steps_done), be.name, optimizer, rep, reason)
+               int(steps_done), be.name, optimizer, rep, reason, dual_state)

@@ -26,6 +26,8 @@ def test_dual_trajectory_equals_primal_float64(backend, rng, N, M, d, opt, batch
     got = fm.train(mem, task, opt, backend=backend, representation="dual", **kw)
     want = fm.train(mem, task, opt, backend="numpy", representation="primal", **kw)
     _compare(got, want, np.float64, factor=10)  # 1e-9 relative
+    # the dual state is the scores of the rebuilt memory
+    assert_close(got.Z, mem.E @ got.W @ mem.U.T, np.float64, scale=1.0, factor=10)
 
 
 @pytest.mark.parametrize("opt", LINEAR[:2])

@@ -247,7 +247,7 @@ py::tuple py_train(py::array E, py::object oc, py::object os, py::array U, py::a
 
 py::tuple py_train_dual(py::array E, py::object oc, py::object os, py::array U, py::array W0, py::array p,
                         py::array y, py::object cdf, py::object tokens, py::dict opt, py::dict tpd, py::dict rec,
-                        py::array W_out) {
+                        py::array Z, py::array A) {
   return dispatch(E, [&](auto tag) {
     using T = decltype(tag);
     const TrainParams tp = train_params(tpd);
@@ -257,13 +257,36 @@ py::tuple py_train_dual(py::array E, py::object oc, py::object os, py::array U, 
     const OptimizerParams op = optimizer_params(opt);
     const TrainRecord<T> r = train_record<T>(rec);
     auto W0v = cmatrix<T>(W0, "W0");
-    auto Wv = matrix<T>(W_out, "W_out");
+    auto Zv = matrix<T>(Z, "Z");
+    auto Av = matrix<T>(A, "A");
     TrainResult res;
+    double c = 1.0;
     {
       py::gil_scoped_release nogil;
-      res = train_dual(pr, W0v, Wv, cdfp, tok, op, tp, r);
+      res = train_dual(pr, W0v, Zv, Av, c, cdfp, tok, op, tp, r);
     }
-    return py::make_tuple(static_cast<int>(res.status), res.steps_done, res.records);
+    return py::make_tuple(static_cast<int>(res.status), res.steps_done, res.records, c);
+  });
+}
+
+void py_rebuild_W(py::array E, py::object oc, py::object os, py::array U, py::array W0, py::array A, double c,
+                  py::array W_out) {
+  dispatch(E, [&](auto tag) {
+    using T = decltype(tag);
+    InputEmbedding<T> emb;
+    emb.E = cmatrix<T>(E, "E");
+    emb.onehot_col = opt_ptr<std::int64_t, false>(oc, emb.E.rows, "onehot_col");
+    emb.onehot_scale = opt_ptr<T, false>(os, emb.E.rows, "onehot_scale");
+    auto Uv = cmatrix<T>(U, "U");
+    auto W0v = cmatrix<T>(W0, "W0");
+    auto Av = cmatrix<T>(A, "A");
+    auto Wv = matrix<T>(W_out, "W_out");
+    require(Av.rows == emb.E.rows && Av.cols == Uv.rows && Wv.rows == emb.E.cols && Wv.cols == emb.E.cols &&
+                W0v.rows == Wv.rows && W0v.cols == Wv.cols,
+            "rebuild_W needs A (N x M), W0 and W_out (d x d)");
+    std::vector<T> au;
+    py::gil_scoped_release nogil;
+    dual_rebuild_W(emb, Uv, W0v, c, Av, Wv, au);
   });
 }
 
@@ -319,6 +342,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("sharpness", &py_sharpness);
   m.def("train", &py_train);
   m.def("train_dual", &py_train_dual);
+  m.def("rebuild_W", &py_rebuild_W);
   m.def("info", &info);
   m.def("get_num_threads", &get_num_threads);
   m.def("set_num_threads", &set_num_threads);

@@ -30,7 +30,8 @@ SIGNATURES = {
     "train": ("E", "onehot_col", "onehot_scale", "U", "W", "p", "y", "cdf", "tokens", "opt", "tp", "rec",
               "m", "v", "t0"),
     "train_dual": ("E", "onehot_col", "onehot_scale", "U", "W0", "p", "y", "cdf", "tokens", "opt", "tp", "rec",
-                   "W_out"),
+                   "Z", "A"),
+    "rebuild_W": ("E", "onehot_col", "onehot_scale", "U", "W0", "A", "c", "W_out"),
 }
 
 # Preference order of "auto" for host arrays, and the module of each backend.

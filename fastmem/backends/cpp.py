@@ -40,5 +40,9 @@ def train(E, onehot_col, onehot_scale, U, W, p, y, cdf, tokens, opt, tp, rec, m,
     return _core.train(E, onehot_col, onehot_scale, U, W, p, y, cdf, tokens, opt, tp, rec, m, v, t0)
 
 
-def train_dual(E, onehot_col, onehot_scale, U, W0, p, y, cdf, tokens, opt, tp, rec, W_out):
-    return _core.train_dual(E, onehot_col, onehot_scale, U, W0, p, y, cdf, tokens, opt, tp, rec, W_out)
+def train_dual(E, onehot_col, onehot_scale, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A):
+    return _core.train_dual(E, onehot_col, onehot_scale, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A)
+
+
+def rebuild_W(E, onehot_col, onehot_scale, U, W0, A, c, W_out):
+    _core.rebuild_W(E, onehot_col, onehot_scale, U, W0, A, c, W_out)

@@ -241,12 +241,16 @@ def _residual(Z, y, toks, w):
     return float(w @ (lse - zy)), zy - zother, w[:, None] * G
 
 
-def train_dual(E, onehot_col, onehot_scale, U, W0, p, y, cdf, tokens, opt, tp, rec, W_out):
+def rebuild_W(E, onehot_col, onehot_scale, U, W0, A, c, W_out):
+    W_out[...] = c * W0.astype(_F) - E.astype(_F).T @ (A.astype(_F) @ U.astype(_F))
+
+
+def train_dual(E, onehot_col, onehot_scale, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A):
     with np.errstate(over="ignore", invalid="ignore"):
-        return _train_dual(E.astype(_F), U.astype(_F), W0.astype(_F), p, y, cdf, tokens, opt, tp, rec, W_out)
+        return _train_dual(E.astype(_F), U.astype(_F), W0.astype(_F), p, y, cdf, tokens, opt, tp, rec, Z, A)
 
 
-def _train_dual(E, U, W0, p, y, cdf, tokens, opt, tp, rec, W_out):
+def _train_dual(E, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A):
     KE, KU = E @ E.T, U @ U.T
     st = {"Z": E @ W0 @ U.T, "A": np.zeros((E.shape[0], U.shape[0])), "c": 1.0}
     st["B"], st["V"] = np.zeros_like(st["A"]), np.zeros_like(st["A"])
@@ -282,5 +286,5 @@ def _train_dual(E, U, W0, p, y, cdf, tokens, opt, tp, rec, W_out):
         return True
 
     status, done, r = _drive(tp["steps"], rec, record, step)
-    W_out[...] = W()
-    return status, done, r
+    Z[...], A[...] = st["Z"], st["A"]
+    return status, done, r, st["c"]

@@ -202,23 +202,29 @@ PopulationMetrics score_metrics(MatrixView<const T> Z, const double* p, const st
 // The same run as train() for an SGD-family optimizer (momentum and decoupled
 // weight decay included) without LayerNorm, simulated on the scores Z (N x M)
 // and coefficients A (W = c W0 - E^T A U) instead of W: same sampling, same
-// records. W_out receives W at the end (and is the buffer W records use).
+// records. Z and A (caller-owned, N x M) receive the final state and c its
+// scale; W itself is rebuilt only on request (dual_rebuild_W).
 template <class T>
-TrainResult train_dual(const Problem<T>& prob, MatrixView<const T> W0, MatrixView<T> W_out, const double* cdf,
-                       const std::int64_t* given_tokens, const OptimizerParams& opt, const TrainParams& tp,
-                       const TrainRecord<T>& rec) {
+TrainResult train_dual(const Problem<T>& prob, MatrixView<const T> W0, MatrixView<T> Z, MatrixView<T> A, double& c,
+                       const double* cdf, const std::int64_t* given_tokens, const OptimizerParams& opt,
+                       const TrainParams& tp, const TrainRecord<T>& rec) {
   FASTMEM_CHECK_ARG(opt.kind == OptimizerKind::SGD,
                     "the dual representation needs an optimizer linear in the gradient (SGD, momentum, weight decay)");
   FASTMEM_CHECK_ARG(!prob.layernorm, "the dual representation is not exact with LayerNorm");
   const index_t N = prob.N(), M = prob.M(), d = prob.d();
-  FASTMEM_CHECK_ARG(W0.rows == d && W0.cols == d && W_out.rows == d && W_out.cols == d, "W must be d x d");
+  FASTMEM_CHECK_ARG(W0.rows == d && W0.cols == d, "W0 must be d x d");
+  FASTMEM_CHECK_ARG(Z.rows == N && Z.cols == M && A.rows == N && A.cols == M, "Z and A must be N x M");
   std::vector<T> ke, ke_diag, ku, ku_diag;
   const Gram<T> KE = make_gram(prob.emb.E, ke, ke_diag), KU = make_gram(prob.U, ku, ku_diag);
   const bool momentum = opt.momentum != 0.0;
-  std::vector<T> z(std::size_t(N * M), T(0)), a(z.size(), T(0)), bm(momentum ? z.size() : 0, T(0)),
-      v(bm.size(), T(0)), g, p_weights, margin_buf, au, weights;
-  MatrixView<T> Z(z.data(), N, M), A(a.data(), N, M), B(bm.data(), N, M), V(v.data(), N, M);
-  double c = 1.0;
+  std::vector<T> bm(momentum ? std::size_t(N * M) : 0, T(0)), v(bm.size(), T(0)), g, p_weights, margin_buf, au,
+      weights, w_buf;
+  MatrixView<T> B(bm.data(), N, M), V(v.data(), N, M);
+  c = 1.0;
+  for (index_t x = 0; x < N; ++x) {
+    std::fill(Z.row(x), Z.row(x) + M, T(0));
+    std::fill(A.row(x), A.row(x) + M, T(0));
+  }
   bool w0_zero = true;
   for (index_t i = 0; i < d && w0_zero; ++i)
     for (index_t j = 0; j < d; ++j) w0_zero = w0_zero && W0(i, j) == T(0);
@@ -232,7 +238,9 @@ TrainResult train_dual(const Problem<T>& prob, MatrixView<const T> W0, MatrixVie
   BatchSource<T> batches(N, tp.batch_size, prob.p, cdf, given_tokens, tp.seed);
   DualWorkspace<T> ws;
   HvpWorkspace<T> hvp_ws;
-  auto rebuild = [&] { dual_rebuild_W(prob.emb, prob.U, W0, c, MatrixView<const T>(A), W_out, au); };
+  if (rec.W || rec.sharpness) w_buf.resize(std::size_t(d * d));
+  MatrixView<T> W(w_buf.data(), d, d);
+  auto rebuild = [&] { dual_rebuild_W(prob.emb, prob.U, W0, c, MatrixView<const T>(A), W, au); };
 
   auto record = [&](index_t t, TrainResult& res) {
     for (; res.records < rec.count && rec.steps[res.records] == t; ++res.records) {
@@ -244,10 +252,10 @@ TrainResult train_dual(const Problem<T>& prob, MatrixView<const T> W0, MatrixVie
                       res);
       if (rec.W || rec.sharpness) rebuild();
       if (rec.W)
-        for (index_t i = 0; i < d; ++i) std::copy(W_out.row(i), W_out.row(i) + d, rec.W + (r * d + i) * d);
+        for (index_t i = 0; i < d; ++i) std::copy(W.row(i), W.row(i) + d, rec.W + (r * d + i) * d);
       if (rec.sharpness)
         rec.sharpness[r] = static_cast<T>(
-            sharpness(prob, MatrixView<const T>(W_out), tp.power_iters, 1e-6, tp.seed, hvp_ws));
+            sharpness(prob, MatrixView<const T>(W), tp.power_iters, 1e-6, tp.seed, hvp_ws));
     }
   };
 
@@ -272,19 +280,18 @@ TrainResult train_dual(const Problem<T>& prob, MatrixView<const T> W0, MatrixVie
       dual_rows_add(tokens, MatrixView<const T>(G), T(1), B);
       scale_all(V, mu);
       dual_scores_update(KE, KU, tokens, MatrixView<const T>(G), T(1), V, ws);
-      for (std::size_t i = 0; i < z.size(); ++i) {
-        z[i] -= lrt * v[i];
-        a[i] += lrt * bm[i];
-      }
+      for (index_t x = 0; x < N; ++x)
+        for (index_t k = 0; k < M; ++k) {
+          Z(x, k) -= lrt * V(x, k);
+          A(x, k) += lrt * B(x, k);
+        }
     } else {
       dual_scores_update(KE, KU, tokens, MatrixView<const T>(G), -lrt, Z, ws);
       dual_rows_add(tokens, MatrixView<const T>(G), lrt, A);
     }
     return true;
   };
-  TrainResult res = drive(tp.steps, record, step);
-  rebuild();
-  return res;
+  return drive(tp.steps, record, step);
 }
 
 }  // namespace fastmem
