@@ -83,6 +83,25 @@ def _cmd_run(a):
     return 0 if run.status == "ok" else 3
 
 
+def _cmd_reproduce(a):
+    from .reproduce import EXPERIMENTS, reproduce
+
+    if a.list or not (a.all or a.name):
+        for e in EXPERIMENTS.values():
+            print(f"{e.name:<16} {e.summary}")
+        return 0
+    names = list(EXPERIMENTS) if a.all else [a.name]
+    failed = []
+    for name in names:
+        numbers = reproduce(name, a.out)
+        verdict = {True: "shows the expected phenomenon", False: "does NOT show the expected phenomenon",
+                   None: "done"}[numbers.get("holds")]
+        print(f"{name}: {verdict} ({numbers['seconds']:.1f} s) -> {a.out / (name + '.json')}")
+        if numbers.get("holds") is False:
+            failed.append(name)
+    return 4 if failed else 0
+
+
 def _cmd_info(a):
     import fastmem as fm
 
@@ -99,10 +118,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastmem", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
+    rp = sub.add_parser("reproduce", help="the paper's experiments: figures (PNG, PDF) and NAME.json")
+    rp.add_argument("name", nargs="?", help="an experiment (see --list)")
+    rp.add_argument("--all", action="store_true", help="every experiment")
+    rp.add_argument("--list", action="store_true", help="what each experiment shows")
+    rp.add_argument("--out", type=Path, default=Path("reproduce-out"))
     sub.add_parser("info", help="version, backends built, threads, compiler flags")
     a = parser.parse_args(argv)
     try:
-        return {"run": _cmd_run, "info": _cmd_info}[a.command](a)
+        return {"run": _cmd_run, "reproduce": _cmd_reproduce, "info": _cmd_info}[a.command](a)
     except ValueError as exc:
         print(f"fastmem {a.command}: error: {exc}", file=sys.stderr)
         return 2

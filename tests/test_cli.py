@@ -49,3 +49,13 @@ def test_console_script(tmp_path):
         pytest.skip(f"no console script beside {sys.executable} (fastmem not installed there)")
     r = subprocess.run([str(exe), "info"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.startswith("fastmem ")
+
+
+def test_reproduce_list_and_one(tmp_path):
+    r = _fastmem("reproduce", "--list", cwd=tmp_path)
+    assert r.returncode == 0 and "margins-log" in r.stdout and "one-step" in r.stdout
+    r = _fastmem("reproduce", "one-step", "--out", "figs", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "figs" / "one-step.json").read_text())["holds"] is True
+    r = _fastmem("reproduce", "nonsense", cwd=tmp_path)
+    assert r.returncode == 2 and "name: expected one of" in r.stderr

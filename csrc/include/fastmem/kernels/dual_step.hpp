@@ -60,6 +60,7 @@ double dual_residual(MatrixView<const T> Z, const std::int64_t* y, const std::in
                      const T* w, MatrixView<T> G, T* margins) {
   const index_t M = Z.cols;
   double loss = 0.0;
+#pragma omp parallel for schedule(static) reduction(+ : loss) if (b * M > 65536)
   for (index_t i = 0; i < b; ++i) {
     const std::int64_t x = token_at(tokens, i);
     const T* z = Z.row(x);
@@ -69,15 +70,18 @@ double dual_residual(MatrixView<const T> Z, const std::int64_t* y, const std::in
       zmax = std::max(zmax, z[k]);
       if (k != yx) zother = std::max(zother, z[k]);
     }
-    double sum = 0.0;
-    for (index_t k = 0; k < M; ++k) sum += std::exp(double(z[k] - zmax));
-    const double lse = double(zmax) + std::log(sum);
-    loss += double(w[i]) * (lse - double(z[yx]));
+    T sum = T(0);
+#pragma omp simd reduction(+ : sum)
+    for (index_t k = 0; k < M; ++k) sum += exp_nonpositive(z[k] - zmax);
+    const T lse = zmax + std::log(sum);
+    loss += double(w[i]) * (double(lse) - double(z[yx]));
     if (margins) margins[i] = z[yx] - zother;
     if (!G.empty()) {
       T* g = G.row(i);
-      for (index_t k = 0; k < M; ++k) g[k] = w[i] * static_cast<T>(std::exp(double(z[k]) - lse));
-      g[yx] -= w[i];
+      const T wi = w[i];
+#pragma omp simd
+      for (index_t k = 0; k < M; ++k) g[k] = wi * exp_nonpositive(z[k] - lse);
+      g[yx] -= wi;
     }
   }
   return loss;

@@ -1,0 +1,48 @@
+"""``fastmem reproduce NAME``: the experiments of *Learning Associative Memories with Gradient
+Descent* (Cabannes, Simsek, Bietti, ICML 2024), computed by fastmem at run time.
+
+Each writes its figures (PNG and PDF) and NAME.json with its key numbers, the
+phenomenon the paper reports ("expected") and whether this run shows it ("holds").
+"""
+
+import time
+from dataclasses import dataclass
+
+from . import larger, two_token, underparam
+from ._common import write_json
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    run: object
+
+    @property
+    def summary(self):
+        return self.run.__doc__.strip().splitlines()[0]
+
+
+EXPERIMENTS = {e.name: e for e in (
+    Experiment("landscape", two_token.landscape_experiment),
+    Experiment("spike", two_token.spike_experiment),
+    Experiment("learning-rates", two_token.learning_rates_experiment),
+    Experiment("forgetting", underparam.forgetting_experiment),
+    Experiment("sharpness", underparam.sharpness_experiment),
+    Experiment("eos", larger.eos_experiment),
+    Experiment("margins-log", larger.margins_log_experiment),
+    Experiment("one-step", larger.one_step_experiment),
+    Experiment("imbalance", larger.imbalance_experiment),
+)}
+
+
+def reproduce(name, out="."):
+    """Run experiment ``name``, write its figures and ``name.json`` under ``out``; return the numbers."""
+    if name not in EXPERIMENTS:
+        from .._validate import fail
+
+        fail("name", f"one of {sorted(EXPERIMENTS)}", repr(name))
+    t0 = time.perf_counter()
+    numbers = EXPERIMENTS[name].run(out)
+    numbers["seconds"] = round(time.perf_counter() - t0, 3)
+    write_json(out, name, numbers)
+    return numbers

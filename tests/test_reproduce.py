@@ -1,0 +1,78 @@
+"""Every experiment of the paper, run as `fastmem reproduce` runs it, with its phenomenon asserted in numbers."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fastmem.reproduce import EXPERIMENTS, reproduce
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reproduce")
+    return out, {name: reproduce(name, out) for name in EXPERIMENTS}
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_writes_figures_and_numbers(results, name):
+    out, res = results
+    assert json.loads((out / f"{name}.json").read_text())["files"] == res[name]["files"]
+    for f in res[name]["files"]:
+        head = (out / f).read_bytes()[:4]
+        assert head == (b"\x89PNG" if f.endswith(".png") else b"%PDF")
+
+
+def test_spike(results):
+    r = results[1]["spike"]
+    assert r["loss_rises_at_lr10"], "lr 10 should show a loss spike"
+    assert r["final_loss"]["lr10"] < r["final_loss"]["lr1"]
+
+
+def test_learning_rates(results):
+    r = results[1]["learning-rates"]
+    assert r["rank_correlation_lr"] <= -0.9  # larger lr: fewer steps
+    assert r["rank_correlation_alpha"] >= 0.9  # alpha -> 1: more steps
+    steps = np.array(r["steps_to_accuracy_1"], dtype=float)
+    assert np.isnan(steps[:, -1, :]).all()  # alpha = 1: identical tokens never separate
+
+
+def test_forgetting(results):
+    r = results[1]["forgetting"]
+    assert max(r["excess_error_N30"]) > 0
+    assert min(r["excess_error_N30"]) >= 0 and min(r["excess_error_N3"]) >= 0
+
+
+def test_sharpness_and_eos_cross_the_edge_and_converge(results):
+    for key in ("N3_lr10", "N30_lr10"):
+        r = results[1]["sharpness"][key]
+        assert r["max_lr_sharpness_over_2"] > 1 and r["loss_end"] < r["loss_start"]
+    eos = results[1]["eos"]
+    for d in (3, 5, 10):
+        r = eos[f"d{d}_lr20"]
+        assert r["max_lr_sharpness_over_2"] > 1 and r["loss_end"] < r["loss_start"]
+    assert eos["d3_lr20"]["loss_rises_at"] and eos["d3_lr20"]["margin_sign_changes"] > 10
+
+
+def test_margins_grow_like_log_t_and_follow_the_theory(results):
+    r = results[1]["margins-log"]
+    assert min(r["r2"]) >= 0.99
+    # rare tokens lag by about log p(x): b(x) - log p(x) varies by < 15% of the spread of log p
+    assert r["lag_spread"] < 0.15 * r["log_p_spread"]
+    assert r["recurrence_max_abs_err"] < 1e-9  # m_{t+1} = m_t + 2 lr p sigmoid(-m_t), exactly
+    assert r["continuous_limit_max_rel_err_lr0.01_t>=1000"] < 0.02  # e^m + m = 2 lr p t + 1
+
+
+def test_one_step(results):
+    assert results[1]["one-step"]["min_accuracy"] == pytest.approx(1.0)
+
+
+def test_imbalance(results):
+    r = results[1]["imbalance"]
+    assert r["rare_tokens_oscillating"] > 0 and sum(r["sign_changes_second_half"]) <= 2
+    assert r["loss_end"] < r["loss_start"]
+
+
+def test_every_claim_holds(results):
+    assert {n: r.get("holds") for n, r in results[1].items() if r.get("holds") is not None} == {
+        n: True for n, r in results[1].items() if r.get("holds") is not None}
