@@ -14,6 +14,8 @@ from .errors import BackendUnavailableError, InvalidArgumentError
 from .memory import AssociativeMemory
 from .metrics import accuracy, evaluate, gradient, loss, margins, sharpness
 from .optim import SGD, Adam, Constant, Cosine, SignGD, StepDecay
+from .state import TrainState
+from .step import step
 from .task import Task
 from .train import Record, Run, train
 
@@ -25,5 +27,5 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = [
     "Adam", "AssociativeMemory", "BackendUnavailableError", "Constant", "Cosine", "InvalidArgumentError",
     "Record", "Run", "SGD", "SignGD", "StepDecay", "Task", "accuracy", "backends", "embeddings", "evaluate",
-    "gradient", "kernels", "loss", "margins", "sharpness", "train", "use_backend",
+    "gradient", "kernels", "loss", "margins", "sharpness", "step", "train", "TrainState", "use_backend",
 ]

@@ -9,6 +9,7 @@ from . import dual
 from ._problem import chunk_arg, problem_args
 from .backends import get
 from .memory import AssociativeMemory
+from .state import TrainState
 
 METRICS = ("loss", "accuracy", "margins", "W", "sharpness")
 
@@ -63,19 +64,20 @@ class Run:
 
     Attributes
     ----------
-    steps : (R,) int64, recorded step counts (updates done)
+    steps : (R,) int64, recorded global step counts (updates done since the start of the run)
     loss, accuracy, sharpness : (R,) or None
     margins : (R, N) or None
     W_history : (R, d, d) or None
     W : (d, d), the memory after the last update (a dual run rebuilds it on first access)
     Z, A, c : the dual state of a dual run (scores N x M, coefficients N x M, scale of W0), else None
+    state : TrainState to save, or to continue the run from (``fm.train(..., resume=run.state)``)
     status : "ok" or "diverged" (a non-finite loss stopped the run; records before it stay)
     steps_done : int, updates done
     representation : "primal" or "dual", and representation_reason: why
     """
 
     def __init__(self, memory, task, steps, records, W, status, steps_done, backend, optimizer,
-                 representation="primal", representation_reason="", dual_state=None):
+                 representation="primal", representation_reason="", dual_state=None, state=None):
         self.steps = steps
         self.loss = records.get("loss")
         self.accuracy = records.get("accuracy")
@@ -84,6 +86,7 @@ class Run:
         self.W_history = records.get("W")
         self._W = W
         self.Z, self.A, self.c = dual_state if dual_state is not None else (None, None, None)
+        self.state = state
         self.status = status
         self.steps_done = steps_done
         self.backend = backend
@@ -127,8 +130,8 @@ class Run:
         return f"Run(status={self.status!r}, steps_done={self.steps_done}{last})"
 
 
-def train(memory, task, optimizer, steps, batch_size=None, seed=0, tokens=None, record=None, backend=None,
-          chunk=None, start_step=0, power_iters=100, representation="auto"):
+def train(memory, task, optimizer, steps, batch_size=None, seed=None, tokens=None, record=None, backend=None,
+          chunk=None, start_step=0, power_iters=100, representation="auto", resume=None):
     """Train ``memory`` on ``task`` for ``steps`` updates in one backend call.
 
     Parameters
@@ -139,12 +142,14 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=0, tokens=None, 
     steps : int >= 0
     batch_size : None for full-batch GD on the population loss, else minibatches of
         this many tokens drawn from p with replacement (duplicates are merged).
-    seed : int, the sampling stream (see :func:`fastmem.kernels.sample_tokens`)
+    seed : int, the sampling stream (see :func:`fastmem.kernels.sample_tokens`); default 0
     tokens : optional (steps, batch_size) int array of the minibatches to use instead
     record : Record (default: loss and accuracy at ~100 log-spaced steps)
     start_step : global index of the first step (schedules and the sampling stream)
     representation : "auto", "primal" (update W) or "dual" (update the N x M scores; exact
         for SGD-family optimizers without LayerNorm, see :mod:`fastmem.dual`)
+    resume : a TrainState (``run.state``) to continue from, with the same memory, task and
+        optimizer: its representation, seed and step are used; the result equals one longer run
 
     Returns
     -------
@@ -156,8 +161,16 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=0, tokens=None, 
     if not hasattr(optimizer, "_params"):
         v.fail("optimizer", "fm.SGD, fm.Adam or fm.SignGD", repr(optimizer))
     steps = v.positive_int("steps", steps, allow_zero=True)
-    seed = v.positive_int("seed", seed, allow_zero=True)
     start_step = v.positive_int("start_step", start_step, allow_zero=True)
+    if resume is not None:
+        if not isinstance(resume, TrainState):
+            v.fail("resume", "a TrainState (run.state or TrainState.load(path))", type(resume).__name__)
+        if seed is not None and seed != resume.seed:
+            v.fail("seed", f"{resume.seed} (the seed of the run being resumed) or None", seed)
+        if representation not in ("auto", resume.representation):
+            v.fail("representation", f"'{resume.representation}' (that of the state) or 'auto'", repr(representation))
+        seed, start_step, representation = resume.seed, resume.step, resume.representation
+    seed = v.positive_int("seed", 0 if seed is None else seed, allow_zero=True)
     if tokens is not None:
         tokens = np.asarray(tokens)
         if tokens.ndim != 2 or tokens.shape[0] != steps:
@@ -180,23 +193,42 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=0, tokens=None, 
            for name, shape in shapes.items()}
     rec["steps"] = rec_steps
     opt = optimizer._params()
-    tp = {"steps": steps, "batch_size": b, "seed": seed, "start_step": start_step,
+    tp = {"steps": steps, "batch_size": b, "seed": seed,
           "layernorm": memory.layernorm, "chunk": chunk_arg(chunk),
           "power_iters": v.positive_int("power_iters", power_iters)}
+    tp["start_step"] = start_step
     be = get(backend)
     rep, reason = dual.choose(memory, task, optimizer, steps, None if b == 0 else b, representation)
+    prev = resume.arrays if resume is not None else {}
+
+    def buffer(name, shape, needed=True):
+        """The state array to continue from (a copy), zeros for a new run, or None."""
+        if not needed:
+            return None
+        if name in prev:
+            if prev[name].shape != shape or prev[name].dtype != dt:
+                v.fail("resume", f"{name} of shape {shape} and dtype {dt}", f"{prev[name].dtype} {prev[name].shape}")
+            return prev[name].copy()
+        return np.zeros(shape, dtype=dt)
+
     dual_state = None
+    momentum = opt["kind"] == 0 and opt["momentum"] != 0.0
     if rep == "dual":
-        W, Z, A = None, np.empty((N, memory.M), dtype=dt), np.empty((N, memory.M), dtype=dt)
-        status, steps_done, n_rec, c = be.train_dual(E, oc, os_, U, memory.W, p, y, task.cdf, tokens, opt, tp, rec,
-                                                     Z, A)
-        dual_state = (Z, A, c)
+        W, NM = None, (N, memory.M)
+        arrays = {k: buffer(k, NM, k in "ZA" or momentum) for k in "ZABV"}
+        status, steps_done, n_rec, c = be.train_dual(
+            E, oc, os_, U, memory.W, p, y, task.cdf, tokens, opt, tp, rec, arrays["Z"], arrays["A"],
+            arrays["B"], arrays["V"], resume.c if resume else 1.0, resume is None)
+        dual_state, opt_t = (arrays["Z"], arrays["A"], c), 0
     else:
-        W = memory.W.copy()
-        needs_m = opt["kind"] == 1 or opt["momentum"] != 0.0
-        m = np.zeros((d, d), dtype=dt) if needs_m else None
-        vv = np.zeros((d, d), dtype=dt) if opt["kind"] == 1 else None
-        status, steps_done, n_rec, _ = be.train(E, oc, os_, U, W, p, y, task.cdf, tokens, opt, tp, rec, m, vv, 0)
+        W = prev["W"].copy() if "W" in prev else memory.W.copy()
+        arrays = {"W": W, "m": buffer("m", (d, d), opt["kind"] == 1 or momentum),
+                  "v": buffer("v", (d, d), opt["kind"] == 1)}
+        status, steps_done, n_rec, opt_t = be.train(E, oc, os_, U, W, p, y, task.cdf, tokens, opt, tp, rec,
+                                                    arrays["m"], arrays["v"], resume.opt_t if resume else 0)
+        c = 1.0
+    state = TrainState(rep, start_step + int(steps_done), seed,
+                       {k: a for k, a in arrays.items() if a is not None}, float(c), int(opt_t))
     records = {name: arr[:n_rec] for name, arr in rec.items() if name != "steps" and arr is not None}
-    return Run(memory, task, rec_steps[:n_rec], records, W, "ok" if status == 0 else "diverged",
-               int(steps_done), be.name, optimizer, rep, reason, dual_state)
+    return Run(memory, task, start_step + rec_steps[:n_rec], records, W, "ok" if status == 0 else "diverged",
+               int(steps_done), be.name, optimizer, rep, reason, dual_state, state)

@@ -247,7 +247,7 @@ py::tuple py_train(py::array E, py::object oc, py::object os, py::array U, py::a
 
 py::tuple py_train_dual(py::array E, py::object oc, py::object os, py::array U, py::array W0, py::array p,
                         py::array y, py::object cdf, py::object tokens, py::dict opt, py::dict tpd, py::dict rec,
-                        py::array Z, py::array A) {
+                        py::array Z, py::array A, py::object B, py::object V, double c, bool fresh) {
   return dispatch(E, [&](auto tag) {
     using T = decltype(tag);
     const TrainParams tp = train_params(tpd);
@@ -257,15 +257,46 @@ py::tuple py_train_dual(py::array E, py::object oc, py::object os, py::array U, 
     const OptimizerParams op = optimizer_params(opt);
     const TrainRecord<T> r = train_record<T>(rec);
     auto W0v = cmatrix<T>(W0, "W0");
-    auto Zv = matrix<T>(Z, "Z");
-    auto Av = matrix<T>(A, "A");
+    DualState<T> st;
+    st.Z = matrix<T>(Z, "Z");
+    st.A = matrix<T>(A, "A");
+    if (!B.is_none()) {
+      py::array b = B.cast<py::array>(), v = V.cast<py::array>();
+      st.B = matrix<T>(b, "B");
+      st.V = matrix<T>(v, "V");
+    }
+    st.c = c;
+    st.fresh = fresh;
     TrainResult res;
-    double c = 1.0;
     {
       py::gil_scoped_release nogil;
-      res = train_dual(pr, W0v, Zv, Av, c, cdfp, tok, op, tp, r);
+      res = train_dual(pr, W0v, st, cdfp, tok, op, tp, r);
     }
-    return py::make_tuple(static_cast<int>(res.status), res.steps_done, res.records, c);
+    return py::make_tuple(static_cast<int>(res.status), res.steps_done, res.records, st.c);
+  });
+}
+
+double py_sgd_step(py::array W, py::array E, py::object oc, py::object os, py::array U, py::array x, py::array yb,
+                   double lr, bool ln, py::array out) {
+  return dispatch(E, [&](auto tag) {
+    using T = decltype(tag);
+    Problem<T> pr;
+    pr.emb.E = cmatrix<T>(E, "E");
+    pr.emb.onehot_col = opt_ptr<std::int64_t, false>(oc, pr.emb.E.rows, "onehot_col");
+    pr.emb.onehot_scale = opt_ptr<T, false>(os, pr.emb.E.rows, "onehot_scale");
+    pr.U = cmatrix<T>(U, "U");
+    pr.layernorm = ln;
+    require(pr.U.cols == pr.emb.E.cols, "E and U must have the same number of columns");
+    const index_t b = x.shape(0);
+    const std::int64_t* xp = cvec<std::int64_t>(x, b, "x");
+    const std::int64_t* yp = cvec<std::int64_t>(yb, b, "y");
+    for (index_t i = 0; i < b; ++i)
+      require(xp[i] >= 0 && xp[i] < pr.N() && yp[i] >= 0 && yp[i] < pr.M(), "x or y out of range");
+    auto Wv = cmatrix<T>(W, "W");
+    auto Ov = matrix<T>(out, "out");
+    PassWorkspace<T> ws;
+    py::gil_scoped_release nogil;
+    return sgd_step(pr, Wv, xp, yp, b, lr, Ov, ws);
   });
 }
 
@@ -343,6 +374,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("train", &py_train);
   m.def("train_dual", &py_train_dual);
   m.def("rebuild_W", &py_rebuild_W);
+  m.def("sgd_step", &py_sgd_step);
   m.def("info", &info);
   m.def("get_num_threads", &get_num_threads);
   m.def("set_num_threads", &set_num_threads);

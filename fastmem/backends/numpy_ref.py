@@ -69,14 +69,14 @@ def sgd_rank_update(W, Eb, H, alpha):
     W[...] = W.astype(_F) + alpha * (Eb.astype(_F).T @ H.astype(_F))
 
 
-def _forward_backward(E, U, W, tokens, w, y, layernorm):
-    """Loss sum_i w_i l_i, the per-row (lse, zy, zother), dL/dQ (b, d) and E[tokens]."""
+def _forward_backward(E, U, W, tokens, w, y, layernorm, targets=None):
+    """Loss sum_i w_i l_i, the margins, dL/dQ (b, d) and E[tokens]; targets: per-row, else y[tokens]."""
     Eb = E if tokens is None else E[tokens]
     q = Eb @ W
     if layernorm:
         r = np.sqrt((q * q).sum(axis=1, keepdims=True) + _LN_EPS)
         q = q / r
-    yb = y if tokens is None else y[tokens]
+    yb = targets if targets is not None else (y if tokens is None else y[tokens])
     lse, zy, zother, h = _fused(q, U, yb, w)
     if layernorm:
         h = (h - q * (q * h).sum(axis=1, keepdims=True)) / r
@@ -245,15 +245,20 @@ def rebuild_W(E, onehot_col, onehot_scale, U, W0, A, c, W_out):
     W_out[...] = c * W0.astype(_F) - E.astype(_F).T @ (A.astype(_F) @ U.astype(_F))
 
 
-def train_dual(E, onehot_col, onehot_scale, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A):
+def train_dual(E, onehot_col, onehot_scale, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A, B, V, c, fresh):
     with np.errstate(over="ignore", invalid="ignore"):
-        return _train_dual(E.astype(_F), U.astype(_F), W0.astype(_F), p, y, cdf, tokens, opt, tp, rec, Z, A)
+        return _train_dual(E.astype(_F), U.astype(_F), W0.astype(_F), p, y, cdf, tokens, opt, tp, rec,
+                           Z, A, B, V, c, fresh)
 
 
-def _train_dual(E, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A):
+def _train_dual(E, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A, B, V, c, fresh):
     KE, KU = E @ E.T, U @ U.T
-    st = {"Z": E @ W0 @ U.T, "A": np.zeros((E.shape[0], U.shape[0])), "c": 1.0}
-    st["B"], st["V"] = np.zeros_like(st["A"]), np.zeros_like(st["A"])
+    zeros = np.zeros((E.shape[0], U.shape[0]))
+    if fresh:
+        st = {"Z": E @ W0 @ U.T, "A": zeros, "c": 1.0, "B": zeros, "V": zeros}
+    else:
+        st = {"Z": Z.astype(_F), "A": A.astype(_F), "c": c,
+              "B": zeros if B is None else B.astype(_F), "V": zeros if V is None else V.astype(_F)}
 
     def W():
         return st["c"] * W0 - E.T @ (st["A"] @ U)
@@ -287,4 +292,14 @@ def _train_dual(E, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A):
 
     status, done, r = _drive(tp["steps"], rec, record, step)
     Z[...], A[...] = st["Z"], st["A"]
+    if B is not None:
+        B[...], V[...] = st["B"], st["V"]
     return status, done, r, st["c"]
+
+
+def sgd_step(W, E, onehot_col, onehot_scale, U, x, y, lr, layernorm, out):
+    W64 = W.astype(_F)
+    w = np.full(len(x), 1.0 / len(x))
+    loss, _, h, Eb = _forward_backward(E.astype(_F), U.astype(_F), W64, x, w, None, layernorm, targets=y)
+    out[...] = W64 - lr * (Eb.T @ h)
+    return loss

@@ -182,6 +182,23 @@ TrainResult train(const Problem<T>& prob, MatrixView<T> W, const double* cdf, co
   return drive(tp.steps, record, step);
 }
 
+// One SGD step for simulators that own their loop: b draws x with their own
+// targets yb, each of weight 1 / b; W_out = W - lr E[x]^T H. W_out may be W
+// (in place); the memory is read before it is written. Returns the batch loss.
+template <class T>
+double sgd_step(const Problem<T>& prob, MatrixView<const T> W, const std::int64_t* x, const std::int64_t* yb,
+                index_t b, double lr, MatrixView<T> W_out, PassWorkspace<T>& ws) {
+  const index_t d = prob.d();
+  FASTMEM_CHECK_ARG(W.rows == d && W.cols == d && W_out.rows == d && W_out.cols == d, "W and out must be d x d");
+  FASTMEM_CHECK_ARG(b >= 1, "the batch must hold at least one token");
+  ws.w.assign(std::size_t(b), static_cast<T>(1.0 / double(b)));
+  const double loss = forward_backward(prob, W, x, b, ws, yb);
+  if (W_out.ptr != W.ptr)
+    for (index_t i = 0; i < d; ++i) std::copy(W.row(i), W.row(i) + d, W_out.row(i));
+  embed_write(prob.emb, x, ws.Eb, MatrixView<const T>(ws.H(b, d)), static_cast<T>(-lr), W_out);
+  return loss;
+}
+
 // Population metrics read from the N x M scores (the dual representation).
 template <class T>
 PopulationMetrics score_metrics(MatrixView<const T> Z, const double* p, const std::int64_t* y,
@@ -199,35 +216,46 @@ PopulationMetrics score_metrics(MatrixView<const T> Z, const double* p, const st
   return out;
 }
 
-// The same run as train() for an SGD-family optimizer (momentum and decoupled
-// weight decay included) without LayerNorm, simulated on the scores Z (N x M)
-// and coefficients A (W = c W0 - E^T A U) instead of W: same sampling, same
-// records. Z and A (caller-owned, N x M) receive the final state and c its
-// scale; W itself is rebuilt only on request (dual_rebuild_W).
+// The state of a dual run, caller-owned: scores Z and coefficients A (N x M),
+// with W = c W0 - E^T A U; with momentum, its coefficients B and its scores
+// V = K_E B K_U (N x M, else empty). `fresh` starts from W0 (Z = E W0 U^T, A = 0).
 template <class T>
-TrainResult train_dual(const Problem<T>& prob, MatrixView<const T> W0, MatrixView<T> Z, MatrixView<T> A, double& c,
-                       const double* cdf, const std::int64_t* given_tokens, const OptimizerParams& opt,
-                       const TrainParams& tp, const TrainRecord<T>& rec) {
+struct DualState {
+  MatrixView<T> Z, A, B, V;
+  double c = 1.0;
+  bool fresh = true;
+};
+
+// The same run as train() for an SGD-family optimizer (momentum and decoupled
+// weight decay included) without LayerNorm, simulated on the dual state instead
+// of W: same sampling, same records. W is rebuilt only on request (dual_rebuild_W).
+template <class T>
+TrainResult train_dual(const Problem<T>& prob, MatrixView<const T> W0, DualState<T>& st, const double* cdf,
+                       const std::int64_t* given_tokens, const OptimizerParams& opt, const TrainParams& tp,
+                       const TrainRecord<T>& rec) {
   FASTMEM_CHECK_ARG(opt.kind == OptimizerKind::SGD,
                     "the dual representation needs an optimizer linear in the gradient (SGD, momentum, weight decay)");
   FASTMEM_CHECK_ARG(!prob.layernorm, "the dual representation is not exact with LayerNorm");
   const index_t N = prob.N(), M = prob.M(), d = prob.d();
   FASTMEM_CHECK_ARG(W0.rows == d && W0.cols == d, "W0 must be d x d");
+  const bool momentum = opt.momentum != 0.0;
+  MatrixView<T> Z = st.Z, A = st.A, B = st.B, V = st.V;
+  double& c = st.c;
   FASTMEM_CHECK_ARG(Z.rows == N && Z.cols == M && A.rows == N && A.cols == M, "Z and A must be N x M");
+  FASTMEM_CHECK_ARG(!momentum || (B.rows == N && B.cols == M && V.rows == N && V.cols == M),
+                    "momentum needs B and V (N x M)");
   std::vector<T> ke, ke_diag, ku, ku_diag;
   const Gram<T> KE = make_gram(prob.emb.E, ke, ke_diag), KU = make_gram(prob.U, ku, ku_diag);
-  const bool momentum = opt.momentum != 0.0;
-  std::vector<T> bm(momentum ? std::size_t(N * M) : 0, T(0)), v(bm.size(), T(0)), g, p_weights, margin_buf, au,
-      weights, w_buf;
-  MatrixView<T> B(bm.data(), N, M), V(v.data(), N, M);
-  c = 1.0;
-  for (index_t x = 0; x < N; ++x) {
-    std::fill(Z.row(x), Z.row(x) + M, T(0));
-    std::fill(A.row(x), A.row(x) + M, T(0));
-  }
+  std::vector<T> g, p_weights, margin_buf, au, weights, w_buf;
   bool w0_zero = true;
-  for (index_t i = 0; i < d && w0_zero; ++i)
-    for (index_t j = 0; j < d; ++j) w0_zero = w0_zero && W0(i, j) == T(0);
+  if (st.fresh) {
+    c = 1.0;
+    for (auto X : {Z, A, B, V})
+      for (index_t x = 0; x < X.rows; ++x) std::fill(X.row(x), X.row(x) + X.cols, T(0));
+    for (index_t i = 0; i < d && w0_zero; ++i)
+      for (index_t j = 0; j < d; ++j) w0_zero = w0_zero && W0(i, j) == T(0);
+    st.fresh = false;
+  }
   if (!w0_zero) {  // Z_0 = (E W_0) U^T
     std::vector<T> q(std::size_t(N * d));
     MatrixView<T> Q(q.data(), N, d);

@@ -43,17 +43,18 @@ struct PassWorkspace {
 };
 
 // tokens: b token ids, or null for all N tokens in order; ws.w must hold the b
-// row weights. Returns sum_i w_i l_i; ws.lse/zy/zother/H hold the per-row results.
+// row weights; targets: b per-row targets, or null for the task's y(x).
+// Returns sum_i w_i l_i; ws.lse/zy/zother/H hold the per-row results.
 template <class T>
 double forward_backward(const Problem<T>& prob, MatrixView<const T> W, const std::int64_t* tokens, index_t b,
-                        PassWorkspace<T>& ws) {
+                        PassWorkspace<T>& ws, const std::int64_t* targets = nullptr) {
   const index_t d = prob.d();
   ws.resize(b, d);
   ws.Eb = prob.emb.onehot() ? MatrixView<const T>() : gather_rows(prob.emb, tokens, b, ws.eb);
   MatrixView<T> Q = ws.Q(b, d), H = ws.H(b, d);
   embed_read(prob.emb, tokens, ws.Eb, W, Q);
   if (prob.layernorm) layernorm_forward(Q, ws.r.data());
-  for (index_t i = 0; i < b; ++i) ws.yb[i] = prob.y[token_at(tokens, i)];
+  for (index_t i = 0; i < b; ++i) ws.yb[i] = targets ? targets[i] : prob.y[token_at(tokens, i)];
   SoftmaxXentGradParams<T> sp{Q, prob.U, ws.yb.data(), ws.w.data(), H,
                               ws.lse.data(), ws.zy.data(), ws.zother.data(), prob.chunk};
   softmax_xent_grad(sp, ws.sx);

@@ -1,0 +1,60 @@
+"""One training step on arrays the caller owns, for simulators that run their own loop."""
+
+import numpy as np
+
+from . import _validate as v
+from .backends import get
+from .memory import _detect_onehot
+
+
+def _host_view(a, name):
+    """A numpy view of ``a`` without a copy: numpy arrays as they are, anything else through DLPack
+    (PyTorch CPU tensors, JAX CPU arrays, ...)."""
+    if isinstance(a, np.ndarray):
+        return a
+    if hasattr(a, "__dlpack__"):
+        try:
+            return np.from_dlpack(a)
+        except (BufferError, RuntimeError, TypeError) as exc:
+            v.fail(name, "a host (CPU) array exporting DLPack", f"{type(a).__name__} ({exc})")
+    v.fail(name, "a numpy array or an array exporting DLPack", type(a).__name__)
+
+
+def step(W, E, U, x, y, lr, out=None, layernorm=False, backend=None):
+    """One SGD step on the batch (x, y): ``out = W - lr * grad`` of the mean cross-entropy
+    of the b draws, where draw i is token x[i] with target y[i].
+
+    Parameters
+    ----------
+    W : (d, d) float32/float64, numpy or any DLPack array (PyTorch, JAX) on the host
+    E : (N, d), U : (M, d), same dtype
+    x, y : (b,) int, tokens in [0, N) and targets in [0, M)
+    lr : float > 0
+    out : (d, d) array updated in place (default: W itself). Its buffer is written
+        directly, without a copy, whatever library owns it; immutable arrays (JAX)
+        need an explicit writeable ``out``.
+
+    Returns
+    -------
+    float, the batch loss before the step.
+    """
+    Wv = _host_view(W, "W")
+    Ev, Uv = _host_view(E, "E"), _host_view(U, "U")
+    Ov = Wv if out is None else _host_view(out, "out")
+    d = Ev.shape[1] if Ev.ndim == 2 else -1
+    for name, a, shape in (("W", Wv, (d, d)), ("E", Ev, None), ("U", Uv, (None, d)), ("out", Ov, (d, d))):
+        if a.ndim != 2 or a.dtype not in v.FLOAT_DTYPES or a.dtype != Ev.dtype:
+            v.fail(name, f"a 2-D float32/float64 array of E's dtype {Ev.dtype}", f"{a.dtype} {a.shape}")
+        if shape is not None and a.shape != tuple(s if s is not None else a.shape[i] for i, s in enumerate(shape)):
+            v.fail(name, f"shape {shape}", f"shape {a.shape}")
+        if not a.flags.c_contiguous:
+            v.fail(name, "a C-contiguous array", "a strided view")
+    if not Ov.flags.writeable:
+        v.fail("out", "a writeable array (W is read-only, e.g. a JAX array: pass out=)", "a read-only array")
+    x = v.tokens("x", _host_view(np.asarray(x), "x"), Ev.shape[0])
+    if x.ndim != 1 or x.size == 0:
+        v.fail("x", "a non-empty 1-D array of tokens", f"shape {x.shape}")
+    y = v.tokens("y", y, Uv.shape[0], shape=x.shape)
+    lr = v.positive_float("lr", lr)
+    oc, os_ = _detect_onehot(Ev) or (None, None)
+    return float(get(backend).sgd_step(Wv, Ev, oc, os_, Uv, x, y, lr, bool(layernorm), Ov))
