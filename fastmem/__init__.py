@@ -8,7 +8,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import embeddings, kernels
+from . import cmd, embeddings, kernels
 from .backends import backends, use_backend
 from .errors import BackendUnavailableError, InvalidArgumentError
 from .memory import AssociativeMemory
@@ -25,7 +25,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
 __all__ = [
-    "Adam", "AssociativeMemory", "BackendUnavailableError", "Constant", "Cosine", "InvalidArgumentError",
+    "Adam", "AssociativeMemory", "cmd", "BackendUnavailableError", "Constant", "Cosine", "InvalidArgumentError",
     "Record", "Run", "SGD", "SignGD", "StepDecay", "Task", "accuracy", "backends", "embeddings", "evaluate",
     "gradient", "kernels", "loss", "margins", "sharpness", "step", "train", "TrainState", "use_backend",
 ]

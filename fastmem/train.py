@@ -131,7 +131,8 @@ class Run:
 
 
 def train(memory, task, optimizer, steps, batch_size=None, seed=None, tokens=None, record=None, backend=None,
-          chunk=None, start_step=0, power_iters=100, representation="auto", resume=None):
+          chunk=None, start_step=0, power_iters=100, representation="auto", resume=None, callback=None,
+          callback_every=1):
     """Train ``memory`` on ``task`` for ``steps`` updates in one backend call.
 
     Parameters
@@ -150,11 +151,18 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=None, tokens=Non
         for SGD-family optimizers without LayerNorm, see :mod:`fastmem.dual`)
     resume : a TrainState (``run.state``) to continue from, with the same memory, task and
         optimizer: its representation, seed and step are used; the result equals one longer run
+    callback : called as ``callback(step, state)`` every ``callback_every`` steps with the
+        TrainState of a primal run (after the records of that step); it may modify
+        ``state.W`` in place, and training continues from it (e.g. fm.cmd.EmbeddedCMD)
 
     Returns
     -------
     Run
     """
+    if callback is not None:
+        return _train_with_callback(memory, task, optimizer, steps, batch_size, seed, tokens, record, backend,
+                                    chunk, start_step, power_iters, representation, resume, callback,
+                                    callback_every)
     if not isinstance(memory, AssociativeMemory):
         v.fail("memory", "an AssociativeMemory", type(memory).__name__)
     E, oc, os_, U, p, y = problem_args(memory, task)
@@ -232,3 +240,39 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=None, tokens=Non
     records = {name: arr[:n_rec] for name, arr in rec.items() if name != "steps" and arr is not None}
     return Run(memory, task, start_step + rec_steps[:n_rec], records, W, "ok" if status == 0 else "diverged",
                int(steps_done), be.name, optimizer, rep, reason, dual_state, state)
+
+
+def _train_with_callback(memory, task, optimizer, steps, batch_size, seed, tokens, record, backend, chunk,
+                         start_step, power_iters, representation, resume, callback, every):
+    """train() in chunks of ``every`` steps, resuming bit-exactly, with the callback between them."""
+    if not callable(callback):
+        v.fail("callback", "a callable(step, state)", repr(callback))
+    every = v.positive_int("callback_every", every)
+    steps = v.positive_int("steps", steps, allow_zero=True)
+    if representation == "dual":
+        v.fail("representation", "'primal' or 'auto' with a callback (it works on W)", "'dual'")
+    record = Record() if record is None else record
+    wanted = record.resolve(steps)
+    kw = dict(batch_size=batch_size, backend=backend, chunk=chunk, power_iters=power_iters,
+              representation="primal")
+    state, done, parts = resume, 0, []
+    while True:
+        n = min(every, steps - done)
+        local = wanted[(wanted > done) & (wanted <= done + n)] - done
+        if done == 0:
+            local = np.concatenate([wanted[wanted == 0], local])
+        toks = None if tokens is None else np.asarray(tokens)[done:done + n]
+        run = train(memory, task, optimizer, n, seed=seed if state is None else None, tokens=toks,
+                    record=Record(steps=local, metrics=record.metrics), start_step=start_step, resume=state, **kw)
+        parts.append(run)
+        state, done = run.state, done + run.steps_done
+        if run.status != "ok" or done >= steps:
+            break
+        callback(state.step, state)
+    records = {name: np.concatenate([getattr(r, attr) for r in parts])
+               for name, attr in (("loss", "loss"), ("accuracy", "accuracy"), ("margins", "margins"),
+                                  ("sharpness", "sharpness"), ("W", "W_history"))
+               if getattr(parts[0], attr) is not None}
+    last = parts[-1]
+    return Run(memory, task, np.concatenate([r.steps for r in parts]), records, last.W, last.status,
+               done, last.backend, optimizer, "primal", "a callback works on W", None, last.state)

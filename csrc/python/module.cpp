@@ -27,23 +27,29 @@ void require(bool ok, const std::string& msg) {
   if (!ok) throw py::value_error(msg);
 }
 
+// A 2-D array with unit column stride as a view. numpy gives a dimension of
+// size 1 any stride, so those strides are not checked.
 template <class T>
-MatrixView<T> matrix(py::array& a, const char* name) {
+MatrixView<const T> view_2d(const py::array& a, const char* name) {
   require(a.ndim() == 2, std::string(name) + " must be 2-D");
   require(a.dtype().is(py::dtype::of<T>()), std::string(name) + " has the wrong dtype");
-  require(a.strides(1) == sizeof(T) && a.strides(0) % sizeof(T) == 0,
+  const index_t rows = a.shape(0), cols = a.shape(1), es = sizeof(T);
+  require((cols <= 1 || a.strides(1) == es) && (rows <= 1 || a.strides(0) % es == 0),
           std::string(name) + " must have contiguous rows");
+  const index_t stride = rows <= 1 ? cols : a.strides(0) / es;
+  return {static_cast<const T*>(a.data()), rows, cols, stride};
+}
+
+template <class T>
+MatrixView<T> matrix(py::array& a, const char* name) {
   require(a.writeable(), std::string(name) + " must be writeable");
-  return {static_cast<T*>(a.mutable_data()), a.shape(0), a.shape(1), a.strides(0) / index_t(sizeof(T))};
+  const MatrixView<const T> v = view_2d<T>(a, name);
+  return {static_cast<T*>(a.mutable_data()), v.rows, v.cols, v.stride};
 }
 
 template <class T>
 MatrixView<const T> cmatrix(const py::array& a, const char* name) {
-  require(a.ndim() == 2, std::string(name) + " must be 2-D");
-  require(a.dtype().is(py::dtype::of<T>()), std::string(name) + " has the wrong dtype");
-  require(a.strides(1) == sizeof(T) && a.strides(0) % sizeof(T) == 0,
-          std::string(name) + " must have contiguous rows");
-  return {static_cast<const T*>(a.data()), a.shape(0), a.shape(1), a.strides(0) / index_t(sizeof(T))};
+  return view_2d<T>(a, name);
 }
 
 template <class T>
@@ -290,8 +296,9 @@ double py_sgd_step(py::array W, py::array E, py::object oc, py::object os, py::a
     const index_t b = x.shape(0);
     const std::int64_t* xp = cvec<std::int64_t>(x, b, "x");
     const std::int64_t* yp = cvec<std::int64_t>(yb, b, "y");
-    for (index_t i = 0; i < b; ++i)
-      require(xp[i] >= 0 && xp[i] < pr.N() && yp[i] >= 0 && yp[i] < pr.M(), "x or y out of range");
+    bool in_range = true;
+    for (index_t i = 0; i < b; ++i) in_range &= xp[i] >= 0 && xp[i] < pr.N() && yp[i] >= 0 && yp[i] < pr.M();
+    require(in_range, "x or y out of range");
     auto Wv = cmatrix<T>(W, "W");
     auto Ov = matrix<T>(out, "out");
     PassWorkspace<T> ws;
@@ -318,6 +325,42 @@ void py_rebuild_W(py::array E, py::object oc, py::object os, py::array U, py::ar
     std::vector<T> au;
     py::gil_scoped_release nogil;
     dual_rebuild_W(emb, Uv, W0v, c, Av, Wv, au);
+  });
+}
+
+void py_cmd_assign_fit(py::array theta, py::array refs, py::array mode, py::array a, py::array b, py::object corr) {
+  dispatch(theta, [&](auto tag) {
+    using T = decltype(tag);
+    CmdFitParams<T> p;
+    p.theta = cmatrix<T>(theta, "theta");
+    p.refs = cmatrix<double>(refs, "refs");
+    const index_t P = p.theta.cols;
+    require(p.refs.rows == p.theta.rows, "refs must have a row per step of theta");
+    p.mode = vec<std::int64_t>(mode, P, "mode");
+    p.a = vec<double>(a, P, "a");
+    p.b = vec<double>(b, P, "b");
+    p.corr = opt_ptr<double>(corr, P, "corr");
+    py::gil_scoped_release nogil;
+    cmd_assign_fit(p);
+  });
+}
+
+void py_cmd_online_update(py::array theta_t, py::array r_t, py::array mode, index_t n, py::array r_mean,
+                          py::array r_m2, py::array theta_mean, py::array co) {
+  dispatch(theta_t, [&](auto tag) {
+    using T = decltype(tag);
+    const index_t P = theta_t.shape(0), M = r_t.shape(0);
+    const T* th = cvec<T>(theta_t, P, "theta_t");
+    const double* r = cvec<double>(r_t, M, "r_t");
+    // mode comes from cmd_assign_fit (values in [0, M)); checking it here would be a
+    // second pass over P entries on every step
+    const std::int64_t* md = cvec<std::int64_t>(mode, P, "mode");
+    double* rm = vec<double>(r_mean, M, "r_mean");
+    double* r2 = vec<double>(r_m2, M, "r_m2");
+    double* tm = vec<double>(theta_mean, P, "theta_mean");
+    double* c = vec<double>(co, P, "co");
+    py::gil_scoped_release nogil;
+    cmd_online_update(th, P, r, M, md, n, rm, r2, tm, c);
   });
 }
 
@@ -375,6 +418,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("train_dual", &py_train_dual);
   m.def("rebuild_W", &py_rebuild_W);
   m.def("sgd_step", &py_sgd_step);
+  m.def("cmd_assign_fit", &py_cmd_assign_fit);
+  m.def("cmd_online_update", &py_cmd_online_update);
   m.def("info", &info);
   m.def("get_num_threads", &get_num_threads);
   m.def("set_num_threads", &set_num_threads);

@@ -50,3 +50,11 @@ def sgd_step(W, E, onehot_col, onehot_scale, U, x, y, lr, layernorm, out):
 
 def rebuild_W(E, onehot_col, onehot_scale, U, W0, A, c, W_out):
     _core.rebuild_W(E, onehot_col, onehot_scale, U, W0, A, c, W_out)
+
+
+def cmd_assign_fit(theta, refs, mode, a, b, corr):
+    _core.cmd_assign_fit(theta, refs, mode, a, b, corr)
+
+
+def cmd_online_update(theta_t, r_t, mode, n, r_mean, r_m2, theta_mean, co):
+    _core.cmd_online_update(theta_t, r_t, mode, n, r_mean, r_m2, theta_mean, co)

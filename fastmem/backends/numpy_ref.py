@@ -303,3 +303,30 @@ def sgd_step(W, E, onehot_col, onehot_scale, U, x, y, lr, layernorm, out):
     loss, _, h, Eb = _forward_backward(E.astype(_F), U.astype(_F), W64, x, w, None, layernorm, targets=y)
     out[...] = W64 - lr * (Eb.T @ h)
     return loss
+
+
+# --- CMD (kernels/cmd.hpp) ---------------------------------------------------------
+
+def cmd_assign_fit(theta, refs, mode, a, b, corr):
+    X = theta.astype(_F)
+    Xc, Rc = X - X.mean(axis=0), refs - refs.mean(axis=0)
+    den = np.sqrt(np.outer((Xc * Xc).sum(axis=0), (Rc * Rc).sum(axis=0)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c = np.where(den > 0, np.abs(Xc.T @ Rc) / den, 0.0)  # (P, M); a constant series correlates 0
+    mode[...] = c.argmax(axis=1)
+    r = refs[:, mode]
+    rc = r - r.mean(axis=0)
+    var = (rc * rc).sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a[...] = np.where(var > 0, (Xc * rc).sum(axis=0) / var, 0.0)
+    b[...] = X.mean(axis=0) - a * r.mean(axis=0)
+    if corr is not None:
+        corr[...] = c[np.arange(len(mode)), mode]
+
+
+def cmd_online_update(theta_t, r_t, mode, n, r_mean, r_m2, theta_mean, co):
+    dr = r_t - r_mean
+    r_mean += dr / (n + 1)
+    r_m2 += dr * (r_t - r_mean)
+    theta_mean += (theta_t - theta_mean) / (n + 1)
+    co += dr[mode] * (theta_t - theta_mean)

@@ -1,6 +1,7 @@
 """``fastmem reproduce NAME``: the experiments of *Learning Associative Memories with Gradient
 Descent* (Cabannes, Simsek, Bietti, ICML 2024), computed by fastmem at run time.
 
+Also ``cmd``: Correlation Mode Decomposition (fastmem.cmd) of a fastmem run.
 Each writes its figures (PNG and PDF) and NAME.json with its key numbers, the
 phenomenon the paper reports ("expected") and whether this run shows it ("holds").
 """
@@ -8,7 +9,7 @@ phenomenon the paper reports ("expected") and whether this run shows it ("holds"
 import time
 from dataclasses import dataclass
 
-from . import larger, two_token, underparam
+from . import cmd_run, larger, two_token, underparam
 from ._common import write_json
 
 
@@ -32,6 +33,7 @@ EXPERIMENTS = {e.name: e for e in (
     Experiment("margins-log", larger.margins_log_experiment),
     Experiment("one-step", larger.one_step_experiment),
     Experiment("imbalance", larger.imbalance_experiment),
+    Experiment("cmd", cmd_run.cmd_experiment),
 )}
 
 

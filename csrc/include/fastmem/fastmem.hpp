@@ -2,6 +2,8 @@
 #pragma once
 #include "blas.hpp"
 #include "errors.hpp"
+#include "kernels/cmd.hpp"
+#include "kernels/dual_step.hpp"
 #include "kernels/forward_backward.hpp"
 #include "kernels/layernorm.hpp"
 #include "kernels/metrics.hpp"
