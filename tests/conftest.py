@@ -32,8 +32,12 @@ def compiled(request):
 
 @pytest.fixture
 def rng(request):
-    """A generator seeded by the test's name, so every test draws its own fixed numbers."""
-    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+    """A generator seeded by the test's name and parameters, so every test draws its own fixed
+    numbers, and every backend of one test case gets the same inputs."""
+    callspec = getattr(request.node, "callspec", None)
+    params = sorted((k, repr(v)) for k, v in (callspec.params.items() if callspec else ())
+                    if k not in ("backend", "compiled"))
+    return np.random.default_rng(zlib.crc32(f"{request.node.originalname}{params}".encode()))
 
 
 def random_problem(rng, N, M, d, dtype, W_scale=1.0, layernorm=False):

@@ -45,7 +45,9 @@ def test_population_metrics_match_reference(compiled, rng, N, M, d, layernorm, d
     got = fm.evaluate(mem, task, gradient=True, backend=compiled)
     want = fm.evaluate(mem, task, gradient=True, backend="numpy")
     assert got["margins"].dtype == got["gradient"].dtype == dtype
-    assert_close(got["loss"], want["loss"], dtype, factor=10)
+    # lse - z_y cancels: its rounding is relative to the scores, not to the loss
+    score_scale = np.abs(want["margins"]).max()
+    assert_close(got["loss"], want["loss"], dtype, scale=score_scale, factor=10)
     assert_close(got["margins"], want["margins"], dtype, factor=10)
     # |grad| <= max|e_x| * 2 max|u_k|: the natural scale when the gradient nearly vanishes
     scale = 2 * np.abs(mem.E).max() * np.abs(mem.U).max()

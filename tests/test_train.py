@@ -44,8 +44,16 @@ def test_trajectory_matches_reference_float32(compiled, rng, opt, batch_size, la
     kw = dict(steps=60, batch_size=batch_size, seed=1, record=ALL, representation="primal")
     got = fm.train(mem, task, opt, backend=compiled, **kw)
     want = fm.train(mem, task, opt, backend="numpy", **kw)
-    assert_close(got.loss, want.loss, np.float32, scale=1.0, factor=20)
-    assert_close(got.W, want.W, np.float32, scale=1.0, factor=20)
+    # How far a one-ulp (float32) change of the start moves the float64 trajectory. float32
+    # arithmetic adds such rounding at every one of the 60 steps, so a run that amplifies
+    # rounding (a loss spike under LayerNorm) may stray up to 1000 times that; a run that
+    # does not is held to the plain float32 tolerance, which this slack leaves untouched.
+    W64 = mem.W.astype(np.float64) * (1 + 2.0**-24 * rng.choice([-1.0, 1.0], mem.W.shape))
+    mem64 = fm.AssociativeMemory(mem.E.astype(np.float64), mem.U.astype(np.float64), W=W64, layernorm=layernorm)
+    moved = fm.train(mem64, task, opt, backend="numpy", **kw)
+    slack = 1000 * max(np.abs(moved.W - want.W).max(), np.abs(moved.loss - want.loss).max())
+    assert_close(got.loss, want.loss, np.float32, scale=max(1.0, slack / 4e-3), factor=20)
+    assert_close(got.W, want.W, np.float32, scale=max(1.0, slack / 4e-3), factor=20)
 
 
 @pytest.mark.parametrize("opt", [p for p in OPTIMIZERS if not p.values[0].linear])

@@ -1,7 +1,7 @@
 """The backend registry: one table of kernel signatures, one module per backend.
 
 A backend is chosen by, in order: the ``backend=`` keyword, a ``with use_backend(...)``
-block, the ``FASTMEM_BACKEND`` environment variable, then "auto" (cpp, else numpy).
+block, the ``FASTMEM_BACKEND`` environment variable, then "auto" (cpp, else numba, else numpy).
 Asking for an unavailable backend raises with its reason; an automatic fallback is
 logged once.
 """
@@ -38,8 +38,8 @@ SIGNATURES = {
 }
 
 # Preference order of "auto" for host arrays, and the module of each backend.
-ORDER = ("cpp", "numpy")
-_MODULES = {"cpp": "cpp", "numpy": "numpy_ref"}
+ORDER = ("cpp", "numba", "numpy")
+_MODULES = {"cpp": "cpp", "numba": "numba_cpu", "numpy": "numpy_ref"}
 
 
 @dataclass

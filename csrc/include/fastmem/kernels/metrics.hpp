@@ -99,7 +99,7 @@ void hvp(const Problem<T>& prob, MatrixView<const T> V, MatrixView<T> out, HvpWo
 }
 
 // Top eigenvalue of the (positive semi-definite) Hessian: power iteration from
-// a seeded random direction until the Rayleigh quotient moves less than tol.
+// a seeded random direction until the residual ||Hv - lambda v|| <= tol |lambda|.
 template <class T>
 double sharpness(const Problem<T>& prob, MatrixView<const T> W, index_t iters, double tol, std::uint64_t seed,
                  HvpWorkspace<T>& ws) {
@@ -124,7 +124,9 @@ double sharpness(const Problem<T>& prob, MatrixView<const T> W, index_t iters, d
       rq += double(v[i]) * double(hv[i]);
       nrm += double(hv[i]) * double(hv[i]);
     }
-    const bool converged = it > 0 && std::fabs(rq - lam) <= tol * std::fabs(rq);
+    // ||Hv - rq v||^2 = ||Hv||^2 - rq^2 for a unit v: a small residual bounds the
+    // eigenvalue error by residual^2 / gap, unlike a small change of rq.
+    const bool converged = std::sqrt(std::max(nrm - rq * rq, 0.0)) <= tol * std::fabs(rq);
     lam = rq;
     if (nrm == 0.0 || converged) break;
     v.swap(hv);

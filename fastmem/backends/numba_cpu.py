@@ -1,0 +1,499 @@
+"""The numba CPU backend: the kernels of csrc/include/fastmem as @njit loops (parallel over
+rows where it pays), used when the compiled extension is missing or when asked for.
+
+Same algorithms and semantics as the C++ core (streamed online softmax, merged duplicate
+draws, the counter-based sampler, the primal and dual drivers, CMD's P-wide passes); the
+one-hot row path of the C++ core is not specialised here (dense E gives the same result).
+"""
+
+import math
+
+import numba as nb
+import numpy as np
+from numba import njit, prange
+
+INFO = {"numba": nb.__version__, "threads": nb.get_num_threads()}
+
+_LN_EPS = 1e-6
+_BUDGET = 16 << 20  # bytes of a streamed score block, as default_chunk() in softmax_xent_grad.hpp
+
+
+# --- sampling (rng.hpp) -------------------------------------------------------------
+
+@njit(cache=True)
+def _splitmix64(z):
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(cache=True)
+def _draw(cdf, key, counter):
+    u = np.float64(_splitmix64(key ^ _splitmix64(np.uint64(counter))) >> np.uint64(11)) * 2.0**-53
+    k = np.searchsorted(cdf, u, side="right")
+    return min(k, len(cdf) - 1)
+
+
+@njit(cache=True)
+def _sample_into(cdf, seed, start_step, out):
+    key = _splitmix64(np.uint64(seed))
+    b = out.shape[1]
+    for t in range(out.shape[0]):
+        for i in range(b):
+            out[t, i] = _draw(cdf, key, (start_step + t) * b + i)
+
+
+def sample_tokens(cdf, seed, start_step, out):
+    _sample_into(cdf, np.uint64(seed), start_step, out)
+
+
+# --- the fused kernel (softmax_xent_grad.hpp) -----------------------------------------
+
+def _chunk(b, M, itemsize, chunk):
+    if chunk > 0:
+        return min(chunk, M)
+    if b * M * itemsize <= _BUDGET:
+        return M
+    return min(M, max(256, _BUDGET // (max(b, 1) * itemsize) // 64 * 64))
+
+
+@njit(cache=True, parallel=True)
+def _fused(q, u, y, w, h, lse, zy, zother, chunk):
+    b, d = q.shape
+    M = u.shape[0]
+    run_max = np.full(b, -np.inf)
+    run_sum = np.zeros(b)
+    h[:] = 0
+    zy[:] = -np.inf
+    zother[:] = -np.inf
+    for c0 in range(0, M, chunk):
+        cn = min(chunk, M - c0)
+        uc = np.ascontiguousarray(u[c0:c0 + cn])
+        s = q @ uc.T
+        for i in prange(b):
+            ly = y[i] - c0
+            omax = -np.inf
+            target = -np.inf
+            for j in range(cn):
+                if j == ly:
+                    target = s[i, j]
+                elif s[i, j] > omax:
+                    omax = s[i, j]
+            if 0 <= ly < cn:
+                zy[i] = target
+            zother[i] = max(zother[i], omax)
+            m_new = max(run_max[i], max(omax, target))
+            acc = 0.0
+            for j in range(cn):
+                e = math.exp(s[i, j] - m_new)
+                s[i, j] = e
+                acc += e
+            if run_max[i] != -np.inf and m_new != run_max[i]:
+                scale = math.exp(run_max[i] - m_new)
+                run_sum[i] *= scale
+                for k in range(d):
+                    h[i, k] *= scale
+            run_sum[i] += acc
+            run_max[i] = m_new
+        h += s @ uc
+    for i in prange(b):
+        lse[i] = run_max[i] + math.log(run_sum[i])
+        inv = 1.0 / run_sum[i]
+        for k in range(d):
+            h[i, k] = w[i] * (h[i, k] * inv - u[y[i], k])
+
+
+def softmax_xent_grad(q, u, y, w, h, lse, zy, zother, chunk):
+    _fused(q, u, y, w, h, lse, zy, zother, _chunk(q.shape[0], u.shape[0], q.itemsize, chunk))
+
+
+def sgd_rank_update(W, Eb, H, alpha):
+    W += W.dtype.type(alpha) * (Eb.T @ H)
+
+
+# --- one pass over a set of tokens (forward_backward.hpp) -----------------------------
+
+@njit(cache=True)
+def _forward_backward(E, U, W, tokens, w, targets, layernorm, chunk):
+    """(loss, zy - zother, dL/dQ, E[tokens]); tokens: row ids; targets: per-row targets."""
+    Eb = np.ascontiguousarray(E[tokens])
+    q = Eb @ W
+    b, d = q.shape
+    r = np.ones(b, dtype=q.dtype)
+    if layernorm:
+        for i in range(b):
+            r[i] = math.sqrt((q[i] * q[i]).sum() + _LN_EPS)
+            q[i] /= r[i]
+    h = np.empty_like(q)
+    lse, zy, zother = np.empty(b, q.dtype), np.empty(b, q.dtype), np.empty(b, q.dtype)
+    _fused(q, U, targets, w, h, lse, zy, zother, chunk)
+    if layernorm:
+        for i in range(b):
+            h[i] = (h[i] - q[i] * (q[i] * h[i]).sum()) / r[i]
+    loss = 0.0
+    for i in range(b):
+        loss += w[i] * (lse[i] - zy[i])
+    return loss, zy - zother, h, Eb
+
+
+@njit(cache=True)
+def _population(E, U, W, p, y, layernorm, chunk):
+    N = E.shape[0]
+    loss, margins, h, Eb = _forward_backward(E, U, W, np.arange(N), p.astype(E.dtype), y, layernorm, chunk)
+    acc = 0.0
+    for x in range(N):
+        if margins[x] > 0:
+            acc += p[x]
+    return loss, acc, margins, Eb.T @ h
+
+
+def population_metrics(E, onehot_col, onehot_scale, U, W, p, y, layernorm, chunk, margins, grad):
+    loss, acc, m, g = _population(E, U, W, p, y, layernorm, _chunk(E.shape[0], U.shape[0], E.itemsize, chunk))
+    if margins is not None:
+        margins[...] = m
+    if grad is not None:
+        grad[...] = g
+    return loss, acc
+
+
+# --- sharpness (metrics.hpp) ------------------------------------------------------------
+
+@njit(cache=True)
+def _sharpness(E, U, W, p, y, iters, tol, seed):
+    N, d = E.shape
+    Q = E @ W
+    Z = Q @ U.T
+    S = np.empty_like(Z)
+    for x in range(N):
+        zmax = Z[x].max()
+        e = np.exp(Z[x] - zmax)
+        S[x] = e / e.sum()
+    sbar = S @ U
+    key = _splitmix64(np.uint64(seed))
+    flat = np.empty(d * d)
+    for i in range(d * d):
+        flat[i] = np.float64(_splitmix64(key ^ _splitmix64(np.uint64(i))) >> np.uint64(11)) * 2.0**-53 - 0.5
+    v = flat.reshape((d, d)).astype(E.dtype)
+    nrm = (v.astype(np.float64) ** 2).sum()
+    lam = 0.0
+    for it in range(iters):
+        v /= math.sqrt(nrm)
+        D = (E @ v) @ U.T
+        T = S * D
+        t = T.sum(axis=1)
+        Y = T @ U
+        for x in range(N):
+            Y[x] = p[x] * (Y[x] - t[x] * sbar[x])
+        hv = E.T @ Y
+        rq = (v.astype(np.float64) * hv).sum()
+        nrm = (hv.astype(np.float64) ** 2).sum()
+        converged = math.sqrt(max(nrm - rq * rq, 0.0)) <= tol * abs(rq)  # as metrics.hpp
+        lam = rq
+        if nrm == 0.0 or converged:
+            break
+        v = hv
+    return lam
+
+
+def sharpness(E, onehot_col, onehot_scale, U, W, p, y, chunk, iters, tol, seed):
+    return float(_sharpness(E, U, W, p, y, iters, tol, np.uint64(seed)))
+
+
+# --- the drivers (train.hpp) ----------------------------------------------------------------
+
+@njit(cache=True)
+def _lr_at(sched, lr, steps_, gamma, min_lr, t):
+    if sched == 1:
+        frac = min(t / steps_, 1.0) if steps_ > 0 else 0.0
+        return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * frac))
+    if sched == 2:
+        return lr * gamma ** (t // steps_ if steps_ > 0 else 0)
+    return lr
+
+
+@njit(cache=True)
+def _batch(N, b, p, cdf, key, given, t, gt, slot):
+    """Distinct tokens (first-appearance order) and weights count / b of step t; all N for b == 0."""
+    if b == 0:
+        return np.arange(N), p.copy()
+    distinct = np.empty(b, dtype=np.int64)
+    count = np.zeros(b)
+    nd = 0
+    for i in range(b):
+        x = given[t, i] if given.shape[0] > 0 else _draw(cdf, key, gt * b + i)
+        if slot[x] < 0:
+            slot[x] = nd
+            distinct[nd] = x
+            nd += 1
+        count[slot[x]] += 1.0
+    for j in range(nd):
+        slot[distinct[j]] = -1
+    return distinct[:nd].copy(), count[:nd] / b
+
+
+@njit(cache=True)
+def _record(rec_steps, r, t, E, U, W, p, y, ln, chunk, rl, ra, rm, rW, rs, flags, iters, seed):
+    """Records of step t (primal W); returns (next r, diverged)."""
+    diverged = False
+    while r < len(rec_steps) and rec_steps[r] == t:
+        if flags[0] or flags[1] or flags[2]:
+            loss, acc, margins, _ = _population(E, U, W, p, y, ln, chunk)
+            rl[r], ra[r] = loss, acc
+            if flags[2]:
+                rm[r] = margins
+            if not np.isfinite(loss):
+                diverged = True
+        if flags[3]:
+            rW[r] = W
+        if flags[4]:
+            rs[r] = _sharpness(E, U, W, p, y, iters, 1e-6, seed)
+        r += 1
+    return r, diverged
+
+
+@njit(cache=True)
+def _train(E, U, W, p, y, cdf, given, kind, lr0, mom, wd, b1, b2, eps, sched, ssteps, gamma, min_lr,
+           steps, b, seed, start, ln, chunk, rec_steps, rl, ra, rm, rW, rs, flags, iters, m, v, t0):
+    N = E.shape[0]
+    key = _splitmix64(np.uint64(seed))
+    slot = np.full(N, -1, dtype=np.int64)
+    opt_t = t0
+    r, status, done = 0, 0, 0
+    for t in range(steps + 1):
+        r, div = _record(rec_steps, r, t, E, U, W, p, y, ln, chunk, rl, ra, rm, rW, rs, flags, iters, seed)
+        done = t
+        if div:
+            status = 1
+        if t == steps or status != 0:
+            break
+        gt = start + t
+        lr = _lr_at(sched, lr0, ssteps, gamma, min_lr, gt)
+        toks, w = _batch(N, b, p, cdf, key, given, t, gt, slot)
+        loss, _, h, Eb = _forward_backward(E, U, W, toks, w.astype(E.dtype), y[toks], ln, chunk)
+        if not np.isfinite(loss):
+            status = 1
+            break
+        g = Eb.T @ h
+        opt_t += 1
+        decay = 1.0 - lr * wd
+        if kind == 0:
+            if mom != 0.0:
+                m[:] = mom * m + g
+                W[:] = decay * W - lr * m
+            else:
+                W[:] = decay * W - lr * g
+        elif kind == 1:
+            m[:] = b1 * m + (1 - b1) * g
+            v[:] = b2 * v + (1 - b2) * g * g
+            bc1, bc2 = 1.0 - b1 ** opt_t, 1.0 - b2 ** opt_t
+            W[:] = decay * W - (lr / bc1) * m / (np.sqrt(v) / math.sqrt(bc2) + eps)
+        else:
+            W[:] = decay * W - lr * np.sign(g)
+    return status, done, r, opt_t
+
+
+def _rec_args(rec, dt, N, d):
+    R = len(rec["steps"])
+    flags = np.array([rec[k] is not None for k in ("loss", "accuracy", "margins", "W", "sharpness")])
+    # unrequested records get (small) scratch buffers so that one compiled signature serves all
+    bufs = [rec[k] if rec[k] is not None else np.empty(shape if k in ("loss", "accuracy") else (0,) * len(shape),
+                                                       dtype=dt)
+            for k, shape in (("loss", (R,)), ("accuracy", (R,)), ("margins", (R, N)), ("W", (R, d, d)),
+                             ("sharpness", (R,)))]
+    return np.asarray(rec["steps"], dtype=np.int64), bufs, flags
+
+
+def _opt_args(opt):
+    return (opt["kind"], opt["lr"], opt["momentum"], opt["weight_decay"], opt["beta1"], opt["beta2"], opt["eps"],
+            opt["schedule"], opt["schedule_steps"], opt["gamma"], opt["min_lr"])
+
+
+def _common(E, U, tokens, tp):
+    given = tokens if tokens is not None else np.empty((0, 1), dtype=np.int64)
+    chunk = _chunk(E.shape[0], U.shape[0], E.itemsize, tp["chunk"])
+    return given, chunk
+
+
+def train(E, onehot_col, onehot_scale, U, W, p, y, cdf, tokens, opt, tp, rec, m, v, t0):
+    d, dt = E.shape[1], E.dtype
+    given, chunk = _common(E, U, tokens, tp)
+    steps_arr, bufs, flags = _rec_args(rec, dt, E.shape[0], d)
+    m_ = m if m is not None else np.zeros((d, d), dtype=dt)
+    v_ = v if v is not None else np.zeros((d, d), dtype=dt)
+    cdf_ = cdf if cdf is not None else np.ones(1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = _train(E, U, W, p, y, cdf_, given, *_opt_args(opt), tp["steps"], tp["batch_size"], np.uint64(tp["seed"]),
+                     tp["start_step"], tp["layernorm"], chunk, steps_arr, *bufs, flags, tp["power_iters"], m_, v_, t0)
+    return tuple(int(o) for o in out)
+
+
+# --- the dual engine (dual_step.hpp) --------------------------------------------------------
+
+@njit(cache=True)
+def _residual(Z, y, toks, w):
+    b, M = len(toks), Z.shape[1]
+    G = np.empty((b, M), dtype=Z.dtype)
+    margins = np.empty(b, dtype=Z.dtype)
+    loss = 0.0
+    for i in range(b):
+        z = Z[toks[i]]
+        yx = y[toks[i]]
+        zmax = z.max()
+        zo = -np.inf
+        for k in range(M):
+            if k != yx and z[k] > zo:
+                zo = z[k]
+        lse = zmax + math.log(np.exp(z - zmax).sum())
+        loss += w[i] * (lse - z[yx])
+        margins[i] = z[yx] - zo
+        G[i] = w[i] * np.exp(z - lse)
+        G[i, yx] -= w[i]
+    return loss, margins, G
+
+
+@njit(cache=True)
+def _train_dual(E, U, W0, p, y, cdf, given, lr0, mom, wd, sched, ssteps, gamma, min_lr, steps, b, seed, start,
+                rec_steps, rl, ra, rm, rW, rs, flags, iters, Z, A, B, V, c, fresh):
+    N, M = E.shape[0], U.shape[0]
+    KE, KU = E @ E.T, U @ U.T
+    if fresh:
+        Z[:] = (E @ W0) @ U.T
+        A[:] = 0
+        B[:] = 0
+        V[:] = 0
+        c = 1.0
+    key = _splitmix64(np.uint64(seed))
+    slot = np.full(N, -1, dtype=np.int64)
+    pw = p.astype(E.dtype)
+    r, status, done = 0, 0, 0
+    for t in range(steps + 1):
+        while r < len(rec_steps) and rec_steps[r] == t:
+            if flags[0] or flags[1] or flags[2]:
+                loss, margins, _ = _residual(Z, y, np.arange(N), pw)
+                acc = 0.0
+                for x in range(N):
+                    if margins[x] > 0:
+                        acc += p[x]
+                rl[r], ra[r] = loss, acc
+                if flags[2]:
+                    rm[r] = margins
+                if not np.isfinite(loss):
+                    status = 1
+            if flags[3] or flags[4]:
+                W = (c * W0 - E.T @ (A @ U)).astype(E.dtype)
+                if flags[3]:
+                    rW[r] = W
+                if flags[4]:
+                    rs[r] = _sharpness(E, U, W, p, y, iters, 1e-6, seed)
+            r += 1
+        done = t
+        if t == steps or status != 0:
+            break
+        gt = start + t
+        lr = _lr_at(sched, lr0, ssteps, gamma, min_lr, gt)
+        toks, w = _batch(N, b, p, cdf, key, given, t, gt, slot)
+        loss, _, G = _residual(Z, y, toks, w.astype(E.dtype))
+        if not np.isfinite(loss):
+            status = 1
+            break
+        GK = G @ KU
+        decay = 1.0 - lr * wd
+        if decay != 1.0:
+            Z *= decay
+            A *= decay
+            c *= decay
+        KEb = np.ascontiguousarray(KE[toks])  # K_E symmetric: its columns x_b are its rows
+        if mom != 0.0:
+            B *= mom
+            V *= mom
+            for i in range(len(toks)):
+                B[toks[i]] += G[i]
+            V += KEb.T @ GK
+            Z -= lr * V
+            A += lr * B
+        else:
+            Z -= lr * (KEb.T @ GK)
+            for i in range(len(toks)):
+                A[toks[i]] += lr * G[i]
+    return status, done, r, c
+
+
+def train_dual(E, onehot_col, onehot_scale, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A, B, V, c, fresh):
+    given, _ = _common(E, U, tokens, tp)
+    steps_arr, bufs, flags = _rec_args(rec, E.dtype, E.shape[0], E.shape[1])
+    B_ = B if B is not None else np.zeros_like(Z)
+    V_ = V if V is not None else np.zeros_like(Z)
+    cdf_ = cdf if cdf is not None else np.ones(1)
+    kind, lr, mom, wd, _, _, _, sched, ssteps, gamma, min_lr = _opt_args(opt)
+    with np.errstate(over="ignore", invalid="ignore"):
+        status, done, r, c = _train_dual(E, U, W0, p, y, cdf_, given, lr, mom, wd, sched, ssteps, gamma, min_lr,
+                                         tp["steps"], tp["batch_size"], np.uint64(tp["seed"]), tp["start_step"],
+                                         steps_arr, *bufs, flags, tp["power_iters"], Z, A, B_, V_, c, fresh)
+    return int(status), int(done), int(r), float(c)
+
+
+def rebuild_W(E, onehot_col, onehot_scale, U, W0, A, c, W_out):
+    W_out[...] = W0.dtype.type(c) * W0 - E.T @ (A @ U)
+
+
+def sgd_step(W, E, onehot_col, onehot_scale, U, x, y, lr, layernorm, out):
+    w = np.full(len(x), 1.0 / len(x), dtype=E.dtype)
+    chunk = _chunk(len(x), U.shape[0], E.itemsize, 0)
+    loss, _, h, Eb = _forward_backward(E, U, np.ascontiguousarray(W), x, w, y, layernorm, chunk)
+    out[...] = W - W.dtype.type(lr) * (Eb.T @ h)
+    return float(loss)
+
+
+# --- CMD (cmd.hpp) ----------------------------------------------------------------------------
+
+@njit(cache=True, parallel=True)
+def _cmd_assign_fit(theta, refs, mode, a, b, corr):
+    T, P = theta.shape
+    M = refs.shape[1]
+    rmean = np.zeros(M)
+    for m in range(M):
+        rmean[m] = refs[:, m].mean()
+    rc = refs - rmean
+    rn2 = (rc * rc).sum(axis=0)
+    for i in prange(P):
+        mean = 0.0
+        for t in range(T):
+            mean += theta[t, i]
+        mean /= T
+        ss = 0.0
+        dot = np.zeros(M)
+        for t in range(T):
+            xv = theta[t, i] - mean
+            ss += xv * xv
+            for m in range(M):
+                dot[m] += xv * rc[t, m]
+        best, best_c = 0, -1.0
+        for m in range(M):
+            den = math.sqrt(ss * rn2[m])
+            cc = abs(dot[m]) / den if den > 0 else 0.0
+            if cc > best_c:
+                best_c, best = cc, m
+        mode[i] = best
+        a[i] = dot[best] / rn2[best] if rn2[best] > 0 else 0.0
+        b[i] = mean - a[i] * rmean[best]
+        corr[i] = best_c
+
+
+def cmd_assign_fit(theta, refs, mode, a, b, corr):
+    _cmd_assign_fit(theta, refs, mode, a, b, corr if corr is not None else np.empty(len(mode)))
+
+
+@njit(cache=True, parallel=True)
+def _cmd_online_update(theta_t, r_t, mode, n, r_mean, r_m2, theta_mean, co):
+    dr = r_t - r_mean
+    r_mean += dr / (n + 1)
+    r_m2 += dr * (r_t - r_mean)
+    inv = 1.0 / (n + 1)
+    for i in prange(len(theta_t)):
+        theta_mean[i] += (theta_t[i] - theta_mean[i]) * inv
+        co[i] += dr[mode[i]] * (theta_t[i] - theta_mean[i])
+
+
+def cmd_online_update(theta_t, r_t, mode, n, r_mean, r_m2, theta_mean, co):
+    _cmd_online_update(theta_t, r_t, mode, n, r_mean, r_m2, theta_mean, co)
