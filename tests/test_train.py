@@ -1,5 +1,7 @@
 """Training trajectories: every backend against the float64 reference, and the model's known facts."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from cases import DTYPES, PROBLEMS, assert_close
@@ -40,20 +42,15 @@ def test_trajectory_matches_reference_float64(compiled, rng, N, M, d, opt, batch
 @pytest.mark.parametrize("batch_size", [None, 16], ids=["gd", "b16"])
 @pytest.mark.parametrize("opt", LINEAR)
 def test_trajectory_matches_reference_float32(compiled, rng, opt, batch_size, layernorm):
+    # A fifth of the float64 tests' step size: at lr 0.5, full-batch GD with LayerNorm can
+    # spike (edge of stability), where any float32 rounding is amplified past a fixed tolerance.
+    opt = dataclasses.replace(opt, lr=opt.lr / 5)
     mem, task = random_problem(rng, 30, 5, 8, np.float32, layernorm=layernorm)
     kw = dict(steps=60, batch_size=batch_size, seed=1, record=ALL, representation="primal")
     got = fm.train(mem, task, opt, backend=compiled, **kw)
     want = fm.train(mem, task, opt, backend="numpy", **kw)
-    # How far a one-ulp (float32) change of the start moves the float64 trajectory. float32
-    # arithmetic adds such rounding at every one of the 60 steps, so a run that amplifies
-    # rounding (a loss spike under LayerNorm) may stray up to 1000 times that; a run that
-    # does not is held to the plain float32 tolerance, which this slack leaves untouched.
-    W64 = mem.W.astype(np.float64) * (1 + 2.0**-24 * rng.choice([-1.0, 1.0], mem.W.shape))
-    mem64 = fm.AssociativeMemory(mem.E.astype(np.float64), mem.U.astype(np.float64), W=W64, layernorm=layernorm)
-    moved = fm.train(mem64, task, opt, backend="numpy", **kw)
-    slack = 1000 * max(np.abs(moved.W - want.W).max(), np.abs(moved.loss - want.loss).max())
-    assert_close(got.loss, want.loss, np.float32, scale=max(1.0, slack / 4e-3), factor=20)
-    assert_close(got.W, want.W, np.float32, scale=max(1.0, slack / 4e-3), factor=20)
+    assert_close(got.loss, want.loss, np.float32, scale=1.0, factor=20)
+    assert_close(got.W, want.W, np.float32, scale=1.0, factor=20)
 
 
 @pytest.mark.parametrize("opt", [p for p in OPTIMIZERS if not p.values[0].linear])
