@@ -6,7 +6,7 @@ import numpy as np
 
 import fastmem as fm
 
-BACKENDS = ["cpp", "numpy"]
+BACKENDS = ["cpp", "numba", "numpy"]
 NO_RECORD = fm.Record(steps=[], metrics=())
 
 

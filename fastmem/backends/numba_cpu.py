@@ -58,8 +58,7 @@ def _chunk(b, M, itemsize, chunk):
     return min(M, max(256, _BUDGET // (max(b, 1) * itemsize) // 64 * 64))
 
 
-@njit(cache=True, parallel=True)
-def _fused(q, u, y, w, h, lse, zy, zother, chunk):
+def _fused_impl(q, u, y, w, h, lse, zy, zother, chunk):
     b, d = q.shape
     M = u.shape[0]
     run_max = np.full(b, -np.inf)
@@ -69,7 +68,7 @@ def _fused(q, u, y, w, h, lse, zy, zother, chunk):
     zother[:] = -np.inf
     for c0 in range(0, M, chunk):
         cn = min(chunk, M - c0)
-        uc = np.ascontiguousarray(u[c0:c0 + cn])
+        uc = u if cn == M else np.ascontiguousarray(u[c0:c0 + cn])
         s = q @ uc.T
         for i in prange(b):
             ly = y[i] - c0
@@ -102,6 +101,20 @@ def _fused(q, u, y, w, h, lse, zy, zother, chunk):
         inv = 1.0 / run_sum[i]
         for k in range(d):
             h[i, k] = w[i] * (h[i, k] * inv - u[y[i], k])
+
+
+# Compiled twice: threads pay off on large blocks only (a minibatch of a few rows would
+# spend more on waking them than on its work).
+_fused_serial = njit(cache=True)(_fused_impl)
+_fused_parallel = njit(cache=True, parallel=True)(_fused_impl)
+
+
+@njit(cache=True)
+def _fused(q, u, y, w, h, lse, zy, zother, chunk):
+    if q.shape[0] * u.shape[0] * q.shape[1] > (1 << 18):
+        _fused_parallel(q, u, y, w, h, lse, zy, zother, chunk)
+    else:
+        _fused_serial(q, u, y, w, h, lse, zy, zother, chunk)
 
 
 def softmax_xent_grad(q, u, y, w, h, lse, zy, zother, chunk):
@@ -253,6 +266,37 @@ def _record(rec_steps, r, t, E, U, W, p, y, ln, chunk, rl, ra, rm, rW, rs, flags
 
 
 @njit(cache=True)
+def _rank_update(W, Eb, h, alpha):
+    """W += alpha * Eb^T h as b rank-one updates (loops: no temporaries)."""
+    for j in range(Eb.shape[0]):
+        for i in range(W.shape[0]):
+            a = alpha * Eb[j, i]
+            if a != 0.0:
+                for k in range(W.shape[1]):
+                    W[i, k] += a * h[j, k]
+
+
+@njit(cache=True)
+def _optimizer_step(kind, W, g, m, v, lr, decay, mom, b1, b2, eps, t):
+    """optim.hpp's update of W from a dense gradient g, in place."""
+    bc1, bc2 = 1.0 - b1 ** t, 1.0 - b2 ** t
+    for i in range(W.shape[0]):
+        for k in range(W.shape[1]):
+            gi = g[i, k]
+            if kind == 0:
+                if mom != 0.0:
+                    m[i, k] = mom * m[i, k] + gi
+                    gi = m[i, k]
+                W[i, k] = decay * W[i, k] - lr * gi
+            elif kind == 1:
+                m[i, k] = b1 * m[i, k] + (1 - b1) * gi
+                v[i, k] = b2 * v[i, k] + (1 - b2) * gi * gi
+                W[i, k] = decay * W[i, k] - (lr / bc1) * m[i, k] / (math.sqrt(v[i, k]) / math.sqrt(bc2) + eps)
+            else:
+                W[i, k] = decay * W[i, k] - lr * (1.0 if gi > 0 else (-1.0 if gi < 0 else 0.0))
+
+
+@njit(cache=True)
 def _train(E, U, W, p, y, cdf, given, kind, lr0, mom, wd, b1, b2, eps, sched, ssteps, gamma, min_lr,
            steps, b, seed, start, ln, chunk, rec_steps, rl, ra, rm, rW, rs, flags, iters, m, v, t0):
     N = E.shape[0]
@@ -274,22 +318,15 @@ def _train(E, U, W, p, y, cdf, given, kind, lr0, mom, wd, b1, b2, eps, sched, ss
         if not np.isfinite(loss):
             status = 1
             break
-        g = Eb.T @ h
         opt_t += 1
         decay = 1.0 - lr * wd
-        if kind == 0:
-            if mom != 0.0:
-                m[:] = mom * m + g
-                W[:] = decay * W - lr * m
+        if kind == 0 and mom == 0.0 and wd == 0.0:
+            if Eb.shape[0] * W.size <= (1 << 20):
+                _rank_update(W, Eb, h, -lr)  # a few rows: no d x d gradient buffer
             else:
-                W[:] = decay * W - lr * g
-        elif kind == 1:
-            m[:] = b1 * m + (1 - b1) * g
-            v[:] = b2 * v + (1 - b2) * g * g
-            bc1, bc2 = 1.0 - b1 ** opt_t, 1.0 - b2 ** opt_t
-            W[:] = decay * W - (lr / bc1) * m / (np.sqrt(v) / math.sqrt(bc2) + eps)
+                W -= W.dtype.type(lr) * (Eb.T @ h)  # many rows: BLAS
         else:
-            W[:] = decay * W - lr * np.sign(g)
+            _optimizer_step(kind, W, Eb.T @ h, m, v, lr, decay, mom, b1, b2, eps, opt_t)
     return status, done, r, opt_t
 
 
