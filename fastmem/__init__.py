@@ -16,6 +16,7 @@ from .metrics import accuracy, evaluate, gradient, loss, margins, sharpness
 from .optim import SGD, Adam, Constant, Cosine, SignGD, StepDecay
 from .state import TrainState
 from .step import step
+from .sweeps import load_sweep, sweep
 from .task import Task
 from .train import Record, Run, train
 
@@ -27,5 +28,5 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = [
     "Adam", "AssociativeMemory", "cmd", "BackendUnavailableError", "Constant", "Cosine", "InvalidArgumentError",
     "Record", "Run", "SGD", "SignGD", "StepDecay", "Task", "accuracy", "backends", "embeddings", "evaluate",
-    "gradient", "kernels", "loss", "margins", "sharpness", "step", "train", "TrainState", "use_backend",
+    "gradient", "kernels", "loss", "margins", "sharpness", "step", "sweep", "load_sweep", "train", "TrainState", "use_backend",
 ]

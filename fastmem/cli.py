@@ -102,6 +102,21 @@ def _cmd_reproduce(a):
     return 4 if failed else 0
 
 
+def _cmd_sweep(a):
+    import tomllib
+
+    from .sweeps import expand, sweep
+
+    with open(a.grid, "rb") as f:
+        spec = tomllib.load(f)
+    grids = spec["grid"] if isinstance(spec.get("grid"), list) else [spec.get("grid", spec)]
+    total = sum(len(expand(g)) for g in grids)  # validates every grid before any run
+    df = sweep(grids, a.out, workers=a.workers, quiet=a.quiet, chunk_size=a.chunk_size)
+    counts = df["status"].value_counts().to_dict()
+    print(f"fastmem sweep: {len(df)} of {total} runs on disk in {a.out} {counts}")
+    return 0
+
+
 def _cmd_info(a):
     import fastmem as fm
 
@@ -123,10 +138,16 @@ def main(argv=None):
     rp.add_argument("--all", action="store_true", help="every experiment")
     rp.add_argument("--list", action="store_true", help="what each experiment shows")
     rp.add_argument("--out", type=Path, default=Path("reproduce-out"))
+    sp = sub.add_parser("sweep", help="run a grid of runs (TOML), resumably, writing Parquet under --out")
+    sp.add_argument("grid", type=Path, help="TOML file: keys of fm.sweep's grid, values or lists")
+    sp.add_argument("--out", type=Path, required=True)
+    sp.add_argument("--workers", type=int, default=None, help="processes (default: CPU count)")
+    sp.add_argument("--chunk-size", type=int, default=16, help="runs per task and per file")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sub.add_parser("info", help="version, backends built, threads, compiler flags")
     a = parser.parse_args(argv)
     try:
-        return {"run": _cmd_run, "reproduce": _cmd_reproduce, "info": _cmd_info}[a.command](a)
+        return {"run": _cmd_run, "reproduce": _cmd_reproduce, "sweep": _cmd_sweep, "info": _cmd_info}[a.command](a)
     except ValueError as exc:
         print(f"fastmem {a.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -364,6 +364,44 @@ void py_cmd_online_update(py::array theta_t, py::array r_t, py::array mode, inde
   });
 }
 
+py::tuple py_train_model(int kind, py::array E, py::array U, py::object W, py::array p, py::array y, py::object cdf,
+                         py::object tokens, py::dict opt, py::dict tpd, py::dict rec) {
+  return dispatch(E, [&](auto tag) {
+    using T = decltype(tag);
+    const TrainParams tp = train_params(tpd);
+    ModelProblem<T> pr;
+    require(kind == 1 || kind == 2, "kind must be 1 (learnable) or 2 (exponential)");
+    pr.kind = static_cast<ModelKind>(kind);
+    pr.E = matrix<T>(E, "E");
+    pr.U = matrix<T>(U, "U");
+    require(pr.E.stride == pr.E.cols && pr.U.stride == pr.U.cols, "E and U must be C-contiguous");
+    if (!W.is_none()) {
+      py::array w = W.cast<py::array>();
+      pr.W = matrix<T>(w, "W");
+      require(pr.W.stride == pr.W.cols, "W must be C-contiguous");
+    }
+    const index_t N = pr.E.rows;
+    pr.p = cvec<double>(p, N, "p");
+    pr.y = cvec<std::int64_t>(y, N, "y");
+    pr.layernorm = tp.layernorm;
+    ModelOptimizer mo;
+    mo.adam00 = opt["adam00"].cast<bool>();
+    mo.lr_W = opt["lr_W"].cast<double>();
+    mo.lr_E = opt["lr_E"].cast<double>();
+    mo.lr_U = opt["lr_U"].cast<double>();
+    mo.eps = opt["eps"].cast<double>();
+    const double* cdfp = opt_ptr<double, false>(cdf, N, "cdf");
+    const std::int64_t* tok = opt_ptr<std::int64_t, false>(tokens, tp.steps, "tokens");
+    const TrainRecord<T> r = train_record<T>(rec);
+    TrainResult res;
+    {
+      py::gil_scoped_release nogil;
+      res = train_model(pr, mo, cdfp, tok, tp, r);
+    }
+    return py::make_tuple(static_cast<int>(res.status), res.steps_done, res.records);
+  });
+}
+
 int get_num_threads() {
 #ifdef _OPENMP
   return omp_get_max_threads();
@@ -419,6 +457,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("rebuild_W", &py_rebuild_W);
   m.def("sgd_step", &py_sgd_step);
   m.def("cmd_assign_fit", &py_cmd_assign_fit);
+  m.def("train_model", &py_train_model);
   m.def("cmd_online_update", &py_cmd_online_update);
   m.def("info", &info);
   m.def("get_num_threads", &get_num_threads);

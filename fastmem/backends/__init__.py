@@ -32,6 +32,7 @@ SIGNATURES = {
     "train_dual": ("E", "onehot_col", "onehot_scale", "U", "W0", "p", "y", "cdf", "tokens", "opt", "tp", "rec",
                    "Z", "A", "B", "V", "c", "fresh"),
     "sgd_step": ("W", "E", "onehot_col", "onehot_scale", "U", "x", "y", "lr", "layernorm", "out"),
+    "train_model": ("kind", "E", "U", "W", "p", "y", "cdf", "tokens", "opt", "tp", "rec"),
     "cmd_assign_fit": ("theta", "refs", "mode", "a", "b", "corr"),
     "cmd_online_update": ("theta_t", "r_t", "mode", "n", "r_mean", "r_m2", "theta_mean", "co"),
     "rebuild_W": ("E", "onehot_col", "onehot_scale", "U", "W0", "A", "c", "W_out"),

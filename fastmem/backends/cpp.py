@@ -58,3 +58,7 @@ def cmd_assign_fit(theta, refs, mode, a, b, corr):
 
 def cmd_online_update(theta_t, r_t, mode, n, r_mean, r_m2, theta_mean, co):
     _core.cmd_online_update(theta_t, r_t, mode, n, r_mean, r_m2, theta_mean, co)
+
+
+def train_model(kind, E, U, W, p, y, cdf, tokens, opt, tp, rec):
+    return _core.train_model(kind, E, U, W, p, y, cdf, tokens, opt, tp, rec)

@@ -534,3 +534,10 @@ def _cmd_online_update(theta_t, r_t, mode, n, r_mean, r_m2, theta_mean, co):
 
 def cmd_online_update(theta_t, r_t, mode, n, r_mean, r_m2, theta_mean, co):
     _cmd_online_update(theta_t, r_t, mode, n, r_mean, r_m2, theta_mean, co)
+
+
+def train_model(kind, E, U, W, p, y, cdf, tokens, opt, tp, rec):
+    """The learnable and exponential models are not jitted yet: the float64 reference runs them."""
+    from .numpy_ref import train_model as reference
+
+    return reference(kind, E, U, W, p, y, cdf, tokens, opt, tp, rec)

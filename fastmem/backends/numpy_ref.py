@@ -305,6 +305,71 @@ def sgd_step(W, E, onehot_col, onehot_scale, U, x, y, lr, layernorm, out):
     return loss
 
 
+# --- the learnable and exponential models (models.hpp) ----------------------------------
+
+def _model_pass(kind, E, U, W, toks, w, y, ln, grads):
+    Eb = E if toks is None else E[toks]
+    q = Eb @ W if kind == 1 else np.maximum(Eb, 0.0)
+    r = np.sqrt((q * q).sum(axis=1, keepdims=True) + _LN_EPS) if ln else 1.0
+    h = q / r
+    yb = y if toks is None else y[toks]
+    z = h @ U.T
+    lse, zy, zother = _score_stats(z, yb)
+    loss = float(w @ (lse - zy))
+    if not grads:
+        return loss, zy - zother, None
+    G = np.exp(z - lse[:, None])
+    G[np.arange(len(yb)), yb] -= 1.0
+    G *= w[:, None]
+    dh = G @ U
+    if ln:
+        dh = (dh - h * (h * dh).sum(axis=1, keepdims=True)) / r
+    grads = {"U": G.T @ h}
+    if kind == 1:
+        grads["W"], grads["E"] = Eb.T @ dh, dh @ W.T
+    else:
+        grads["E"] = dh * (Eb > 0)
+    return loss, zy - zother, grads
+
+
+def train_model(kind, E, U, W, p, y, cdf, tokens, opt, tp, rec):
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _train_model(kind, E, U, W, p, y, cdf, tokens, opt, tp, rec)
+
+
+def _train_model(kind, E, U, W, p, y, cdf, tokens, opt, tp, rec):
+    P = {"E": E.astype(_F), "U": U.astype(_F), "W": None if W is None else W.astype(_F)}
+    lrs = {"E": opt["lr_E"], "U": opt["lr_U"], "W": opt["lr_W"]}
+
+    def update(x, g, lr):
+        return x - lr * (g / (np.abs(g) + opt["eps"]) if opt["adam00"] else g)
+
+    def record(r):
+        loss, margins, _ = _model_pass(kind, P["E"], P["U"], P["W"], None, p, y, tp["layernorm"], False)
+        _store(rec, r, loss, float(p[margins > 0].sum()), margins)
+        if rec["W"] is not None and P["W"] is not None:
+            rec["W"][r] = P["W"]
+        return loss
+
+    def step(t):
+        toks, w = _batch(tp, tokens, cdf, p, t)
+        loss, _, g = _model_pass(kind, P["E"], P["U"], P["W"], toks, w, y, tp["layernorm"], True)
+        if not np.isfinite(loss):
+            return False
+        rows = np.arange(len(p)) if toks is None else toks
+        P["E"][rows] = update(P["E"][rows], g["E"], lrs["E"])
+        for name in ("U", "W"):
+            if name in g:
+                P[name] = update(P[name], g[name], lrs[name])
+        return True
+
+    status, done, r = _drive(tp["steps"], rec, record, step)
+    E[...], U[...] = P["E"], P["U"]
+    if W is not None:
+        W[...] = P["W"]
+    return status, done, r
+
+
 # --- CMD (kernels/cmd.hpp) ---------------------------------------------------------
 
 def cmd_assign_fit(theta, refs, mode, a, b, corr):

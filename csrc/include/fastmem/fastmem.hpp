@@ -3,6 +3,7 @@
 #include "blas.hpp"
 #include "errors.hpp"
 #include "kernels/cmd.hpp"
+#include "models.hpp"
 #include "kernels/dual_step.hpp"
 #include "kernels/forward_backward.hpp"
 #include "kernels/layernorm.hpp"

@@ -1,0 +1,153 @@
+// The scaling-law grid's models with trained embeddings (Cabannes, Dohmatob, Bietti, ICLR 2024):
+//   learnable:   h = [LN](E[x] W),    E, U and W trained
+//   exponential: h = [LN](relu(E[x])), E and U trained (no W)
+// scores z = h U^T, softmax cross-entropy. The gradient of E is non-zero only on the
+// sampled rows, which are updated in place (a sparse row update). Optimizers: SGD and
+// Adam with betas = (0, 0), i.e. g / (|g| + eps), each tensor with its own learning rate.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "kernels/layernorm.hpp"
+#include "kernels/softmax_xent_grad.hpp"
+#include "train.hpp"
+
+namespace fastmem {
+
+enum class ModelKind : int { Learnable = 1, Exponential = 2 };
+
+template <class T>
+struct ModelProblem {
+  ModelKind kind = ModelKind::Learnable;
+  MatrixView<T> E, U, W;  // N x d, M x d, d x d (W empty for exponential)
+  const double* p = nullptr;
+  const std::int64_t* y = nullptr;
+  bool layernorm = false;
+};
+
+struct ModelOptimizer {
+  bool adam00 = false;  // false: SGD
+  double lr_W = 1.0, lr_E = 1.0, lr_U = 1.0, eps = 1e-8;
+};
+
+template <class T>
+struct ModelWorkspace {
+  std::vector<T> eb, h, r, z, g, dh, dU, dW, dE, w;
+  std::vector<std::int64_t> rows;
+};
+
+// Read-out h (rows x d) and scores z (rows x M) of the given tokens; returns the loss
+// sum_i w_i l_i, writes margins (nullable) and, when `grads`, the gradients of U, W and
+// of the E rows into the workspace.
+template <class T>
+double model_pass(const ModelProblem<T>& pr, const std::int64_t* tokens, index_t rows, const T* w, T* margins,
+                  bool grads, ModelWorkspace<T>& ws) {
+  const index_t d = pr.E.cols, M = pr.U.rows;
+  ws.eb.resize(std::size_t(rows * d));
+  ws.h.resize(std::size_t(rows * d));
+  ws.r.resize(std::size_t(rows));
+  ws.z.resize(std::size_t(rows * M));
+  MatrixView<T> Eb(ws.eb.data(), rows, d), H(ws.h.data(), rows, d), Z(ws.z.data(), rows, M);
+  for (index_t i = 0; i < rows; ++i) std::copy(pr.E.row(token_at(tokens, i)), pr.E.row(token_at(tokens, i)) + d, Eb.row(i));
+  if (pr.kind == ModelKind::Learnable) {
+    blas::gemm<T>(false, false, T(1), MatrixView<const T>(Eb), MatrixView<const T>(pr.W), T(0), H);
+  } else {
+    for (index_t i = 0; i < rows * d; ++i) ws.h[i] = std::max(ws.eb[i], T(0));
+  }
+  if (pr.layernorm) layernorm_forward(H, ws.r.data());
+  blas::gemm<T>(false, true, T(1), MatrixView<const T>(H), MatrixView<const T>(pr.U), T(0), Z);
+  if (grads) ws.g.resize(std::size_t(rows * M));
+  double loss = 0.0;
+  for (index_t i = 0; i < rows; ++i) {
+    const std::int64_t yx = pr.y[token_at(tokens, i)];
+    const T* z = Z.row(i);
+    T zmax = -std::numeric_limits<T>::infinity(), zother = zmax;
+    for (index_t k = 0; k < M; ++k) {
+      zmax = std::max(zmax, z[k]);
+      if (k != yx) zother = std::max(zother, z[k]);
+    }
+    double sum = 0.0;
+    for (index_t k = 0; k < M; ++k) sum += std::exp(double(z[k] - zmax));
+    const double lse = double(zmax) + std::log(sum);
+    loss += double(w[i]) * (lse - double(z[yx]));
+    if (margins) margins[i] = z[yx] - zother;
+    if (grads) {
+      T* g = ws.g.data() + i * M;
+      for (index_t k = 0; k < M; ++k) g[k] = w[i] * static_cast<T>(std::exp(double(z[k]) - lse));
+      g[yx] -= w[i];
+    }
+  }
+  if (!grads) return loss;
+  MatrixView<const T> G(ws.g.data(), rows, M);
+  ws.dU.resize(std::size_t(M * d));
+  ws.dh.resize(std::size_t(rows * d));
+  MatrixView<T> dU(ws.dU.data(), M, d), dH(ws.dh.data(), rows, d);
+  blas::gemm<T>(true, false, T(1), G, MatrixView<const T>(H), T(0), dU);
+  blas::gemm<T>(false, false, T(1), G, MatrixView<const T>(pr.U), T(0), dH);
+  if (pr.layernorm) layernorm_backward(MatrixView<const T>(H), ws.r.data(), dH);
+  ws.dE.resize(std::size_t(rows * d));
+  MatrixView<T> dE(ws.dE.data(), rows, d);
+  if (pr.kind == ModelKind::Learnable) {
+    ws.dW.resize(std::size_t(d * d));
+    blas::gemm<T>(true, false, T(1), MatrixView<const T>(Eb), MatrixView<const T>(dH), T(0),
+                  MatrixView<T>(ws.dW.data(), d, d));
+    blas::gemm<T>(false, true, T(1), MatrixView<const T>(dH), MatrixView<const T>(pr.W), T(0), dE);
+  } else {
+    for (index_t i = 0; i < rows * d; ++i) ws.dE[i] = ws.eb[i] > T(0) ? ws.dh[i] : T(0);
+  }
+  return loss;
+}
+
+namespace detail {
+template <class T>
+void model_update(T* param, const T* grad, index_t n, double lr, const ModelOptimizer& o) {
+  const T l = static_cast<T>(lr), eps = static_cast<T>(o.eps);
+  if (o.adam00)
+    for (index_t i = 0; i < n; ++i) param[i] -= l * grad[i] / (std::fabs(grad[i]) + eps);
+  else
+    for (index_t i = 0; i < n; ++i) param[i] -= l * grad[i];
+}
+}  // namespace detail
+
+template <class T>
+TrainResult train_model(const ModelProblem<T>& pr, const ModelOptimizer& opt, const double* cdf,
+                        const std::int64_t* given_tokens, const TrainParams& tp, const TrainRecord<T>& rec) {
+  const index_t N = pr.E.rows, d = pr.E.cols, M = pr.U.rows;
+  FASTMEM_CHECK_ARG(pr.U.cols == d, "U must have d columns");
+  FASTMEM_CHECK_ARG(pr.kind == ModelKind::Exponential || (pr.W.rows == d && pr.W.cols == d), "W must be d x d");
+  BatchSource<T> batches(N, tp.batch_size, pr.p, cdf, given_tokens, tp.seed);
+  ModelWorkspace<T> ws, metrics_ws;
+  std::vector<T> weights, p_weights, margin_buf(static_cast<std::size_t>(N));
+  for (index_t x = 0; x < N; ++x) p_weights.push_back(static_cast<T>(pr.p[x]));
+
+  auto record = [&](index_t t, TrainResult& res) {
+    for (; res.records < rec.count && rec.steps[res.records] == t; ++res.records) {
+      const index_t r = res.records;
+      T* m = rec.margins ? rec.margins + r * N : margin_buf.data();
+      PopulationMetrics pm;
+      pm.loss = model_pass(pr, nullptr, N, p_weights.data(), m, false, metrics_ws);
+      for (index_t x = 0; x < N; ++x)
+        if (m[x] > T(0)) pm.accuracy += pr.p[x];
+      store_metrics(rec, r, pm, res);
+      if (rec.W && pr.kind == ModelKind::Learnable)
+        for (index_t i = 0; i < d; ++i) std::copy(pr.W.row(i), pr.W.row(i) + d, rec.W + (r * d + i) * d);
+    }
+  };
+  auto step = [&](index_t t) {
+    const index_t gt = tp.start_step + t;
+    const std::int64_t* tokens;
+    const index_t rows = batches.next(t, gt, tokens, weights);
+    const double loss = model_pass<T>(pr, tokens, rows, weights.data(), nullptr, true, ws);
+    if (!std::isfinite(loss)) return false;
+    detail::model_update(pr.U.ptr, ws.dU.data(), M * d, opt.lr_U, opt);  // U is contiguous (checked by caller)
+    if (pr.kind == ModelKind::Learnable) detail::model_update(pr.W.ptr, ws.dW.data(), d * d, opt.lr_W, opt);
+    for (index_t i = 0; i < rows; ++i)  // merged draws: each row of E once
+      detail::model_update(pr.E.row(token_at(tokens, i)), ws.dE.data() + i * d, d, opt.lr_E, opt);
+    return true;
+  };
+  return drive(tp.steps, record, step);
+}
+
+}  // namespace fastmem

@@ -1,0 +1,75 @@
+"""The scaling-law grid's models with trained embeddings (Cabannes, Dohmatob, Bietti, ICLR 2024).
+
+- "learnable": h = [LN](e_x^T W), scores h U^T, with E, U and W all trained;
+- "exponential": no W, h = [LN](relu(e_x)), with E and U trained.
+(The "matrix" model, W trained with E and U fixed, is :func:`fastmem.train`.)
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _validate as v
+from .backends import get
+from .optim import SGD, Adam
+from .train import Record
+
+KINDS = {"learnable": 1, "exponential": 2}
+
+
+@dataclass
+class ModelRun:
+    """Final parameters (E, U, W or None), the records and the status of a model run."""
+
+    E: np.ndarray
+    U: np.ndarray
+    W: np.ndarray
+    steps: np.ndarray
+    loss: np.ndarray
+    accuracy: np.ndarray
+    status: str
+    steps_done: int
+
+
+def train_model(model, E, U, task, optimizer, steps, batch_size=None, seed=0, W=None, layernorm=False,
+                lr_scale=None, record=None, tokens=None, backend=None):
+    """Train a "learnable" or "exponential" model; E (N, d), U (M, d) and W (d, d) are copied.
+
+    optimizer : fm.SGD(lr) (no momentum or weight decay) or fm.Adam(lr, betas=(0, 0))
+    lr_scale : {"E": s, "U": s, "W": s} multipliers of lr per tensor (default 1)
+    """
+    if model not in KINDS:
+        v.fail("model", f"one of {tuple(KINDS)}", repr(model))
+    E = v.float_matrix("E", E).copy()
+    U = v.float_matrix("U", U, shape=(None, E.shape[1]), dtype=E.dtype).copy()
+    if model == "learnable":
+        W = np.zeros((E.shape[1],) * 2, dtype=E.dtype) if W is None else \
+            v.float_matrix("W", W, shape=(E.shape[1], E.shape[1]), dtype=E.dtype).copy()
+    else:
+        W = None
+    if (E.shape[0], U.shape[0]) != (task.N, task.M):
+        v.fail("task", f"N = {E.shape[0]} and M = {U.shape[0]}", f"N = {task.N}, M = {task.M}")
+    if isinstance(optimizer, SGD) and (optimizer.momentum or optimizer.weight_decay):
+        v.fail("optimizer", "plain SGD (no momentum, no weight decay) for this model", repr(optimizer))
+    if isinstance(optimizer, Adam) and optimizer.betas != (0.0, 0.0):
+        v.fail("optimizer", "Adam with betas=(0, 0) for this model", repr(optimizer))
+    if not isinstance(optimizer, (SGD, Adam)):
+        v.fail("optimizer", "fm.SGD or fm.Adam(betas=(0, 0))", repr(optimizer))
+    scale = {"E": 1.0, "U": 1.0, "W": 1.0, **(lr_scale or {})}
+    opt = {"adam00": isinstance(optimizer, Adam), "eps": getattr(optimizer, "eps", 1e-8),
+           **{f"lr_{k}": float(optimizer.lr * scale[k]) for k in ("E", "U", "W")}}
+    steps = v.positive_int("steps", steps, allow_zero=True)
+    b = 0 if batch_size is None else v.positive_int("batch_size", batch_size)
+    if tokens is not None:
+        tokens = v.tokens("tokens", tokens, task.N, shape=(steps, b))
+    record = Record(steps="last") if record is None else record
+    rec_steps = record.resolve(steps)
+    R = len(rec_steps)
+    rec = {"steps": rec_steps, "loss": np.full(R, np.nan, E.dtype), "accuracy": np.full(R, np.nan, E.dtype),
+           "margins": None, "W": None, "sharpness": None}
+    tp = {"steps": steps, "batch_size": b, "seed": v.positive_int("seed", seed, allow_zero=True), "start_step": 0,
+          "layernorm": bool(layernorm), "chunk": 0, "power_iters": 0}
+    status, done, n = get(backend).train_model(KINDS[model], E, U, W, task.p, task.y, task.cdf, tokens, opt, tp,
+                                               rec)
+    return ModelRun(E, U, W, rec_steps[:n], rec["loss"][:n], rec["accuracy"][:n],
+                    "ok" if status == 0 else "diverged", int(done))

@@ -1,0 +1,122 @@
+"""Sweeps: equal to separate runs, resumable after SIGKILL, the same through a Dask cluster."""
+
+import concurrent.futures as cf
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import fastmem as fm
+from fastmem import sweeps as sw
+from fastmem.models import train_model
+
+SMALL = {"d": [4, 8], "seed": [1, 2], "lr": [1.0], "batch_size": [4, 16], "ntrain": [64],
+         "layernorm": [False, True], "optimizer": ["sgd", "adam"], "model": ["matrix", "learnable"], "N": 12,
+         "M": 3}
+
+
+def _direct(c):
+    """One run written out with the public API, as a user would without fm.sweep."""
+    task = fm.Task.zipf(c["N"], c["M"], c["alpha"])
+    E, U = fm.embeddings.gaussian(c["N"], c["M"], c["d"], seed=c["seed"])
+    W = (np.random.default_rng([c["seed"], 1]).standard_normal((c["d"], c["d"])) / np.sqrt(c["d"])).astype(E.dtype)
+    steps, adam = c["ntrain"] // c["batch_size"], c["optimizer"] == "adam"
+    if c["model"] == "matrix":
+        opt = fm.Adam(lr=c["lr"] / c["d"], betas=(0, 0)) if adam else fm.SGD(lr=c["lr"])
+        run = fm.train(fm.AssociativeMemory(E, U, W=W, layernorm=c["layernorm"]), task, opt, steps,
+                       batch_size=c["batch_size"], seed=c["seed"], record=fm.Record("last"))
+    else:
+        opt = fm.Adam(lr=c["lr"], betas=(0, 0)) if adam else fm.SGD(lr=c["lr"])
+        scale = {"W": 1 / c["d"], "E": c["d"] ** -0.5, "U": c["d"] ** -0.5} if adam else None
+        run = train_model(c["model"], E, U, task, opt, steps, batch_size=c["batch_size"], seed=c["seed"], W=W,
+                          layernorm=c["layernorm"], lr_scale=scale)
+    return 1 - float(run.accuracy[-1]), float(run.loss[-1])
+
+
+def test_sweep_equals_separate_runs(tmp_path):
+    configs = sw.expand(SMALL)
+    assert len(configs) == 64
+    df = fm.sweep(SMALL, tmp_path, workers=2, chunk_size=5, quiet=True).set_index("run_id")
+    assert len(df) == 64 and (df["status"] == "ok").all()
+    for c in configs[::4] + configs[1::13]:  # a sample of 16 + 5
+        error, loss = _direct(c)
+        row = df.loc[sw.run_id(c)]
+        assert row["error"] == pytest.approx(error, abs=1e-7) and row["loss"] == pytest.approx(loss, rel=1e-6)
+    # pandas reads the files without fastmem
+    import pandas as pd
+
+    files = list((tmp_path / "runs").glob("*.parquet"))
+    assert sum(len(pd.read_parquet(f)) for f in files) == 64
+
+
+def test_kill_and_resume(tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text('[grid]\nN = 50\nd = [16, 32, 64]\nseed = [1, 2, 3, 4, 5, 6]\nlr = [1.0, 10.0]\n'
+                    'batch_size = [4]\nntrain = [4096]\noptimizer = ["adam"]\nlayernorm = [false, true]\n')
+    cmd = [sys.executable, "-m", "fastmem", "sweep", str(grid), "--out", str(tmp_path / "out"), "--workers", "1",
+           "--chunk-size", "3", "--quiet"]
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    runs = tmp_path / "out" / "runs"
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(runs.glob("chunk-*.parquet"))) < 2:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its worker, mid-way
+    proc.wait()
+    before = fm.load_sweep(tmp_path / "out").set_index("run_id")
+    assert 0 < len(before) < 72, "the sweep should have been killed mid-way"
+    subprocess.run(cmd, check=True, timeout=300)
+    after = fm.load_sweep(tmp_path / "out")
+    assert len(after) == 72 and after["run_id"].is_unique
+    after = after.set_index("run_id")
+    for col in ("error", "loss", "status"):
+        assert (after.loc[before.index, col] == before[col]).all()  # finished results unchanged
+
+
+def test_dask_cluster_equals_local(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    grid = {**SMALL, "model": ["matrix", "exponential"], "d": [4]}
+    local = fm.sweep(grid, tmp_path / "local", workers=1, quiet=True)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
+                                  processes=True) as cluster, distributed.Client(cluster) as client:
+        remote = fm.sweep(grid, tmp_path / "dask", executor=client.get_executor(), quiet=True)
+    cols = ["run_id", "status", "error", "loss", "steps"]
+    a = local[cols].sort_values("run_id").reset_index(drop=True)
+    b = remote[cols].sort_values("run_id").reset_index(drop=True)
+    assert len(a) == 32
+    assert a.equals(b)
+
+
+@pytest.mark.parametrize("grid, message", [
+    ({**SMALL, "d": [4, -5]}, r"^grid\['d'\]: expected an integer >= 1, got -5"),
+    ({**SMALL, "optimizer": ["sgd", "rmsprop"]}, r"^grid\['optimizer'\]: expected 'sgd' or 'adam'"),
+    ({**SMALL, "lr": [0.0]}, r"^grid\['lr'\]: expected a number > 0, got 0.0"),
+    ({**SMALL, "widht": 3}, r"^grid\['widht'\]: expected one of the keys"),
+    ({**SMALL, "ntrain": [30]}, r"^grid\['ntrain'\]: expected a multiple of batch_size"),
+])
+def test_invalid_grid_is_refused_before_any_run(tmp_path, grid, message):
+    with pytest.raises(ValueError, match=message):
+        fm.sweep(grid, tmp_path, workers=1, quiet=True)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_diverged_and_failed_runs_are_recorded(tmp_path, monkeypatch):
+    grid = {**SMALL, "model": "matrix", "optimizer": "sgd", "layernorm": False, "lr": [1.0, 3e38], "d": 4,
+            "seed": 1, "batch_size": 4}
+    calls = []
+    real = sw.run_one
+
+    def flaky(c):
+        calls.append(c["lr"])
+        if c["lr"] == 1.0:
+            raise RuntimeError("worker crashed")
+        return real(c)
+    monkeypatch.setattr(sw, "run_one", flaky)
+    with cf.ThreadPoolExecutor(1) as ex:  # in-process, so that the patch applies
+        df = fm.sweep(grid, tmp_path, executor=ex, quiet=True).set_index("lr")
+    assert calls.count(1.0) == 2  # retried once
+    assert df.loc[1.0, "status"] == "failed" and "worker crashed" in df.loc[1.0, "message"]
+    assert df.loc[3e38, "status"] == "diverged"  # float32 overflow: inf scores
