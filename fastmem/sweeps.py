@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import multiprocessing
 import os
 import sys
 import time
@@ -195,7 +196,8 @@ def sweep(grid_or_configs, out, executor=None, workers=None, chunk_size=16, quie
     own = executor is None
     if own:
         workers = os.cpu_count() if workers is None else v.positive_int("workers", workers)
-        executor = cf.ProcessPoolExecutor(max_workers=workers)
+        # forkserver: forking a process that runs OpenMP / numba / XLA threads can deadlock
+        executor = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver"))
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(configs), initial=len(configs) - len(todo), unit="run", desc="sweep",
