@@ -8,7 +8,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import cmd, embeddings, kernels
+from . import cmd, embeddings, kernels, sweeps
 from .backends import backends, use_backend
 from .errors import BackendUnavailableError, InvalidArgumentError
 from .memory import AssociativeMemory
