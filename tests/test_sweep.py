@@ -120,3 +120,27 @@ def test_diverged_and_failed_runs_are_recorded(tmp_path, monkeypatch):
     assert calls.count(1.0) == 2  # retried once
     assert df.loc[1.0, "status"] == "failed" and "worker crashed" in df.loc[1.0, "message"]
     assert df.loc[3e38, "status"] == "diverged"  # float32 overflow: inf scores
+
+
+def test_published_grid_file_expands_to_the_authors_grid():
+    import tomllib
+    from pathlib import Path
+
+    spec = tomllib.loads((Path(__file__).resolve().parents[1] / "examples" / "scaling_law_grid.toml").read_text())
+    configs = sw.expand(spec["grid"])
+    assert len(configs) == 40_320 and len({sw.run_id(c) for c in configs}) == 40_320
+    assert {c["model"] for c in configs} == {"matrix", "learnable", "exponential"}
+
+
+def test_cli_sweep(tmp_path):
+    grid = tmp_path / "g.toml"
+    grid.write_text('[grid]\nN = 10\nM = 2\nd = [4]\nseed = [1, 2]\nlr = [1.0]\nbatch_size = [4]\nntrain = [16]\n')
+    r = subprocess.run([sys.executable, "-m", "fastmem", "sweep", str(grid), "--out", str(tmp_path / "o"),
+                        "--workers", "1", "--quiet"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "2 of 2 runs on disk" in r.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[grid]\nd = [0]\nseed = 1\nlr = 1.0\nbatch_size = 4\nntrain = 16\n')
+    r = subprocess.run([sys.executable, "-m", "fastmem", "sweep", str(bad), "--out", str(tmp_path / "o2")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "grid['d']: expected an integer >= 1, got 0" in r.stderr
