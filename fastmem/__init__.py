@@ -28,5 +28,5 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = [
     "Adam", "AssociativeMemory", "cmd", "BackendUnavailableError", "Constant", "Cosine", "InvalidArgumentError",
     "Record", "Run", "SGD", "SignGD", "StepDecay", "Task", "accuracy", "backends", "embeddings", "evaluate",
-    "gradient", "kernels", "loss", "margins", "sharpness", "step", "sweep", "load_sweep", "train", "TrainState", "use_backend",
+    "gradient", "kernels", "loss", "margins", "sweeps", "sharpness", "step", "sweep", "load_sweep", "train", "TrainState", "use_backend",
 ]

@@ -103,7 +103,7 @@ def test_embedding_invariants(rng):
             e = cmd.embedded
             r = theta[cmd.result.references][cmd.result.assignment[e]]
             np.testing.assert_allclose(theta[e], cmd._frozen_a[e] * r + cmd._frozen_b[e])
-    for (t0, e0, a0, b0), (t1, e1, a1, b1) in zip(history, history[1:]):
+    for (_, e0, a0, b0), (_, e1, a1, b1) in zip(history, history[1:]):
         assert (e1 >= e0).all()  # once embedded, always embedded
         np.testing.assert_array_equal(a1[e0], a0[e0])  # frozen (a, b) never change
         np.testing.assert_array_equal(b1[e0], b0[e0])

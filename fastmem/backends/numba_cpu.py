@@ -190,7 +190,7 @@ def _sharpness(E, U, W, p, y, iters, tol, seed):
     v = flat.reshape((d, d)).astype(E.dtype)
     nrm = (v.astype(np.float64) ** 2).sum()
     lam = 0.0
-    for it in range(iters):
+    for _ in range(iters):
         v /= math.sqrt(nrm)
         D = (E @ v) @ U.T
         T = S * D
@@ -392,7 +392,7 @@ def _residual(Z, y, toks, w):
 @njit(cache=True)
 def _train_dual(E, U, W0, p, y, cdf, given, lr0, mom, wd, sched, ssteps, gamma, min_lr, steps, b, seed, start,
                 rec_steps, rl, ra, rm, rW, rs, flags, iters, Z, A, B, V, c, fresh):
-    N, M = E.shape[0], U.shape[0]
+    N = E.shape[0]
     KE, KU = E @ E.T, U @ U.T
     if fresh:
         Z[:] = (E @ W0) @ U.T

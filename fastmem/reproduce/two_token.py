@@ -4,7 +4,7 @@ import numpy as np
 
 import fastmem as fm
 
-from ._common import figure, first_step_at, landscape, plane_coords, save, spikes, write_json
+from ._common import figure, first_step_at, landscape, plane_coords, save, spikes
 
 
 def _setup(alpha, p1):

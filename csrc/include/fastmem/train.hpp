@@ -133,6 +133,17 @@ void store_metrics(const TrainRecord<T>& rec, index_t r, const PopulationMetrics
   if (!std::isfinite(m.loss)) res.status = Status::Diverged;
 }
 
+// Writes the W and sharpness records of record r from the memory W.
+template <class T>
+void store_memory(const Problem<T>& prob, MatrixView<const T> W, const TrainRecord<T>& rec, index_t r,
+                  const TrainParams& tp, HvpWorkspace<T>& hvp_ws) {
+  const index_t d = W.rows;
+  if (rec.W)
+    for (index_t i = 0; i < d; ++i) std::copy(W.row(i), W.row(i) + d, rec.W + (r * d + i) * d);
+  if (rec.sharpness)
+    rec.sharpness[r] = static_cast<T>(sharpness(prob, W, tp.power_iters, 1e-6, tp.seed, hvp_ws));
+}
+
 template <class T>
 TrainResult train(const Problem<T>& prob, MatrixView<T> W, const double* cdf, const std::int64_t* given_tokens,
                   const OptimizerParams& opt, OptimizerState<T>& state, const TrainParams& tp,
@@ -154,11 +165,7 @@ TrainResult train(const Problem<T>& prob, MatrixView<T> W, const double* cdf, co
                       population_metrics(prob, MatrixView<const T>(W), rec.margins ? rec.margins + r * N : nullptr,
                                          MatrixView<T>(), metrics_ws),
                       res);
-      if (rec.W)
-        for (index_t i = 0; i < d; ++i) std::copy(W.row(i), W.row(i) + d, rec.W + (r * d + i) * d);
-      if (rec.sharpness)
-        rec.sharpness[r] = static_cast<T>(
-            sharpness(prob, MatrixView<const T>(W), tp.power_iters, 1e-6, tp.seed, hvp_ws));
+      store_memory(prob, MatrixView<const T>(W), rec, r, tp, hvp_ws);
     }
   };
 
@@ -279,11 +286,7 @@ TrainResult train_dual(const Problem<T>& prob, MatrixView<const T> W0, DualState
                                     rec.margins ? rec.margins + r * N : nullptr, margin_buf),
                       res);
       if (rec.W || rec.sharpness) rebuild();
-      if (rec.W)
-        for (index_t i = 0; i < d; ++i) std::copy(W.row(i), W.row(i) + d, rec.W + (r * d + i) * d);
-      if (rec.sharpness)
-        rec.sharpness[r] = static_cast<T>(
-            sharpness(prob, MatrixView<const T>(W), tp.power_iters, 1e-6, tp.seed, hvp_ws));
+      store_memory(prob, MatrixView<const T>(W), rec, r, tp, hvp_ws);
     }
   };
 
