@@ -4,7 +4,7 @@ import numpy as np
 
 import fastmem as fm
 
-from .common import require
+from .common import BACKENDS, require
 
 
 def _modes(T, M, seed=0):
@@ -25,35 +25,39 @@ def _trajectory(P, T, M):
 
 
 class CMDFit:
-    params = [10**5, 10**6, 10**7]
-    param_names = ["P"]
+    params = ([10**5, 10**6, 10**7], BACKENDS)
+    param_names = ["P", "backend"]
     timeout = 600
 
-    def setup(self, P):
-        require("cpp")
+    def setup(self, P, backend):
+        require(backend)
+        if backend == "numpy" and P > 10**6:
+            raise NotImplementedError("the reference holds a (P, M) float64 block: too large here")
         self.X = _trajectory(P, 100, 10)
+        self.backend = backend
 
-    def time_fit(self, P):
-        fm.cmd.fit(self.X, n_modes=10, n_samples=1000)
+    def time_fit(self, P, backend):
+        fm.cmd.fit(self.X, n_modes=10, n_samples=1000, backend=self.backend)
 
-    def peakmem_fit(self, P):
-        fm.cmd.fit(self.X, n_modes=10, n_samples=1000)
+    def peakmem_fit(self, P, backend):
+        fm.cmd.fit(self.X, n_modes=10, n_samples=1000, backend=self.backend)
 
 
 class CMDOnline:
     """The online update over 100 steps after a 10-step warm-up: no T x P buffer is kept."""
 
-    params = [10**6, 10**7]
-    param_names = ["P"]
+    params = ([10**6, 10**7], BACKENDS)
+    param_names = ["P", "backend"]
     timeout = 600
 
-    def setup(self, P):
-        require("cpp")
+    def setup(self, P, backend):
+        require(backend)
         self.warm = _trajectory(P, 10, 10)
         self.step = self.warm[-1].copy()
+        self.backend = backend
 
-    def time_online_100_steps(self, P):
-        cmd = fm.cmd.OnlineCMD(n_modes=10, warmup=10, n_samples=1000)
+    def time_online_100_steps(self, P, backend):
+        cmd = fm.cmd.OnlineCMD(n_modes=10, warmup=10, n_samples=1000, backend=self.backend)
         for theta in self.warm:
             cmd.update(theta)
         for _ in range(100):
