@@ -1,13 +1,16 @@
 """Which representation a run uses: primal (W) or dual (scores Z and coefficients A).
 
 The dual is exact when the optimizer's update is linear in the gradient (SGD with
-momentum and decoupled weight decay) and there is no LayerNorm: every iterate is then
-W_t = c_t W_0 - E^T A_t U. "auto" takes the dual where it is exact and the cost model
-below says it is cheaper (counts of multiply-adds; b is the expected number of distinct
-tokens in a batch, N for full-batch GD):
+momentum and decoupled weight decay): every iterate is then W_t = c_t W_0 - E^T A_t U
+(A: N x M), and the run evolves the scores Z = E W U^T. With LayerNorm the scores are not
+linear in W but the read-outs are: W_t = c_t W_0 - E^T A_t (A: N x d), and the run evolves
+Q = E W. "auto" takes the dual where it is exact and the cost model below says it is
+cheaper (counts of multiply-adds; b is the expected number of distinct tokens in a batch,
+N for full-batch GD; R = M, or d with LayerNorm):
 
     primal, per step   4 b d (d + M) + d^2       (4 b d (1 + M) + d^2 for one-hot E)
-    dual, per step     2 b (N M + M^2) + N M      (2 b (M + M) + N M for diagonal Grams)
+    dual, per step     2 b (N R + M R) + N R      (N R -> R for a diagonal K_E; M R -> R for a
+                                                  diagonal K_U or with LayerNorm)
     dual, once         N^2 d + M^2 d (+ N d^2 + N d M when W_0 != 0)
 """
 
@@ -21,8 +24,6 @@ REPRESENTATIONS = ("auto", "primal", "dual")
 def _not_exact(memory, optimizer):
     if not optimizer.linear:
         return f"{type(optimizer).__name__} is not linear in the gradient"
-    if memory.layernorm:
-        return "LayerNorm makes the scores a non-linear function of W"
     return None
 
 
@@ -38,11 +39,12 @@ def costs(memory, task, steps, batch_size):
     d_read = 1 if memory.onehot is not None else d
     primal = steps * (4 * b * d * (d_read + M) + d * d)
     KE_diag = memory.onehot is not None and len(np.unique(memory.onehot[0])) == N
+    R = d if memory.layernorm else M
     KU = memory.U @ memory.U.T
-    KU_diag = np.count_nonzero(KU - np.diag(np.diag(KU))) == 0
-    per_row = (M if KE_diag else N * M) + (M if KU_diag else M * M)
+    KU_diag = memory.layernorm or np.count_nonzero(KU - np.diag(np.diag(KU))) == 0
+    per_row = (R if KE_diag else N * R) + (R if KU_diag else M * R)
     once = N * N * d + M * M * d + (N * d * d + N * d * M if np.any(memory.W) else 0)
-    dual = once + steps * (2 * b * per_row + N * M)
+    dual = once + steps * (2 * b * (per_row + (M * d if memory.layernorm else 0)) + N * R)
     return primal, dual
 
 
@@ -53,7 +55,7 @@ def choose(memory, task, optimizer, steps, batch_size, requested):
     why_not = _not_exact(memory, optimizer)
     if requested == "dual" and why_not:
         v.fail("representation", "'primal' or 'auto' here: the dual representation is exact only for "
-               "SGD-family optimizers without LayerNorm", f"'dual' ({why_not})")
+               "SGD-family optimizers", f"'dual' ({why_not})")
     if requested != "auto":
         return requested, "requested"
     if why_not:

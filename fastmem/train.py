@@ -69,7 +69,8 @@ class Run:
     margins : (R, N) or None
     W_history : (R, d, d) or None
     W : (d, d), the memory after the last update (a dual run rebuilds it on first access)
-    Z, A, c : the dual state of a dual run (scores N x M, coefficients N x M, scale of W0), else None
+    Z, A, c : the dual state of a dual run (scores N x M and coefficients N x M, or with LayerNorm
+        read-outs E W and coefficients N x d; c the scale of W0), else None
     state : TrainState to save, or to continue the run from (``fm.train(..., resume=run.state)``)
     status : "ok" or "diverged" (a non-finite loss stopped the run; records before it stay)
     steps_done : int, updates done
@@ -101,7 +102,7 @@ class Run:
             m = self._memory
             E, oc, os_, U, _, _ = problem_args(m, self._task)
             self._W = np.empty_like(m.W)
-            get(self.backend).rebuild_W(E, oc, os_, U, m.W, self.A, self.c, self._W)
+            get(self.backend).rebuild_W(E, oc, os_, None if m.layernorm else U, m.W, self.A, self.c, self._W)
         return self._W
 
     @property
@@ -147,8 +148,8 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=None, tokens=Non
     tokens : optional (steps, batch_size) int array of the minibatches to use instead
     record : Record (default: loss and accuracy at ~100 log-spaced steps)
     start_step : global index of the first step (schedules and the sampling stream)
-    representation : "auto", "primal" (update W) or "dual" (update the N x M scores; exact
-        for SGD-family optimizers without LayerNorm, see :mod:`fastmem.dual`)
+    representation : "auto", "primal" (update W) or "dual" (update the N x M scores, or the
+        N x d read-outs with LayerNorm; exact for SGD-family optimizers, see :mod:`fastmem.dual`)
     resume : a TrainState (``run.state``) to continue from, with the same memory, task and
         optimizer: its representation, seed and step are used; the result equals one longer run
     callback : called as ``callback(step, state)`` every ``callback_every`` steps with the
@@ -222,8 +223,8 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=None, tokens=Non
     dual_state = None
     momentum = opt["kind"] == 0 and opt["momentum"] != 0.0
     if rep == "dual":
-        W, NM = None, (N, memory.M)
-        arrays = {k: buffer(k, NM, k in "ZA" or momentum) for k in "ZABV"}
+        W, NR = None, (N, d if memory.layernorm else memory.M)
+        arrays = {k: buffer(k, NR, k in "ZA" or momentum) for k in "ZABV"}
         status, steps_done, n_rec, c = be.train_dual(
             E, oc, os_, U, memory.W, p, y, task.cdf, tokens, opt, tp, rec, arrays["Z"], arrays["A"],
             arrays["B"], arrays["V"], resume.c if resume else 1.0, resume is None)

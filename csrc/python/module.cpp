@@ -307,7 +307,7 @@ double py_sgd_step(py::array W, py::array E, py::object oc, py::object os, py::a
   });
 }
 
-void py_rebuild_W(py::array E, py::object oc, py::object os, py::array U, py::array W0, py::array A, double c,
+void py_rebuild_W(py::array E, py::object oc, py::object os, py::object U, py::array W0, py::array A, double c,
                   py::array W_out) {
   dispatch(E, [&](auto tag) {
     using T = decltype(tag);
@@ -315,13 +315,14 @@ void py_rebuild_W(py::array E, py::object oc, py::object os, py::array U, py::ar
     emb.E = cmatrix<T>(E, "E");
     emb.onehot_col = opt_ptr<std::int64_t, false>(oc, emb.E.rows, "onehot_col");
     emb.onehot_scale = opt_ptr<T, false>(os, emb.E.rows, "onehot_scale");
-    auto Uv = cmatrix<T>(U, "U");
+    MatrixView<const T> Uv;  // None: A holds read-out coefficients (N x d)
+    if (!U.is_none()) Uv = cmatrix<T>(U.cast<py::array>(), "U");
     auto W0v = cmatrix<T>(W0, "W0");
     auto Av = cmatrix<T>(A, "A");
     auto Wv = matrix<T>(W_out, "W_out");
-    require(Av.rows == emb.E.rows && Av.cols == Uv.rows && Wv.rows == emb.E.cols && Wv.cols == emb.E.cols &&
-                W0v.rows == Wv.rows && W0v.cols == Wv.cols,
-            "rebuild_W needs A (N x M), W0 and W_out (d x d)");
+    require(Av.rows == emb.E.rows && Av.cols == (U.is_none() ? emb.E.cols : Uv.rows) &&
+                Wv.rows == emb.E.cols && Wv.cols == emb.E.cols && W0v.rows == Wv.rows && W0v.cols == Wv.cols,
+            "rebuild_W needs A (N x M, or N x d without U), W0 and W_out (d x d)");
     std::vector<T> au;
     py::gil_scoped_release nogil;
     dual_rebuild_W(emb, Uv, W0v, c, Av, Wv, au);

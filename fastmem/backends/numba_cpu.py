@@ -390,12 +390,39 @@ def _residual(Z, y, toks, w):
 
 
 @njit(cache=True)
+def _readout_residual(Q, U, y, toks, w, chunk):
+    """The LayerNorm model's residual on read-outs Q (N x d): loss, margins, dL/dQ rows."""
+    Qb = np.ascontiguousarray(Q[toks])
+    b = Qb.shape[0]
+    r = np.empty(b, dtype=Qb.dtype)
+    for i in range(b):
+        r[i] = math.sqrt((Qb[i] * Qb[i]).sum() + _LN_EPS)
+        Qb[i] /= r[i]
+    h = np.empty_like(Qb)
+    lse, zy, zother = np.empty(b, Qb.dtype), np.empty(b, Qb.dtype), np.empty(b, Qb.dtype)
+    _fused(Qb, U, y[toks], w, h, lse, zy, zother, chunk)
+    loss = 0.0
+    for i in range(b):
+        h[i] = (h[i] - Qb[i] * (Qb[i] * h[i]).sum()) / r[i]
+        loss += w[i] * (lse[i] - zy[i])
+    return loss, zy - zother, h
+
+
+@njit(cache=True)
+def _dual_residual(readout, Z, U, y, toks, w, chunk):
+    if readout:
+        return _readout_residual(Z, U, y, toks, w, chunk)
+    return _residual(Z, y, toks, w)
+
+
+@njit(cache=True)
 def _train_dual(E, U, W0, p, y, cdf, given, lr0, mom, wd, sched, ssteps, gamma, min_lr, steps, b, seed, start,
-                rec_steps, rl, ra, rm, rW, rs, flags, iters, Z, A, B, V, c, fresh):
+                rec_steps, rl, ra, rm, rW, rs, flags, iters, Z, A, B, V, c, fresh, readout, chunk):
     N = E.shape[0]
-    KE, KU = E @ E.T, U @ U.T
+    KE = E @ E.T
+    KU = np.eye(E.shape[1], dtype=E.dtype) if readout else U @ U.T
     if fresh:
-        Z[:] = (E @ W0) @ U.T
+        Z[:] = E @ W0 if readout else (E @ W0) @ U.T
         A[:] = 0
         B[:] = 0
         V[:] = 0
@@ -407,7 +434,7 @@ def _train_dual(E, U, W0, p, y, cdf, given, lr0, mom, wd, sched, ssteps, gamma, 
     for t in range(steps + 1):
         while r < len(rec_steps) and rec_steps[r] == t:
             if flags[0] or flags[1] or flags[2]:
-                loss, margins, _ = _residual(Z, y, np.arange(N), pw)
+                loss, margins, _ = _dual_residual(readout, Z, U, y, np.arange(N), pw, chunk)
                 acc = 0.0
                 for x in range(N):
                     if margins[x] > 0:
@@ -418,7 +445,7 @@ def _train_dual(E, U, W0, p, y, cdf, given, lr0, mom, wd, sched, ssteps, gamma, 
                 if not np.isfinite(loss):
                     status = 1
             if flags[3] or flags[4]:
-                W = (c * W0 - E.T @ (A @ U)).astype(E.dtype)
+                W = (c * W0 - E.T @ (A if readout else A @ U)).astype(E.dtype)
                 if flags[3]:
                     rW[r] = W
                 if flags[4]:
@@ -430,7 +457,7 @@ def _train_dual(E, U, W0, p, y, cdf, given, lr0, mom, wd, sched, ssteps, gamma, 
         gt = start + t
         lr = _lr_at(sched, lr0, ssteps, gamma, min_lr, gt)
         toks, w = _batch(N, b, p, cdf, key, given, t, gt, slot)
-        loss, _, G = _residual(Z, y, toks, w.astype(E.dtype))
+        loss, _, G = _dual_residual(readout, Z, U, y, toks, w.astype(E.dtype), chunk)
         if not np.isfinite(loss):
             status = 1
             break
@@ -457,7 +484,7 @@ def _train_dual(E, U, W0, p, y, cdf, given, lr0, mom, wd, sched, ssteps, gamma, 
 
 
 def train_dual(E, onehot_col, onehot_scale, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A, B, V, c, fresh):
-    given, _ = _common(E, U, tokens, tp)
+    given, chunk = _common(E, U, tokens, tp)
     steps_arr, bufs, flags = _rec_args(rec, E.dtype, E.shape[0], E.shape[1])
     B_ = B if B is not None else np.zeros_like(Z)
     V_ = V if V is not None else np.zeros_like(Z)
@@ -466,12 +493,13 @@ def train_dual(E, onehot_col, onehot_scale, U, W0, p, y, cdf, tokens, opt, tp, r
     with np.errstate(over="ignore", invalid="ignore"):
         status, done, r, c = _train_dual(E, U, W0, p, y, cdf_, given, lr, mom, wd, sched, ssteps, gamma, min_lr,
                                          tp["steps"], tp["batch_size"], np.uint64(tp["seed"]), tp["start_step"],
-                                         steps_arr, *bufs, flags, tp["power_iters"], Z, A, B_, V_, c, fresh)
+                                         steps_arr, *bufs, flags, tp["power_iters"], Z, A, B_, V_, c, fresh,
+                                         tp["layernorm"], chunk)
     return int(status), int(done), int(r), float(c)
 
 
 def rebuild_W(E, onehot_col, onehot_scale, U, W0, A, c, W_out):
-    W_out[...] = W0.dtype.type(c) * W0 - E.T @ (A @ U)
+    W_out[...] = W0.dtype.type(c) * W0 - E.T @ (A if U is None else A @ U)
 
 
 def sgd_step(W, E, onehot_col, onehot_scale, U, x, y, lr, layernorm, out):

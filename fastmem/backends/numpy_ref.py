@@ -242,7 +242,18 @@ def _residual(Z, y, toks, w):
 
 
 def rebuild_W(E, onehot_col, onehot_scale, U, W0, A, c, W_out):
-    W_out[...] = c * W0.astype(_F) - E.astype(_F).T @ (A.astype(_F) @ U.astype(_F))
+    AU = A.astype(_F) if U is None else A.astype(_F) @ U.astype(_F)
+    W_out[...] = c * W0.astype(_F) - E.astype(_F).T @ AU
+
+
+def _readout_residual(Q, U, y, toks, w):
+    """The LayerNorm model's residual on read-outs Q (N x d): loss, margins, dL/dQ rows."""
+    Qb = Q if toks is None else Q[toks]
+    r = np.sqrt((Qb * Qb).sum(axis=1, keepdims=True) + _LN_EPS)
+    h = Qb / r
+    yb = y if toks is None else y[toks]
+    lse, zy, zother, dh = _fused(h, U, yb, w)
+    return float(w @ (lse - zy)), zy - zother, (dh - h * (h * dh).sum(axis=1, keepdims=True)) / r
 
 
 def train_dual(E, onehot_col, onehot_scale, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A, B, V, c, fresh):
@@ -252,21 +263,26 @@ def train_dual(E, onehot_col, onehot_scale, U, W0, p, y, cdf, tokens, opt, tp, r
 
 
 def _train_dual(E, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A, B, V, c, fresh):
-    KE, KU = E @ E.T, U @ U.T
-    zeros = np.zeros((E.shape[0], U.shape[0]))
+    readout = tp["layernorm"]  # state on the read-outs E W (N x d) instead of the scores
+    KE = E @ E.T
+    KU = np.eye(E.shape[1]) if readout else U @ U.T
+    zeros = np.zeros(Z.shape)
     if fresh:
-        st = {"Z": E @ W0 @ U.T, "A": zeros, "c": 1.0, "B": zeros, "V": zeros}
+        st = {"Z": E @ W0 if readout else E @ W0 @ U.T, "A": zeros, "c": 1.0, "B": zeros, "V": zeros}
     else:
         st = {"Z": Z.astype(_F), "A": A.astype(_F), "c": c,
               "B": zeros if B is None else B.astype(_F), "V": zeros if V is None else V.astype(_F)}
 
     def W():
-        return st["c"] * W0 - E.T @ (st["A"] @ U)
+        return st["c"] * W0 - E.T @ (st["A"] if readout else st["A"] @ U)
+
+    def residual(toks, w):
+        return _readout_residual(st["Z"], U, y, toks, w) if readout else _residual(st["Z"], y, toks, w)
 
     def record(r):
         loss = None
         if _wants_metrics(rec):
-            loss, margins, _ = _residual(st["Z"], y, None, p)
+            loss, margins, _ = residual(None, p)
             _store(rec, r, loss, float(p[margins > 0].sum()), margins)
         if rec["W"] is not None:
             rec["W"][r] = W()
@@ -276,7 +292,7 @@ def _train_dual(E, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A, B, V, c, fresh)
 
     def step(t):
         toks, w = _batch(tp, tokens, cdf, p, t)
-        loss, _, G = _residual(st["Z"], y, toks, w)
+        loss, _, G = residual(toks, w)
         if not np.isfinite(loss):
             return False
         lr = _lr_at(opt, tp["start_step"] + t)

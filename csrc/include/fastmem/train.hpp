@@ -206,26 +206,10 @@ double sgd_step(const Problem<T>& prob, MatrixView<const T> W, const std::int64_
   return loss;
 }
 
-// Population metrics read from the N x M scores (the dual representation).
-template <class T>
-PopulationMetrics score_metrics(MatrixView<const T> Z, const double* p, const std::int64_t* y,
-                                const std::vector<T>& p_weights, T* margins, std::vector<T>& margin_buf) {
-  const index_t N = Z.rows;
-  T* m = margins;
-  if (!m) {
-    margin_buf.resize(std::size_t(N));
-    m = margin_buf.data();
-  }
-  PopulationMetrics out;
-  out.loss = dual_residual(Z, y, nullptr, N, p_weights.data(), MatrixView<T>(), m);
-  for (index_t x = 0; x < N; ++x)
-    if (m[x] > T(0)) out.accuracy += p[x];
-  return out;
-}
-
-// The state of a dual run, caller-owned: scores Z and coefficients A (N x M),
-// with W = c W0 - E^T A U; with momentum, its coefficients B and its scores
-// V = K_E B K_U (N x M, else empty). `fresh` starts from W0 (Z = E W0 U^T, A = 0).
+// The state of a dual run, caller-owned: Z and coefficients A (N x R), with R = M
+// (Z the scores E W U^T, W = c W0 - E^T A U) or, with LayerNorm, R = d (Z the
+// read-outs E W, W = c W0 - E^T A); with momentum, its coefficients B and their
+// image V = K_E B K_U (N x R, else empty). `fresh` starts from W0 (A = 0).
 template <class T>
 struct DualState {
   MatrixView<T> Z, A, B, V;
@@ -234,25 +218,34 @@ struct DualState {
 };
 
 // The same run as train() for an SGD-family optimizer (momentum and decoupled
-// weight decay included) without LayerNorm, simulated on the dual state instead
-// of W: same sampling, same records. W is rebuilt only on request (dual_rebuild_W).
+// weight decay included), simulated on the dual state instead of W: same
+// sampling, same records. W is rebuilt only on request (dual_rebuild_W).
 template <class T>
 TrainResult train_dual(const Problem<T>& prob, MatrixView<const T> W0, DualState<T>& st, const double* cdf,
                        const std::int64_t* given_tokens, const OptimizerParams& opt, const TrainParams& tp,
                        const TrainRecord<T>& rec) {
   FASTMEM_CHECK_ARG(opt.kind == OptimizerKind::SGD,
                     "the dual representation needs an optimizer linear in the gradient (SGD, momentum, weight decay)");
-  FASTMEM_CHECK_ARG(!prob.layernorm, "the dual representation is not exact with LayerNorm");
   const index_t N = prob.N(), M = prob.M(), d = prob.d();
+  const bool readout = prob.layernorm;
+  const index_t R = readout ? d : M;
   FASTMEM_CHECK_ARG(W0.rows == d && W0.cols == d, "W0 must be d x d");
   const bool momentum = opt.momentum != 0.0;
   MatrixView<T> Z = st.Z, A = st.A, B = st.B, V = st.V;
   double& c = st.c;
-  FASTMEM_CHECK_ARG(Z.rows == N && Z.cols == M && A.rows == N && A.cols == M, "Z and A must be N x M");
-  FASTMEM_CHECK_ARG(!momentum || (B.rows == N && B.cols == M && V.rows == N && V.cols == M),
-                    "momentum needs B and V (N x M)");
+  FASTMEM_CHECK_ARG(Z.rows == N && Z.cols == R && A.rows == N && A.cols == R,
+                    "Z and A must be N x M (N x d with LayerNorm)");
+  FASTMEM_CHECK_ARG(!momentum || (B.rows == N && B.cols == R && V.rows == N && V.cols == R),
+                    "momentum needs B and V, shaped like Z");
   std::vector<T> ke, ke_diag, ku, ku_diag;
-  const Gram<T> KE = make_gram(prob.emb.E, ke, ke_diag), KU = make_gram(prob.U, ku, ku_diag);
+  const Gram<T> KE = make_gram(prob.emb.E, ke, ke_diag);
+  Gram<T> KU;
+  if (readout) {
+    ku_diag.assign(std::size_t(d), T(1));  // the read-out update has no U on the right
+    KU.diag = ku_diag.data();
+  } else {
+    KU = make_gram(prob.U, ku, ku_diag);
+  }
   std::vector<T> g, p_weights, margin_buf, au, weights, w_buf;
   bool w0_zero = true;
   if (st.fresh) {
@@ -263,28 +256,64 @@ TrainResult train_dual(const Problem<T>& prob, MatrixView<const T> W0, DualState
       for (index_t j = 0; j < d; ++j) w0_zero = w0_zero && W0(i, j) == T(0);
     st.fresh = false;
   }
-  if (!w0_zero) {  // Z_0 = (E W_0) U^T
+  if (!w0_zero) {  // Z_0 = E W_0 (U^T)
     std::vector<T> q(std::size_t(N * d));
     MatrixView<T> Q(q.data(), N, d);
     embed_read(prob.emb, nullptr, prob.emb.E, W0, Q);
-    blas::gemm<T>(false, true, T(1), MatrixView<const T>(Q), prob.U, T(0), Z);
+    if (readout)
+      for (index_t x = 0; x < N; ++x) std::copy(Q.row(x), Q.row(x) + d, Z.row(x));
+    else
+      blas::gemm<T>(false, true, T(1), MatrixView<const T>(Q), prob.U, T(0), Z);
   }
   for (index_t x = 0; x < N; ++x) p_weights.push_back(static_cast<T>(prob.p[x]));
   BatchSource<T> batches(N, tp.batch_size, prob.p, cdf, given_tokens, tp.seed);
   DualWorkspace<T> ws;
+  PassWorkspace<T> pass;
   HvpWorkspace<T> hvp_ws;
   if (rec.W || rec.sharpness) w_buf.resize(std::size_t(d * d));
   MatrixView<T> W(w_buf.data(), d, d);
-  auto rebuild = [&] { dual_rebuild_W(prob.emb, prob.U, W0, c, MatrixView<const T>(A), W, au); };
+  auto rebuild = [&] {
+    dual_rebuild_W(prob.emb, readout ? MatrixView<const T>() : prob.U, W0, c, MatrixView<const T>(A), W, au);
+  };
+
+  // Loss of the rows (null: all N), their margins (nullable) and residual rows G
+  // (b x R; empty to skip): softmax - onehot, or dL/dQ through LayerNorm.
+  auto residual = [&](const std::int64_t* tokens, index_t rows, const T* w, MatrixView<T> G, T* margins) {
+    if (!readout) return dual_residual<T>(MatrixView<const T>(Z), prob.y, tokens, rows, w, G, margins);
+    pass.resize(rows, d);
+    MatrixView<T> Q = pass.Q(rows, d), H = pass.H(rows, d);
+    for (index_t i = 0; i < rows; ++i) {
+      const std::int64_t x = token_at(tokens, i);
+      std::copy(Z.row(x), Z.row(x) + d, Q.row(i));
+      pass.yb[i] = prob.y[x];
+    }
+    layernorm_forward(Q, pass.r.data());
+    SoftmaxXentGradParams<T> sp{Q, prob.U, pass.yb.data(), w, H, pass.lse.data(), pass.zy.data(),
+                                pass.zother.data(), prob.chunk};
+    softmax_xent_grad(sp, pass.sx);
+    double loss = 0.0;
+    for (index_t i = 0; i < rows; ++i) {
+      loss += double(w[i]) * (double(pass.lse[i]) - double(pass.zy[i]));
+      if (margins) margins[i] = pass.zy[i] - pass.zother[i];
+    }
+    if (!G.empty()) {
+      layernorm_backward(MatrixView<const T>(Q), pass.r.data(), H);
+      for (index_t i = 0; i < rows; ++i) std::copy(H.row(i), H.row(i) + d, G.row(i));
+    }
+    return loss;
+  };
 
   auto record = [&](index_t t, TrainResult& res) {
     for (; res.records < rec.count && rec.steps[res.records] == t; ++res.records) {
       const index_t r = res.records;
-      if (rec.loss || rec.accuracy || rec.margins)
-        store_metrics(rec, r,
-                      score_metrics(MatrixView<const T>(Z), prob.p, prob.y, p_weights,
-                                    rec.margins ? rec.margins + r * N : nullptr, margin_buf),
-                      res);
+      if (rec.loss || rec.accuracy || rec.margins) {
+        T* m = rec.margins ? rec.margins + r * N : (margin_buf.resize(std::size_t(N)), margin_buf.data());
+        PopulationMetrics pm;
+        pm.loss = residual(nullptr, N, p_weights.data(), MatrixView<T>(), m);
+        for (index_t x = 0; x < N; ++x)
+          if (m[x] > T(0)) pm.accuracy += prob.p[x];
+        store_metrics(rec, r, pm, res);
+      }
       if (rec.W || rec.sharpness) rebuild();
       store_memory(prob, MatrixView<const T>(W), rec, r, tp, hvp_ws);
     }
@@ -295,9 +324,9 @@ TrainResult train_dual(const Problem<T>& prob, MatrixView<const T> W0, DualState
     const double lr = lr_at(opt, gt);
     const std::int64_t* tokens;
     const index_t rows = batches.next(t, gt, tokens, weights);
-    g.resize(std::size_t(rows * M));
-    MatrixView<T> G(g.data(), rows, M);
-    const double loss = dual_residual<T>(MatrixView<const T>(Z), prob.y, tokens, rows, weights.data(), G, nullptr);
+    g.resize(std::size_t(rows * R));
+    MatrixView<T> G(g.data(), rows, R);
+    const double loss = residual(tokens, rows, weights.data(), G, nullptr);
     if (!std::isfinite(loss)) return false;
     const T decay = static_cast<T>(1.0 - lr * opt.weight_decay), lrt = static_cast<T>(lr);
     if (decay != T(1)) {
@@ -312,7 +341,7 @@ TrainResult train_dual(const Problem<T>& prob, MatrixView<const T> W0, DualState
       scale_all(V, mu);
       dual_scores_update(KE, KU, tokens, MatrixView<const T>(G), T(1), V, ws);
       for (index_t x = 0; x < N; ++x)
-        for (index_t k = 0; k < M; ++k) {
+        for (index_t k = 0; k < R; ++k) {
           Z(x, k) -= lrt * V(x, k);
           A(x, k) += lrt * B(x, k);
         }

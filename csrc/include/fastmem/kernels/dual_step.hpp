@@ -6,6 +6,10 @@
 // with K_E = E E^T, K_U = U U^T computed once. A diagonal Gram (orthogonal
 // embeddings, detected) turns each product into a row scaling: O(N M) per GD
 // step, O(b M) per SGD step.
+// With LayerNorm the scores are not linear in W, but the read-outs Q = E W are:
+// W_t = c_t W_0 - E^T A_t with A (N x d), and an SGD step is
+//   Q -= eta K_E[:, x_b] dQ_b,   dQ_b = LN-backward(G_b U)        O(b N d + b M d)
+// the same update with K_U replaced by the identity on d columns.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -140,17 +144,21 @@ void scale_all(MatrixView<T> X, T s) {
     for (index_t k = 0; k < X.cols; ++k) X(i, k) *= s;
 }
 
-// W = c W0 - E^T (A U), A U computed into `au` (N x d).
+// W = c W0 - E^T (A U), A U computed into `au` (N x d); with U empty, A is already
+// N x d (the read-out state of the LayerNorm model) and W = c W0 - E^T A.
 template <class T>
 void dual_rebuild_W(const InputEmbedding<T>& emb, MatrixView<const T> U, MatrixView<const T> W0, double c,
                     MatrixView<const T> A, MatrixView<T> W, std::vector<T>& au) {
-  const index_t N = A.rows, d = U.cols;
-  au.resize(std::size_t(N * d));
-  MatrixView<T> AU(au.data(), N, d);
-  blas::gemm<T>(false, false, T(1), A, U, T(0), AU);
+  const index_t N = A.rows, d = W.cols;
+  MatrixView<const T> AU = A;
+  if (!U.empty()) {
+    au.resize(std::size_t(N * d));
+    blas::gemm<T>(false, false, T(1), A, U, T(0), MatrixView<T>(au.data(), N, d));
+    AU = MatrixView<const T>(au.data(), N, d);
+  }
   for (index_t i = 0; i < d; ++i)
     for (index_t j = 0; j < d; ++j) W(i, j) = static_cast<T>(c) * W0(i, j);
-  embed_write(emb, nullptr, emb.E, MatrixView<const T>(AU), T(-1), W);
+  embed_write(emb, nullptr, emb.E, AU, T(-1), W);
 }
 
 }  // namespace fastmem
