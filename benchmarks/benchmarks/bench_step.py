@@ -43,16 +43,17 @@ class GDStep:
 class LargeMMemory:
     """Peak memory of a GD step: the score block is streamed, so it does not grow with M."""
 
-    params = [4096, 131072]
-    param_names = ["M"]
+    params = ([4096, 131072], ["cpp", "numba"])
+    param_names = ["M", "backend"]
     timeout = 300
 
-    def setup(self, M):
-        require("cpp")
+    def setup(self, M, backend):
+        require(backend)
         self.mem, self.task = gaussian_problem(4096, M, 256)
+        self.backend = backend
 
-    def peakmem_gd_step(self, M):
-        fm.train(self.mem, self.task, fm.SGD(lr=0.1), 1, record=NO_RECORD, backend="cpp")
+    def peakmem_gd_step(self, M, backend):
+        fm.train(self.mem, self.task, fm.SGD(lr=0.1), 1, record=NO_RECORD, backend=self.backend)
 
 
 class SoftmaxXentGrad:
