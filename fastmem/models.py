@@ -59,9 +59,13 @@ def train_model(model, E, U, task, optimizer, steps, batch_size=None, seed=0, W=
     opt = {"adam00": isinstance(optimizer, Adam), "eps": getattr(optimizer, "eps", 1e-8),
            **{f"lr_{k}": float(optimizer.lr * scale[k]) for k in ("E", "U", "W")}}
     steps = v.positive_int("steps", steps, allow_zero=True)
-    b = 0 if batch_size is None else v.positive_int("batch_size", batch_size)
     if tokens is not None:
-        tokens = v.tokens("tokens", tokens, task.N, shape=(steps, b))
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 2 or tokens.shape[0] != steps:
+            v.fail("tokens", f"shape ({steps}, batch_size)", f"shape {tokens.shape}")
+        batch_size = tokens.shape[1] if batch_size is None else batch_size
+        tokens = v.tokens("tokens", tokens, task.N, shape=(steps, batch_size))
+    b = 0 if batch_size is None else v.positive_int("batch_size", batch_size)
     record = Record(steps="last") if record is None else record
     rec_steps = record.resolve(steps)
     R = len(rec_steps)

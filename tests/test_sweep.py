@@ -144,3 +144,59 @@ def test_cli_sweep(tmp_path):
     r = subprocess.run([sys.executable, "-m", "fastmem", "sweep", str(bad), "--out", str(tmp_path / "o2")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "grid['d']: expected an integer >= 1, got 0" in r.stderr
+
+
+MODEL_CASES = [(m, o, ln) for m in ("matrix", "learnable", "exponential") for o in ("sgd", "adam") for ln in (False, True)]
+
+
+@pytest.mark.parametrize("model, optimizer, layernorm", MODEL_CASES)
+def test_models_equal_a_pytorch_autograd_run(model, optimizer, layernorm):
+    """The hand-derived gradients of the three models against PyTorch autograd, float64, same tokens."""
+    pytest.importorskip("torch")
+    import torch_models
+
+    c = {"model": model, "optimizer": optimizer, "layernorm": layernorm, "N": 20, "M": 4, "alpha": 1.0, "d": 6,
+         "seed": 3, "lr": 0.5, "batch_size": 8, "ntrain": 400}
+    task = fm.Task.zipf(c["N"], c["M"], c["alpha"])
+    E, U = fm.embeddings.gaussian(c["N"], c["M"], c["d"], seed=3, dtype=np.float64)
+    W = np.random.default_rng(0).standard_normal((6, 6)) / np.sqrt(6)
+    tokens = fm.kernels.sample_tokens(task, 50, 8, seed=3)
+    E_t, U_t, W_t = torch_models.train(model, E, U, W, task.p, task.y, tokens, optimizer, c["lr"], 6, layernorm)
+    adam = optimizer == "adam"
+    # g / (|g| + eps) turns rounding of a near-zero gradient entry into visible steps
+    tol = dict(rtol=1e-4, atol=1e-6) if adam else dict(rtol=1e-7, atol=1e-9)
+    if model == "matrix":
+        opt = fm.Adam(lr=c["lr"] / 6, betas=(0, 0)) if adam else fm.SGD(lr=c["lr"])
+        run = fm.train(fm.AssociativeMemory(E, U, W=W, layernorm=layernorm), task, opt, 50, tokens=tokens,
+                       representation="primal")
+        np.testing.assert_allclose(run.W, W_t, **tol)
+    else:
+        opt = fm.Adam(lr=c["lr"], betas=(0, 0)) if adam else fm.SGD(lr=c["lr"])
+        scale = {"W": 1 / 6, "E": 6 ** -0.5, "U": 6 ** -0.5} if adam else None
+        run = train_model(model, E, U, task, opt, 50, tokens=tokens, W=W, layernorm=layernorm, lr_scale=scale)
+        np.testing.assert_allclose(run.E, E_t, **tol)
+        np.testing.assert_allclose(run.U, U_t, **tol)
+        if model == "learnable":
+            np.testing.assert_allclose(run.W, W_t, **tol)
+
+
+@pytest.mark.parametrize("model, optimizer", [("matrix", "sgd"), ("learnable", "adam"), ("exponential", "sgd")])
+def test_grid_cells_agree_with_pytorch_over_10_seeds(model, optimizer):
+    """Per-cell mean error over the 10 seeds of the grid within 3 standard errors + 0.01 of PyTorch's."""
+    pytest.importorskip("torch")
+    import torch_models
+
+    cell = {"model": model, "optimizer": optimizer, "layernorm": False, "N": 100, "M": 5, "alpha": 2.0, "d": 20,
+            "lr": 1.0, "batch_size": 16, "ntrain": 1024}
+    ours, theirs = [], []
+    for seed in range(42, 52):
+        c = {**cell, "seed": seed}
+        ours.append(sw.run_one(c)["error"])
+        task = fm.Task.zipf(100, 5, 2.0)
+        E, U = fm.embeddings.gaussian(100, 5, 20, seed=seed, dtype=np.float64)
+        W = np.random.default_rng([seed, 1]).standard_normal((20, 20)) / np.sqrt(20)
+        tokens = fm.kernels.sample_tokens(task, 64, 16, seed=seed)
+        Et, Ut, Wt = torch_models.train(model, E, U, W, task.p, task.y, tokens, optimizer, 1.0, 20, False)
+        theirs.append(torch_models.error(model, Et, Ut, Wt, task.p, task.y, False))
+    se = np.sqrt(np.var(ours, ddof=1) / 10 + np.var(theirs, ddof=1) / 10)
+    assert abs(np.mean(ours) - np.mean(theirs)) <= 3 * se + 0.01
