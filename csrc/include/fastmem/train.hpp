@@ -151,11 +151,13 @@ TrainResult train(const Problem<T>& prob, MatrixView<T> W, const double* cdf, co
   const index_t N = prob.N(), d = prob.d();
   FASTMEM_CHECK_ARG(W.rows == d && W.cols == d, "W must be d x d");
   const bool plain_sgd = opt.is_plain_sgd();
+  const bool normalized = opt.kind == OptimizerKind::Adam && opt.beta1 == 0.0 && opt.beta2 == 0.0;
   PassWorkspace<T> pass, metrics_ws;
   HvpWorkspace<T> hvp_ws;
   BatchSource<T> batches(N, tp.batch_size, prob.p, cdf, given_tokens, tp.seed);
-  std::vector<T> grad_buf(plain_sgd ? 0 : std::size_t(d * d));
-  MatrixView<T> grad(grad_buf.data(), plain_sgd ? 0 : d, plain_sgd ? 0 : d);
+  const bool fused_update = plain_sgd || (normalized && !prob.emb.onehot());  // no d x d gradient buffer
+  std::vector<T> grad_buf(fused_update ? 0 : std::size_t(d * d));
+  MatrixView<T> grad(grad_buf.data(), fused_update ? 0 : d, fused_update ? 0 : d);
 
   auto record = [&](index_t t, TrainResult& res) {
     for (; res.records < rec.count && rec.steps[res.records] == t; ++res.records) {
@@ -179,6 +181,10 @@ TrainResult train(const Problem<T>& prob, MatrixView<T> W, const double* cdf, co
     MatrixView<const T> H(pass.h.data(), rows, d);
     if (plain_sgd) {
       embed_write(prob.emb, tokens, pass.Eb, H, static_cast<T>(-lr), W);
+    } else if (normalized && !prob.emb.onehot()) {
+      state.t += 1;
+      normalized_rank_update(W, pass.Eb, H, static_cast<T>(lr), static_cast<T>(opt.eps),
+                             static_cast<T>(1.0 - lr * opt.weight_decay));
     } else {
       for (index_t i = 0; i < d; ++i) std::fill(grad.row(i), grad.row(i) + d, T(0));
       embed_write(prob.emb, tokens, pass.Eb, H, T(1), grad);
