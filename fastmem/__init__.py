@@ -8,7 +8,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import cmd, embeddings, kernels, sweeps
+from . import cmd, embeddings, kernels, models, sweeps
 from .backends import backends, use_backend
 from .errors import BackendUnavailableError, InvalidArgumentError
 from .memory import AssociativeMemory
@@ -26,7 +26,8 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
 __all__ = [
-    "Adam", "AssociativeMemory", "cmd", "BackendUnavailableError", "Constant", "Cosine", "InvalidArgumentError",
-    "Record", "Run", "SGD", "SignGD", "StepDecay", "Task", "accuracy", "backends", "embeddings", "evaluate",
-    "gradient", "kernels", "loss", "margins", "sweeps", "sharpness", "step", "sweep", "load_sweep", "train", "TrainState", "use_backend",
+    "Adam", "AssociativeMemory", "BackendUnavailableError", "Constant", "Cosine", "InvalidArgumentError", "Record",
+    "Run", "SGD", "SignGD", "StepDecay", "Task", "TrainState", "accuracy", "backends", "cmd", "embeddings",
+    "evaluate", "gradient", "kernels", "load_sweep", "loss", "margins", "models", "sharpness", "step", "sweep",
+    "sweeps", "train", "use_backend",
 ]
