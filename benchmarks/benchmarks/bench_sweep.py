@@ -1,6 +1,8 @@
 """Sweep throughput: runs per second of a small grid through fm.sweep."""
 
 import concurrent.futures as cf
+import multiprocessing
+import os
 import shutil
 import tempfile
 
@@ -13,30 +15,32 @@ GRID = {"d": [10, 50], "seed": [1, 2], "lr": [1.0, 10.0], "batch_size": [16, 256
 
 
 class SweepThroughput:
-    params = [1, 2]
-    param_names = ["workers"]
+    params = ([1, 2], ["cpp", "numba"])
+    param_names = ["workers", "backend"]
     timeout = 600
 
-    def setup(self, workers):
-        require("cpp")
+    def setup(self, workers, backend):
+        require(backend)
         self.n_runs = len(fm.sweeps.expand(GRID))
 
-    def _sweep(self, workers):
+    def _sweep(self, workers, backend):
         out = tempfile.mkdtemp()
-        try:
-            with cf.ProcessPoolExecutor(workers) as ex:
+        try:  # the workers pick the backend up from FASTMEM_BACKEND
+            with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"),
+                                        initializer=os.environ.__setitem__,
+                                        initargs=("FASTMEM_BACKEND", backend)) as ex:
                 fm.sweep(GRID, out, executor=ex, quiet=True)
         finally:
             shutil.rmtree(out)
 
-    def time_sweep(self, workers):
-        self._sweep(workers)
+    def time_sweep(self, workers, backend):
+        self._sweep(workers, backend)
 
-    def track_runs_per_second(self, workers):
+    def track_runs_per_second(self, workers, backend):
         import time
 
         t = time.perf_counter()
-        self._sweep(workers)
+        self._sweep(workers, backend)
         return self.n_runs / (time.perf_counter() - t)
 
     track_runs_per_second.unit = "runs/s"
