@@ -59,14 +59,6 @@ class AssociativeMemory:
         """The same embeddings with another memory W (d, d)."""
         return AssociativeMemory(self.E, self.U, W=W, layernorm=self.layernorm)
 
-    def scores(self, tokens=None):
-        """Scores z (b, M) of the given tokens (all N by default), float64, computed with numpy."""
-        E = self.E if tokens is None else self.E[v.tokens("tokens", tokens, self.N)]
-        h = E.astype(np.float64) @ self.W.astype(np.float64)
-        if self.layernorm:
-            h = h / np.sqrt((h * h).sum(axis=1, keepdims=True) + 1e-6)
-        return h @ self.U.T.astype(np.float64)
-
     def __repr__(self):
         kind = ", one-hot E" if self._onehot is not None else ""
         return f"AssociativeMemory(N={self.N}, M={self.M}, d={self.d}, dtype={self.dtype}{kind}, layernorm={self.layernorm})"

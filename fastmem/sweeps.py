@@ -78,7 +78,7 @@ def run_id(config):
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-def run_one(config):
+def run_one(config, backend=None):
     """One run of the scaling-law grid (EXPERIMENTS.md): Normal(0, 1/d) inits, training tokens
     drawn once and consumed in consecutive batches (ntrain / batch_size steps), Adam with betas
     (0, 0) at lr / d for W and lr / sqrt(d) for E and U; error = sum of p(x) over tokens whose
@@ -97,13 +97,13 @@ def run_one(config):
     if c["model"] == "matrix":
         opt = fm.Adam(lr=c["lr"] / c["d"], betas=(0.0, 0.0)) if adam else fm.SGD(lr=c["lr"])
         run = fm.train(fm.AssociativeMemory(E, U, W=W, layernorm=c["layernorm"]), task, opt, steps,
-                       batch_size=c["batch_size"], seed=c["seed"], record=rec)
+                       batch_size=c["batch_size"], seed=c["seed"], record=rec, backend=backend)
         rep = run.representation
     else:
         opt = fm.Adam(lr=c["lr"], betas=(0.0, 0.0)) if adam else fm.SGD(lr=c["lr"])
         scale = {"W": 1 / c["d"], "E": c["d"] ** -0.5, "U": c["d"] ** -0.5} if adam else None
         run = train_model(c["model"], E, U, task, opt, steps, batch_size=c["batch_size"], seed=c["seed"], W=W,
-                          layernorm=c["layernorm"], lr_scale=scale, record=rec)
+                          layernorm=c["layernorm"], lr_scale=scale, record=rec, backend=backend)
         rep = "primal"
     done = len(run.loss) > 0
     return {**c, "run_id": run_id(c), "status": run.status, "error": float(1 - run.accuracy[-1]) if done else np.nan,
@@ -129,7 +129,7 @@ def _single_threaded():
         _core.set_num_threads(before)
 
 
-def run_chunk(configs, out):
+def run_chunk(configs, out, backend=None):
     """Run the configurations one after the other, single-threaded, retrying a failing run
     once, then write them all atomically."""
     rows = []
@@ -137,7 +137,7 @@ def run_chunk(configs, out):
         for c in configs:
             for attempt in (1, 2):
                 try:
-                    rows.append(run_one(c))
+                    rows.append(run_one(c, backend))
                     break
                 except Exception:  # noqa: BLE001 - a failed run is recorded, the sweep goes on
                     if attempt == 2:
@@ -179,13 +179,14 @@ def _chunks(configs, size):
             yield group[i:i + size]
 
 
-def sweep(grid_or_configs, out, executor=None, workers=None, chunk_size=16, quiet=False):
+def sweep(grid_or_configs, out, executor=None, workers=None, chunk_size=16, quiet=False, backend=None):
     """Run every configuration of a grid (dict) or list of configurations not already on disk
     under ``out``; return ``load_sweep(out)``.
 
     executor : any concurrent.futures.Executor (``distributed.Client(...).get_executor()``
         for a Dask cluster); default a local process pool of ``workers`` (default: CPU count)
     chunk_size : runs per task and per file (what a kill can lose)
+    backend : the backend every run uses (default: the workers' own choice, see fm.backends)
     """
     configs = expand(grid_or_configs) if isinstance(grid_or_configs, dict) else \
         [c for g in grid_or_configs for c in expand(g)]
@@ -203,7 +204,7 @@ def sweep(grid_or_configs, out, executor=None, workers=None, chunk_size=16, quie
     bar = tqdm(total=len(configs), initial=len(configs) - len(todo), unit="run", desc="sweep",
                disable=quiet or not sys.stderr.isatty())
     try:
-        futures = [executor.submit(run_chunk, chunk, str(out)) for chunk in _chunks(todo, chunk_size)]
+        futures = [executor.submit(run_chunk, chunk, str(out), backend) for chunk in _chunks(todo, chunk_size)]
         for f in cf.as_completed(futures):
             bar.update(len(f.result()))
     finally:

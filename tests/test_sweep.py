@@ -109,11 +109,11 @@ def test_diverged_and_failed_runs_are_recorded(tmp_path, monkeypatch):
     calls = []
     real = sw.run_one
 
-    def flaky(c):
+    def flaky(c, backend=None):
         calls.append(c["lr"])
         if c["lr"] == 1.0:
             raise RuntimeError("worker crashed")
-        return real(c)
+        return real(c, backend)
     monkeypatch.setattr(sw, "run_one", flaky)
     with cf.ThreadPoolExecutor(1) as ex:  # in-process, so that the patch applies
         df = fm.sweep(grid, tmp_path, executor=ex, quiet=True).set_index("lr")

@@ -2,7 +2,6 @@
 
 import concurrent.futures as cf
 import multiprocessing
-import os
 import shutil
 import tempfile
 
@@ -25,11 +24,9 @@ class SweepThroughput:
 
     def _sweep(self, workers, backend):
         out = tempfile.mkdtemp()
-        try:  # the workers pick the backend up from FASTMEM_BACKEND
-            with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"),
-                                        initializer=os.environ.__setitem__,
-                                        initargs=("FASTMEM_BACKEND", backend)) as ex:
-                fm.sweep(GRID, out, executor=ex, quiet=True)
+        try:
+            with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as ex:
+                fm.sweep(GRID, out, executor=ex, quiet=True, backend=backend)
         finally:
             shutil.rmtree(out)
 
