@@ -14,8 +14,15 @@ def fail(name, expected, got):
 
 
 def float_matrix(name, a, shape=None, dtype=None):
-    """A finite 2-D float32/float64 array, C-contiguous (copied only if it is not)."""
-    if not isinstance(a, np.ndarray):
+    """A finite 2-D float32/float64 array, C-contiguous (copied only if it is not); device
+    arrays come back as CuPy arrays on their device."""
+    from . import _arrays
+
+    xp = np
+    if _arrays.is_device(a):
+        a = _arrays.as_cupy(a)
+        xp = _arrays.cupy()
+    elif not isinstance(a, np.ndarray):
         a = np.asarray(a)
         if a.dtype.kind in "iub":
             a = a.astype(np.float64)
@@ -29,9 +36,9 @@ def float_matrix(name, a, shape=None, dtype=None):
         want = tuple(s if s is not None else a.shape[i] for i, s in enumerate(shape))
         if a.shape != want:
             fail(name, f"shape {want}", f"shape {a.shape}")
-    if not np.isfinite(a).all():
+    if not bool(xp.isfinite(a).all()):
         fail(name, "finite values", "NaN or Inf")
-    return np.ascontiguousarray(a)
+    return xp.ascontiguousarray(a)
 
 
 def positive_int(name, v, allow_zero=False):
@@ -57,13 +64,16 @@ def unit_interval(name, v, closed_right=False):
     return v
 
 
-def tokens(name, a, n, shape=None):
-    """An integer array of token ids in [0, n)."""
-    a = np.asarray(a)
+def tokens(name, a, n, shape=None, device=False):
+    """An integer array of token ids in [0, n) (a CuPy array when ``device``)."""
+    from . import _arrays
+
+    xp = _arrays.xp_for(device)
+    a = (_arrays.as_cupy(a) if _arrays.is_device(a) else xp.asarray(a)) if device else np.asarray(a)
     if a.dtype.kind not in "iu":
         fail(name, "an integer array", f"dtype {a.dtype}")
     if shape is not None and a.shape != shape:
         fail(name, f"shape {shape}", f"shape {a.shape}")
-    if a.size and (a.min() < 0 or a.max() >= n):
-        fail(name, f"values in [0, {n})", f"values in [{a.min()}, {a.max()}]")
-    return np.ascontiguousarray(a, dtype=np.int64)
+    if a.size and (int(a.min()) < 0 or int(a.max()) >= n):
+        fail(name, f"values in [0, {n})", f"values in [{int(a.min())}, {int(a.max())}]")
+    return xp.ascontiguousarray(a, dtype=np.int64)

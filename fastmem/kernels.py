@@ -1,7 +1,12 @@
-"""Direct access to the compiled kernels, for simulators that own their loop."""
+"""Direct access to the compiled kernels, for simulators that own their loop.
+
+Each takes numpy arrays (run on the host backends) or device arrays (CuPy, PyTorch/JAX GPU
+tensors: run on "cuda", results as CuPy arrays on the same device).
+"""
 
 import numpy as np
 
+from . import _arrays
 from . import _validate as v
 from ._problem import chunk_arg
 from .backends import get
@@ -12,7 +17,7 @@ def softmax_xent_grad(Q, U, y, w=None, chunk=None, backend=None):
 
     Parameters
     ----------
-    Q : (b, d) float32/float64, rows e_x^T W
+    Q : (b, d) float32/float64, rows e_x^T W (numpy, or on a CUDA device)
     U : (M, d) same dtype
     y : (b,) int targets in [0, M)
     w : (b,) row weights (default 1)
@@ -23,34 +28,45 @@ def softmax_xent_grad(Q, U, y, w=None, chunk=None, backend=None):
     H : (b, d), w_i (softmax(z_i) U - u_{y_i})
     lse, zy, zother : (b,), logsumexp, target score, best other score
     """
+    device = _arrays.on_device(Q=Q, U=U)
+    xp = _arrays.xp_for(device)
     Q = v.float_matrix("Q", Q)
     U = v.float_matrix("U", U, shape=(None, Q.shape[1]), dtype=Q.dtype)
     b = Q.shape[0]
-    y = v.tokens("y", y, U.shape[0], shape=(b,))
-    w = np.ones(b, dtype=Q.dtype) if w is None else np.ascontiguousarray(w, dtype=Q.dtype)
+    y = v.tokens("y", y, U.shape[0], shape=(b,), device=device)
+    w = xp.ones(b, dtype=Q.dtype) if w is None else xp.ascontiguousarray(xp.asarray(w), dtype=Q.dtype)
     if w.shape != (b,):
         v.fail("w", f"shape ({b},)", f"shape {w.shape}")
-    H = np.empty_like(Q)
-    lse, zy, zother = (np.empty(b, dtype=Q.dtype) for _ in range(3))
-    get(backend).softmax_xent_grad(Q, U, y, w, H, lse, zy, zother, chunk_arg(chunk))
+    H = xp.empty_like(Q)
+    lse, zy, zother = (xp.empty(b, dtype=Q.dtype) for _ in range(3))
+    get(backend, device=device).softmax_xent_grad(Q, U, y, w, H, lse, zy, zother, chunk_arg(chunk))
     return H, lse, zy, zother
 
 
 def sgd_rank_update(W, Eb, H, alpha, backend=None):
-    """In place: W (d, d) += alpha * Eb^T H, with Eb and H (b, d)."""
-    if not (isinstance(W, np.ndarray) and W.flags.c_contiguous and W.flags.writeable):
-        v.fail("W", "a writeable C-contiguous numpy array (updated in place)", type(W).__name__)
-    Eb = v.float_matrix("Eb", Eb, shape=(None, W.shape[0]), dtype=W.dtype)
-    H = v.float_matrix("H", H, shape=(Eb.shape[0], W.shape[1]), dtype=W.dtype)
-    get(backend).sgd_rank_update(W, Eb, H, float(alpha))
+    """In place: W (d, d) += alpha * Eb^T H, with Eb and H (b, d); W a numpy array or a
+    C-contiguous device array (updated where it lives)."""
+    device = _arrays.on_device(W=W, Eb=Eb, H=H)
+    Wd = _arrays.as_cupy(W) if device else W
+    if not (isinstance(Wd, _arrays.xp_for(device).ndarray) and Wd.flags.c_contiguous and
+            (device or Wd.flags.writeable)):
+        v.fail("W", "a writeable C-contiguous array (updated in place)", type(W).__name__)
+    if Wd.ndim != 2 or Wd.shape[0] != Wd.shape[1] or Wd.dtype not in v.FLOAT_DTYPES:
+        v.fail("W", "a square float32/float64 matrix", f"{Wd.dtype} {Wd.shape}")
+    Eb = v.float_matrix("Eb", Eb, shape=(None, Wd.shape[0]), dtype=Wd.dtype)
+    H = v.float_matrix("H", H, shape=(Eb.shape[0], Wd.shape[1]), dtype=Wd.dtype)
+    get(backend, device=device).sgd_rank_update(Wd, Eb, H, float(alpha))
     return W
 
 
 def sample_tokens(task, steps, batch_size, seed=0, start_step=0, backend=None):
     """The minibatch tokens fm.train draws: (steps, batch_size) int64 for global steps
-    start_step .. start_step + steps - 1 of a run seeded with ``seed``."""
+    start_step .. start_step + steps - 1 of a run seeded with ``seed``; with backend="cuda",
+    drawn on the device (a CuPy array, the same tokens)."""
     steps = v.positive_int("steps", steps, allow_zero=True)
     b = v.positive_int("batch_size", batch_size)
-    out = np.empty((steps, b), dtype=np.int64)
-    get(backend).sample_tokens(task.cdf, int(seed), v.positive_int("start_step", start_step, allow_zero=True), out)
+    be = get(backend, device=None)
+    xp = _arrays.xp_for(be.name == "cuda")
+    out = xp.empty((steps, b), dtype=np.int64)
+    be.sample_tokens(xp.asarray(task.cdf), int(seed), v.positive_int("start_step", start_step, allow_zero=True), out)
     return out

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from . import _arrays
 from . import _validate as v
 from .backends import get
 from .memory import _detect_onehot
@@ -26,7 +27,8 @@ def step(W, E, U, x, y, lr, out=None, layernorm=False, backend=None):
 
     Parameters
     ----------
-    W : (d, d) float32/float64, numpy or any DLPack array (PyTorch, JAX) on the host
+    W : (d, d) float32/float64, numpy or any DLPack array (PyTorch, JAX) on the host, or
+        an array on a CUDA device (CuPy, PyTorch/JAX GPU tensors: run on "cuda", in place)
     E : (N, d), U : (M, d), same dtype
     x, y : (b,) int, tokens in [0, N) and targets in [0, M)
     lr : float > 0
@@ -38,6 +40,8 @@ def step(W, E, U, x, y, lr, out=None, layernorm=False, backend=None):
     -------
     float, the batch loss before the step.
     """
+    if _arrays.on_device(W=W, E=E, U=U, out=out):
+        return _device_step(W, E, U, x, y, lr, out, layernorm, backend)
     Wv = _host_view(W, "W")
     Ev, Uv = _host_view(E, "E"), _host_view(U, "U")
     Ov = Wv if out is None else _host_view(out, "out")
@@ -58,3 +62,22 @@ def step(W, E, U, x, y, lr, out=None, layernorm=False, backend=None):
     lr = v.positive_float("lr", lr)
     oc, os_ = _detect_onehot(Ev) or (None, None)
     return float(get(backend).sgd_step(Wv, Ev, oc, os_, Uv, x, y, lr, bool(layernorm), Ov))
+
+
+def _device_step(W, E, U, x, y, lr, out, layernorm, backend):
+    Wd = _arrays.as_cupy(W)
+    E = v.float_matrix("E", E)
+    d = E.shape[1]
+    U = v.float_matrix("U", U, shape=(None, d), dtype=E.dtype)
+    Od = Wd if out is None else _arrays.as_cupy(out)
+    for name, a in (("W", Wd), ("out", Od)):
+        if a.shape != (d, d) or a.dtype != E.dtype or not a.flags.c_contiguous:
+            v.fail(name, f"a C-contiguous ({d}, {d}) array of E's dtype {E.dtype}", f"{a.dtype} {a.shape}")
+    if not bool(_arrays.cupy().isfinite(Wd).all()):
+        v.fail("W", "finite values", "NaN or Inf")
+    x = v.tokens("x", x, E.shape[0], device=True)
+    if x.ndim != 1 or x.size == 0:
+        v.fail("x", "a non-empty 1-D array of tokens", f"shape {x.shape}")
+    y = v.tokens("y", y, U.shape[0], shape=x.shape, device=True)
+    lr = v.positive_float("lr", lr)
+    return float(get(backend, device=True).sgd_step(Wd, E, None, None, U, x, y, lr, bool(layernorm), Od))

@@ -4,11 +4,14 @@ import numpy as np
 import pytest
 
 import fastmem as fm
-from fastmem.backends import ORDER
+from fastmem.backends import HOST
 
-BACKENDS = [pytest.param(name, id=name) for name in ORDER]
+# The host backends run every kernel of the table on numpy arrays.
+BACKENDS = [pytest.param(name, id=name) for name in HOST]
 # The backends compared against the numpy reference.
-COMPILED = [pytest.param(name, id=name) for name in ORDER if name != "numpy"]
+COMPILED = [pytest.param(name, id=name) for name in HOST if name != "numpy"]
+# Every backend, cuda included (on device copies of the inputs), for the kernels it runs.
+ALL = BACKENDS + [pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)]
 
 
 def _require(name):
@@ -24,6 +27,33 @@ def backend(request):
     return _require(request.param)
 
 
+class Placement:
+    """Moves a test's numpy inputs to a backend's array library and its results back."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.device = backend == "cuda"
+        if self.device:
+            import cupy
+
+            self.xp = cupy
+        else:
+            self.xp = np
+
+    def put(self, *arrays):
+        out = tuple(self.xp.asarray(a) for a in arrays)
+        return out[0] if len(out) == 1 else out
+
+    def get(self, a):
+        return a.get() if self.device else np.asarray(a)
+
+
+@pytest.fixture(params=ALL)
+def placed(request):
+    """Every backend, with a Placement of the inputs on its device (cuda skipped without a GPU)."""
+    return Placement(_require(request.param))
+
+
 @pytest.fixture(params=COMPILED)
 def compiled(request):
     """Every backend but the numpy reference."""
@@ -36,7 +66,7 @@ def rng(request):
     numbers, and every backend of one test case gets the same inputs."""
     callspec = getattr(request.node, "callspec", None)
     params = sorted((k, repr(v)) for k, v in (callspec.params.items() if callspec else ())
-                    if k not in ("backend", "compiled"))
+                    if k not in ("backend", "compiled", "placed"))
     return np.random.default_rng(zlib.crc32(f"{request.node.originalname}{params}".encode()))
 
 

@@ -45,25 +45,25 @@ def test_cpp_simulator_builds_against_the_core(tmp_path, route):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layernorm", [False, True])
 @pytest.mark.parametrize("b", [1, 7])
-def test_step_updates_the_callers_buffer(backend, rng, dtype, layernorm, b):
+def test_step_updates_the_callers_buffer(placed, rng, dtype, layernorm, b):
     mem, _ = random_problem(rng, 9, 4, 5, dtype)
-    W = mem.W.copy()
-    ptr = W.ctypes.data
+    W, E, U = placed.put(mem.W.copy(), mem.E, mem.U)
     x, y = rng.integers(0, 9, b), rng.integers(0, 4, b)
     x[-1] = x[0]  # a duplicate draw
-    loss = fm.step(W, mem.E, mem.U, x, y, lr=0.5, layernorm=layernorm, backend=backend)
-    assert W.ctypes.data == ptr
+    before = W.data.ptr if placed.device else W.ctypes.data
+    loss = fm.step(W, E, U, *placed.put(x, y), lr=0.5, layernorm=layernorm, backend=placed.backend)
+    assert (W.data.ptr if placed.device else W.ctypes.data) == before
     want = mem.W.astype(float).copy()
     want_loss = fm.step(want, mem.E.astype(float), mem.U.astype(float), x, y, lr=0.5, layernorm=layernorm,
                         backend="numpy")
-    assert_close(W, want, dtype, scale=1.0, factor=10)
+    assert_close(placed.get(W), want, dtype, scale=1.0, factor=10)
     assert loss == pytest.approx(want_loss, rel=1e-5 if dtype == np.float32 else 1e-12)
     # out= leaves W alone
-    W2 = mem.W.copy()
-    out = np.zeros_like(W2)
-    fm.step(W2, mem.E, mem.U, x, y, lr=0.5, out=out, layernorm=layernorm, backend=backend)
-    np.testing.assert_array_equal(W2, mem.W)
-    assert_close(out, want, dtype, scale=1.0, factor=10)
+    W2 = placed.put(mem.W.copy())
+    out = placed.xp.zeros_like(W2)
+    fm.step(W2, E, U, *placed.put(x, y), lr=0.5, out=out, layernorm=layernorm, backend=placed.backend)
+    np.testing.assert_array_equal(placed.get(W2), mem.W)
+    assert_close(placed.get(out), want, dtype, scale=1.0, factor=10)
 
 
 class DLPackOnly:

@@ -26,9 +26,10 @@ def _naive_same_precision(Q, U, y, w):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("b, d, M, chunk", FUSED_SHAPES)
-def test_softmax_xent_grad_matches_reference(backend, rng, b, d, M, chunk, dtype):
+def test_softmax_xent_grad_matches_reference(placed, rng, b, d, M, chunk, dtype):
     Q, U, y, w = _fused_inputs(rng, b, d, M, dtype)
-    H, lse, zy, zother = fm.kernels.softmax_xent_grad(Q, U, y, w, chunk=chunk, backend=backend)
+    out = fm.kernels.softmax_xent_grad(*placed.put(Q, U, y, w), chunk=chunk, backend=placed.backend)
+    H, lse, zy, zother = map(placed.get, out)
     lse_r, zy_r, zo_r, H_r = numpy_ref._fused(Q.astype(float), U.astype(float), y, w.astype(float))
     assert H.dtype == lse.dtype == dtype
     # float32: at most twice the error of a naive same-precision implementation
@@ -42,9 +43,10 @@ def test_softmax_xent_grad_matches_reference(backend, rng, b, d, M, chunk, dtype
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_softmax_xent_grad_is_stable_for_large_scores(backend, rng, dtype):
+def test_softmax_xent_grad_is_stable_for_large_scores(placed, rng, dtype):
     Q, U, y, w = _fused_inputs(rng, 6, 5, 40, dtype, scale=300.0)
-    H, lse, zy, zother = fm.kernels.softmax_xent_grad(Q, U, y, w, chunk=7, backend=backend)
+    out = fm.kernels.softmax_xent_grad(*placed.put(Q, U, y, w), chunk=7, backend=placed.backend)
+    H, lse, zy, zother = map(placed.get, out)
     assert np.isfinite(H).all() and np.isfinite(lse).all()
     lse_r, _, _, H_r = numpy_ref._fused(Q.astype(float), U.astype(float), y, w.astype(float))
     assert_close(lse, lse_r, dtype, factor=10)
@@ -63,24 +65,24 @@ def test_softmax_xent_grad_chunking_does_not_change_the_result(backend, rng, dty
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("b, d", [(1, 1), (1, 9), (16, 100), (70, 33)])
-def test_sgd_rank_update_matches_reference(backend, rng, b, d, dtype):
+def test_sgd_rank_update_matches_reference(placed, rng, b, d, dtype):
     W = rng.standard_normal((d, d)).astype(dtype)
     Eb = rng.standard_normal((b, d)).astype(dtype)
     H = rng.standard_normal((b, d)).astype(dtype)
     want = W.astype(float) - 0.3 * Eb.astype(float).T @ H.astype(float)
-    ptr = W.ctypes.data
-    out = fm.kernels.sgd_rank_update(W, Eb, H, -0.3, backend=backend)
-    assert out is W and W.ctypes.data == ptr
-    assert_close(W, want, dtype, factor=b + 1)
+    Wp = placed.put(W)
+    out = fm.kernels.sgd_rank_update(Wp, *placed.put(Eb, H), -0.3, backend=placed.backend)
+    assert out is Wp  # updated where it lives
+    assert_close(placed.get(Wp), want, dtype, factor=b + 1)
 
 
-def test_sample_tokens_identical_across_backends(backend):
+def test_sample_tokens_identical_across_backends(placed):
     task = fm.Task.zipf(N=57, M=3, alpha=1.3)
     want = fm.kernels.sample_tokens(task, 40, 33, seed=11, start_step=5, backend="numpy")
-    got = fm.kernels.sample_tokens(task, 40, 33, seed=11, start_step=5, backend=backend)
+    got = placed.get(fm.kernels.sample_tokens(task, 40, 33, seed=11, start_step=5, backend=placed.backend))
     np.testing.assert_array_equal(got, want)
     # resuming: steps 5..44 are rows 5..44 of a stream started at 0
-    full = fm.kernels.sample_tokens(task, 45, 33, seed=11, backend=backend)
+    full = placed.get(fm.kernels.sample_tokens(task, 45, 33, seed=11, backend=placed.backend))
     np.testing.assert_array_equal(full[5:], got)
 
 

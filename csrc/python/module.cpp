@@ -307,6 +307,49 @@ double py_sgd_step(py::array W, py::array E, py::object oc, py::object os, py::a
   });
 }
 
+// A C-contiguous array of exactly the given shape.
+template <class T, bool Writable = false>
+auto dense(py::array& a, std::initializer_list<index_t> shape, const char* name) {
+  std::string want = "(";
+  for (index_t n : shape) want += std::to_string(n) + ",";
+  want += ")";
+  bool ok = a.ndim() == py::ssize_t(shape.size()) && a.dtype().is(py::dtype::of<T>()) &&
+            (a.flags() & py::array::c_style);
+  index_t k = 0;
+  for (index_t n : shape) ok = ok && a.shape(k++) == n;
+  require(ok, std::string(name) + " must be a C-contiguous array of shape " + want + " and the right dtype");
+  if constexpr (Writable) {
+    require(a.writeable(), std::string(name) + " must be writeable");
+    return static_cast<T*>(a.mutable_data());
+  } else {
+    return static_cast<const T*>(a.data());
+  }
+}
+
+void py_train_many(py::array E, py::array U, py::array W, py::array p, py::array y, py::array lr, index_t steps,
+                   py::array loss, py::array accuracy, py::array status) {
+  dispatch(E, [&](auto tag) {
+    using T = decltype(tag);
+    require(E.ndim() == 3 && U.ndim() == 3, "E and U must be 3-D (runs, tokens, d)");
+    TrainManyParams<T> P;
+    P.R = E.shape(0), P.N = E.shape(1), P.d = E.shape(2), P.M = U.shape(1), P.steps = steps;
+    P.E = dense<T>(E, {P.R, P.N, P.d}, "E");
+    P.U = dense<T>(U, {P.R, P.M, P.d}, "U");
+    P.W = dense<T, true>(W, {P.R, P.d, P.d}, "W");
+    P.p = dense<double>(p, {P.R, P.N}, "p");
+    P.y = dense<std::int64_t>(y, {P.R, P.N}, "y");
+    P.lr = dense<double>(lr, {P.R}, "lr");
+    P.loss = dense<T, true>(loss, {P.R}, "loss");
+    P.accuracy = dense<T, true>(accuracy, {P.R}, "accuracy");
+    P.status = dense<std::int8_t, true>(status, {P.R}, "status");
+    bool in_range = true;
+    for (index_t k = 0; k < P.R * P.N; ++k) in_range &= P.y[k] >= 0 && P.y[k] < P.M;
+    require(in_range && steps >= 0, "y out of range or steps < 0");
+    py::gil_scoped_release nogil;
+    train_many(P);
+  });
+}
+
 void py_rebuild_W(py::array E, py::object oc, py::object os, py::object U, py::array W0, py::array A, double c,
                   py::array W_out) {
   dispatch(E, [&](auto tag) {
@@ -457,6 +500,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("train_dual", &py_train_dual);
   m.def("rebuild_W", &py_rebuild_W);
   m.def("sgd_step", &py_sgd_step);
+  m.def("train_many", &py_train_many);
   m.def("cmd_assign_fit", &py_cmd_assign_fit);
   m.def("train_model", &py_train_model);
   m.def("cmd_online_update", &py_cmd_online_update);

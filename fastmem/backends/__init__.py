@@ -1,9 +1,10 @@
 """The backend registry: one table of kernel signatures, one module per backend.
 
 A backend is chosen by, in order: the ``backend=`` keyword, a ``with use_backend(...)``
-block, the ``FASTMEM_BACKEND`` environment variable, then "auto" (cpp, else numba, else numpy).
-Asking for an unavailable backend raises with its reason; an automatic fallback is
-logged once.
+block, the ``FASTMEM_BACKEND`` environment variable, then "auto": cuda for arrays on a CUDA
+device, else cpp, else numba, else numpy. Asking for an unavailable backend raises with its
+reason; an automatic fallback is logged once. Arrays never move between devices silently:
+device arrays with a host backend (or host arrays with cuda) are an error.
 """
 
 import contextlib
@@ -36,11 +37,18 @@ SIGNATURES = {
     "cmd_assign_fit": ("theta", "refs", "mode", "a", "b", "corr"),
     "cmd_online_update": ("theta_t", "r_t", "mode", "n", "r_mean", "r_m2", "theta_mean", "co"),
     "rebuild_W": ("E", "onehot_col", "onehot_scale", "U", "W0", "A", "c", "W_out"),
+    "train_many": ("E", "U", "W", "p", "y", "lr", "steps", "loss", "accuracy", "status"),
 }
 
+# The kernels of the table that run on device arrays: the host drivers (train, train_dual,
+# train_model, metrics, CMD) take numpy arrays; the device runs many memories at once
+# (train_many) and the building blocks of a user's own loop.
+DEVICE_KERNELS = ("softmax_xent_grad", "sgd_rank_update", "sample_tokens", "sgd_step", "train_many")
+
 # Preference order of "auto" for host arrays, and the module of each backend.
-ORDER = ("cpp", "numba", "numpy")
-_MODULES = {"cpp": "cpp", "numba": "numba_cpu", "numpy": "numpy_ref"}
+HOST = ("cpp", "numba", "numpy")
+ORDER = ("cuda",) + HOST
+_MODULES = {"cuda": "cuda", "cpp": "cpp", "numba": "numba_cpu", "numpy": "numpy_ref"}
 
 
 @dataclass
@@ -55,6 +63,10 @@ class Backend:
         try:
             return self.__dict__["kernels"][kernel]
         except KeyError:
+            if kernel in SIGNATURES:
+                raise BackendUnavailableError(
+                    f"backend {self.name!r} does not run {kernel} (its kernels: {sorted(self.kernels)}); "
+                    f"pass host (numpy) arrays to run it on {HOST}") from None
             raise AttributeError(kernel) from None
 
 
@@ -65,6 +77,8 @@ def _load(name):
         return Backend(name, False, reason=f"{type(exc).__name__}: {exc}")
     kernels = {}
     for kernel, params in SIGNATURES.items():
+        if name == "cuda" and kernel not in DEVICE_KERNELS:
+            continue
         fn = getattr(mod, kernel)
         got = tuple(inspect.signature(fn).parameters)
         if got != params:
@@ -90,11 +104,22 @@ def backends():
             for n in ORDER for b in [_get(n)]}
 
 
-def get(name=None):
-    """The Backend to run on: ``name``, else the context's, else $FASTMEM_BACKEND, else auto."""
+def get(name=None, device=False):
+    """The Backend to run on: ``name``, else the context's, else $FASTMEM_BACKEND, else auto.
+
+    device : True for inputs on a CUDA device, False for host arrays, None for a kernel
+        without array inputs (any backend)."""
     name = name or _current.get() or os.environ.get("FASTMEM_BACKEND") or "auto"
+    if device and name == "auto":
+        name = "cuda"
+    if device and name != "cuda":
+        raise InvalidArgumentError(f"backend: {name!r} runs on host arrays, but the inputs are on a CUDA device "
+                                   "(use backend='cuda' or 'auto', or copy them to the host)")
+    if device is False and name == "cuda":
+        raise InvalidArgumentError("backend: 'cuda' runs on CUDA device arrays (CuPy, or PyTorch/JAX GPU tensors), "
+                                   "but the inputs are host arrays")
     if name == "auto":
-        for n in ORDER:
+        for n in HOST:
             b = _get(n)
             if b.available:
                 return b

@@ -62,3 +62,7 @@ def cmd_online_update(theta_t, r_t, mode, n, r_mean, r_m2, theta_mean, co):
 
 def train_model(kind, E, U, W, p, y, cdf, tokens, opt, tp, rec):
     return _core.train_model(kind, E, U, W, p, y, cdf, tokens, opt, tp, rec)
+
+
+def train_many(E, U, W, p, y, lr, steps, loss, accuracy, status):
+    _core.train_many(E, U, W, p, y, lr, steps, loss, accuracy, status)

@@ -510,6 +510,27 @@ def sgd_step(W, E, onehot_col, onehot_scale, U, x, y, lr, layernorm, out):
     return float(loss)
 
 
+@njit(cache=True, parallel=True)
+def _train_many(E, U, W, p, y, lr, steps, loss, accuracy, status, chunk):
+    for r in prange(E.shape[0]):
+        Wr = W[r].copy()
+        st = 0
+        lo, acc = 0.0, 0.0
+        for t in range(steps + 1):
+            lo, acc, _, g = _population(E[r], U[r], Wr, p[r], y[r], False, chunk)
+            if not np.isfinite(lo):
+                st = 1
+                break
+            if t < steps:
+                Wr -= E.dtype.type(lr[r]) * g
+        W[r] = Wr
+        loss[r], accuracy[r], status[r] = lo, acc, st
+
+
+def train_many(E, U, W, p, y, lr, steps, loss, accuracy, status):
+    _train_many(E, U, W, p, y, lr, steps, loss, accuracy, status, _chunk(E.shape[1], U.shape[1], E.itemsize, 0))
+
+
 # --- CMD (cmd.hpp) ----------------------------------------------------------------------------
 
 @njit(cache=True, parallel=True)

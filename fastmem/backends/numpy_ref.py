@@ -321,6 +321,23 @@ def sgd_step(W, E, onehot_col, onehot_scale, U, x, y, lr, layernorm, out):
     return loss
 
 
+def train_many(E, U, W, p, y, lr, steps, loss, accuracy, status):
+    """Run r: full-batch GD on (E[r], U[r], W[r], p[r], y[r]) at lr[r], as train() with
+    batch_size 0 and a record at the last step."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        for r in range(E.shape[0]):
+            Er, Ur, Wr = E[r].astype(_F), U[r].astype(_F), W[r].astype(_F)
+            status[r] = 0
+            for t in range(steps + 1):
+                lo, acc, _, g = _metrics(Er, Ur, Wr, p[r], y[r], False)
+                if not np.isfinite(lo):
+                    status[r] = 1
+                    break
+                if t < steps:
+                    Wr = Wr - lr[r] * g
+            W[r], loss[r], accuracy[r] = Wr, lo, acc
+
+
 # --- the learnable and exponential models (models.hpp) ----------------------------------
 
 def _model_pass(kind, E, U, W, toks, w, y, ln, grads):

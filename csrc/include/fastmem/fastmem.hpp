@@ -14,4 +14,5 @@
 #include "params.hpp"
 #include "rng.hpp"
 #include "train.hpp"
+#include "train_many.hpp"
 #include "views.hpp"

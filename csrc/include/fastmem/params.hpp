@@ -53,4 +53,19 @@ struct TrainParams {
   index_t power_iters = 50;
 };
 
+// Many independent full-batch GD runs of one shape (train_many.hpp, csrc/cuda/train_many.cu).
+template <class T>
+struct TrainManyParams {
+  const T* E;                 // R x N x d, contiguous
+  const T* U;                 // R x M x d
+  T* W;                       // R x d x d, trained in place
+  const double* p;            // R x N token probabilities
+  const std::int64_t* y;      // R x N targets in [0, M)
+  const double* lr;           // R learning rates
+  index_t R = 0, N = 0, M = 0, d = 0, steps = 0;
+  T* loss;                    // R, out: population loss at the last W
+  T* accuracy;                // R, out
+  std::int8_t* status;        // R, out: 0 finished, 1 diverged (W kept from before the non-finite loss)
+};
+
 }  // namespace fastmem

@@ -2,14 +2,13 @@
 // so a run can resume at any step bit-exactly and the numpy reference
 // (fastmem/backends/numpy_ref.py) reproduces the same tokens.
 #pragma once
-#include <algorithm>
 #include <cstdint>
 
 #include "views.hpp"
 
 namespace fastmem {
 
-inline std::uint64_t splitmix64(std::uint64_t z) {
+FASTMEM_HD inline std::uint64_t splitmix64(std::uint64_t z) {
   z += 0x9E3779B97F4A7C15ULL;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
@@ -18,20 +17,24 @@ inline std::uint64_t splitmix64(std::uint64_t z) {
 
 struct CounterRng {
   std::uint64_t key;
-  explicit CounterRng(std::uint64_t seed) : key(splitmix64(seed)) {}
-  std::uint64_t bits(std::uint64_t counter) const { return splitmix64(key ^ splitmix64(counter)); }
+  FASTMEM_HD explicit CounterRng(std::uint64_t seed) : key(splitmix64(seed)) {}
+  FASTMEM_HD std::uint64_t bits(std::uint64_t counter) const { return splitmix64(key ^ splitmix64(counter)); }
   // 53 random bits -> [0, 1)
-  double uniform(std::uint64_t counter) const {
+  FASTMEM_HD double uniform(std::uint64_t counter) const {
     return static_cast<double>(bits(counter) >> 11) * 0x1.0p-53;
   }
 };
 
 // Inverse-CDF draw: the first index whose cumulative probability exceeds u.
 // cdf[n-1] is 1 exactly (the caller normalises), so u < 1 always lands inside.
-inline index_t sample_index(const double* cdf, index_t n, double u) {
-  const double* it = std::upper_bound(cdf, cdf + n, u);
-  index_t k = static_cast<index_t>(it - cdf);
-  return k < n ? k : n - 1;
+// A plain binary search (std::upper_bound's) so that CUDA threads run the same code.
+FASTMEM_HD inline index_t sample_index(const double* cdf, index_t n, double u) {
+  index_t lo = 0, hi = n;
+  while (lo < hi) {
+    const index_t mid = lo + (hi - lo) / 2;
+    if (u < cdf[mid]) hi = mid; else lo = mid + 1;
+  }
+  return lo < n ? lo : n - 1;
 }
 
 // tokens (steps x b): draws for global steps start_step .. start_step + steps - 1.

@@ -7,6 +7,14 @@ namespace fastmem {
 
 using index_t = std::int64_t;
 
+// Functions shared by host code and CUDA kernels (rng.hpp): nvcc compiles them for
+// both; a plain C++ compiler sees ordinary inline functions.
+#if defined(__CUDACC__)
+#define FASTMEM_HD __host__ __device__
+#else
+#define FASTMEM_HD
+#endif
+
 // Row-major matrix with unit column stride and an arbitrary row stride.
 template <class T>
 struct MatrixView {

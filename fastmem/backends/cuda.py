@@ -1,0 +1,117 @@
+"""The CUDA backend (fastmem._cuda) on CuPy arrays: adapters with the registry's signatures.
+
+Inputs and outputs are CuPy arrays on the current device; work is queued on CuPy's current
+stream, so it orders with the caller's own CuPy work and nothing is copied to the host
+(sgd_step returns its loss as a float: the one value that crosses). Large products go to
+cuBLAS through CuPy's matmul (batched for many runs); the fused softmax, the update, the
+sampler and the one-block-per-run drivers are fastmem's kernels (csrc/cuda).
+"""
+
+import cupy as cp
+
+from .. import _cuda
+
+_count, _why = _cuda.device_count()
+if _count == 0:
+    raise ImportError(f"no usable CUDA device: {_why}")
+
+INFO = {"devices": _count, "device 0": cp.cuda.runtime.getDeviceProperties(0)["name"].decode()}
+
+_LN_EPS = 1e-6
+
+
+def _stream():
+    return cp.cuda.get_current_stream().ptr
+
+
+def _ptr(a):
+    return a.data.ptr
+
+
+def softmax_xent_grad(q, u, y, w, h, lse, zy, zother, chunk):
+    # chunk is the CPU's cache blocking; the device kernel streams fixed 64-token chunks
+    b, d = q.shape
+    _cuda.softmax_xent_grad(q.dtype.name, _ptr(q), _ptr(u), _ptr(y), _ptr(w), _ptr(h), _ptr(lse), _ptr(zy),
+                            _ptr(zother), b, u.shape[0], d, _stream())
+
+
+def sgd_rank_update(W, Eb, H, alpha):
+    _cuda.sgd_rank_update(W.dtype.name, _ptr(W), _ptr(Eb), _ptr(H), float(alpha), Eb.shape[0], W.shape[0],
+                          _stream())
+
+
+def sample_tokens(cdf, seed, start_step, out):
+    _cuda.sample_tokens(_ptr(cdf), cdf.shape[0], seed, start_step, _ptr(out), out.shape[0], out.shape[1], _stream())
+
+
+def sgd_step(W, E, onehot_col, onehot_scale, U, x, y, lr, layernorm, out):
+    # Duplicate (token, target) draws merged first: a sort-based segmented reduction with
+    # counts, so each distinct draw is read, scored and written once, in a fixed order.
+    M = U.shape[0]
+    keys, counts = cp.unique(x * M + y, return_counts=True)
+    ux, uy = keys // M, keys % M
+    wts = (counts / x.shape[0]).astype(W.dtype)
+    Eb = cp.ascontiguousarray(E[ux])
+    q = Eb @ W
+    if layernorm:
+        r = cp.sqrt((q * q).sum(axis=1, keepdims=True) + _LN_EPS)
+        q = q / r
+    H = cp.empty_like(q)
+    lse, zy, zother = (cp.empty(len(ux), dtype=W.dtype) for _ in range(3))
+    softmax_xent_grad(q, U, uy, wts, H, lse, zy, zother, 0)
+    if layernorm:
+        H = (H - q * (q * H).sum(axis=1, keepdims=True)) / r
+    loss = float((wts.astype(cp.float64) * (lse - zy)).sum())
+    if out is not W:
+        out[...] = W
+    sgd_rank_update(out, Eb, cp.ascontiguousarray(H), -lr)
+    return loss
+
+
+def train_many(E, U, W, p, y, lr, steps, loss, accuracy, status):
+    R, N, d = E.shape
+    M = U.shape[1]
+    if N * M * (N + M) < 2 * N * d * (d + M):  # dual cheaper per step (train_many.cu)
+        Ut = U.transpose(0, 2, 1)
+        Z = cp.ascontiguousarray(E @ W @ Ut)
+        A = cp.empty_like(Z)
+        KE = cp.ascontiguousarray(E @ E.transpose(0, 2, 1))
+        KU = cp.ascontiguousarray(U @ Ut)
+        if _cuda.train_many_dual(W.dtype.name, _ptr(p), _ptr(y), _ptr(lr), R, N, M, steps, _ptr(loss),
+                                 _ptr(accuracy), _ptr(status), _ptr(Z), _ptr(A), _ptr(KE), _ptr(KU), _stream()):
+            W -= E.transpose(0, 2, 1) @ (A @ U)
+            return
+    if _cuda.train_many(W.dtype.name, _ptr(E), _ptr(U), _ptr(W), _ptr(p), _ptr(y), _ptr(lr), R, N, M, d, steps,
+                        _ptr(loss), _ptr(accuracy), _ptr(status), _stream()):
+        return
+    _train_many_batched(E, U, W, p, y, lr, steps, loss, accuracy, status)
+
+
+def _train_many_batched(E, U, W, p, y, lr, steps, loss, accuracy, status):
+    """Runs too large for one block: every step a few batched cuBLAS products over all runs,
+    a diverged run frozen by a mask (no host synchronisation inside the loop)."""
+    R = E.shape[0]
+    Et, Ut = E.transpose(0, 2, 1), U.transpose(0, 2, 1)
+    pt = p.astype(W.dtype)[:, :, None]
+    onehot = cp.zeros((R, N, U.shape[1]), dtype=W.dtype)
+    cp.put_along_axis(onehot, y[:, :, None], 1, axis=2)
+    active = cp.ones(R, dtype=cp.bool_)
+    status[...] = 0
+    for t in range(steps + 1):
+        Z = E @ W @ Ut
+        zmax = Z.max(axis=2, keepdims=True)
+        lse = zmax + cp.log(cp.exp(Z - zmax).sum(axis=2, keepdims=True))
+        zy = cp.take_along_axis(Z, y[:, :, None], axis=2)
+        zother = cp.where(onehot > 0, -cp.inf, Z).max(axis=2, keepdims=True)
+        lo = (p * (lse - zy)[:, :, 0]).sum(axis=1)
+        acc = (p * ((zy - zother)[:, :, 0] > 0)).sum(axis=1)
+        bad = active & ~cp.isfinite(lo)
+        ending = bad | (active & (t == steps))
+        loss[...] = cp.where(ending, lo, loss)
+        accuracy[...] = cp.where(ending, acc, accuracy)
+        status[...] = cp.where(bad, 1, status)
+        active &= ~bad
+        if t == steps:
+            break
+        P = pt * (cp.exp(Z - lse) - onehot)
+        W[...] = cp.where(active[:, None, None], W - lr[:, None, None].astype(W.dtype) * (Et @ (P @ U)), W)

@@ -1,0 +1,89 @@
+"""fm.train_many: R independent memories in one call equal R separate fm.train runs, on every
+backend (cuda on device copies of the inputs)."""
+
+import numpy as np
+import pytest
+from cases import DTYPES, assert_close
+
+import fastmem as fm
+
+# (R, N, M, d): one run, N = 1, M = 2, d = 1 (the device's primal block path), d > N (its dual
+# path), and a run too large for one thread block (its batched cuBLAS path).
+SHAPES = [
+    pytest.param(1, 3, 2, 4, id="R1"),
+    pytest.param(4, 1, 2, 3, id="N1-M2"),
+    pytest.param(3, 7, 3, 1, id="d1"),
+    pytest.param(6, 6, 3, 16, id="d>N"),
+    pytest.param(5, 12, 5, 8, id="N>d"),
+    pytest.param(2, 300, 300, 170, id="large"),
+]
+
+
+def _inputs(rng, R, N, M, d, dtype):
+    E = rng.standard_normal((R, N, d)).astype(dtype)
+    U = rng.standard_normal((R, M, d)).astype(dtype)
+    W = (rng.standard_normal((R, d, d)) / np.sqrt(d)).astype(dtype)
+    p = rng.random((R, N)) + 0.05
+    p /= p.sum(axis=1, keepdims=True)
+    y = rng.integers(0, M, (R, N))
+    lr = rng.uniform(0.1, 2.0, R)
+    return E, U, W, p, y, lr
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("R, N, M, d", SHAPES)
+def test_train_many_equals_separate_runs(placed, rng, R, N, M, d, dtype):
+    E, U, W, p, y, lr = _inputs(rng, R, N, M, d, dtype)
+    res = fm.train_many(*placed.put(E, U, W, p, y, lr), steps=25, backend=placed.backend)
+    assert res.backend == placed.backend
+    got_W = placed.get(res.W)
+    assert got_W.dtype == dtype and placed.get(res.status).tolist() == [0] * R
+    for r in range(R):
+        mem = fm.AssociativeMemory(E[r].astype(float), U[r].astype(float), W=W[r].astype(float))
+        run = fm.train(mem, fm.Task(p[r], y[r], M=M), fm.SGD(lr=lr[r]), 25, backend="numpy",
+                       record=fm.Record(steps="last", metrics=("loss", "accuracy")))
+        assert_close(got_W[r], run.W, dtype, scale=1.0, factor=50)
+        tol = dict(rel=1e-4, abs=1e-5) if dtype == np.float32 else dict(rel=1e-9)
+        assert placed.get(res.loss)[r] == pytest.approx(run.loss[-1], **tol)
+        assert placed.get(res.accuracy)[r] == pytest.approx(run.accuracy[-1], abs=1e-6)
+    np.testing.assert_array_equal(placed.get(fm.train_many(*placed.put(E, U, W, p, y, lr), steps=0,
+                                                           backend=placed.backend).W), W)
+
+
+def test_train_many_records_a_diverged_run_and_finishes_the_others(placed, rng):
+    E, U, W, p, y, lr = _inputs(rng, 3, 5, 3, 4, np.float32)
+    lr[1] = 1e308  # W overflows after one step: the loss becomes non-finite
+    res = fm.train_many(*placed.put(E, U, W, p, y, lr), steps=30, backend=placed.backend)
+    assert placed.get(res.status).tolist() == [0, 1, 0]
+    assert placed.get(res.diverged).tolist() == [False, True, False]
+    assert not np.isfinite(placed.get(res.loss)[1])
+    alone = fm.train_many(*placed.put(E[[0, 2]], U[[0, 2]], W[[0, 2]], p[[0, 2]], y[[0, 2]], lr[[0, 2]]), steps=30,
+                          backend=placed.backend)
+    np.testing.assert_array_equal(placed.get(res.W)[[0, 2]], placed.get(alone.W))  # runs do not interact
+
+
+def test_train_many_shares_E_U_p_y_and_lr(rng):
+    E, U, W, p, y, _ = _inputs(rng, 3, 6, 3, 5, np.float64)
+    shared = fm.train_many(E[0], U[0], W, p[0], y[0], 0.7, steps=10)
+    stacked = fm.train_many(np.stack([E[0]] * 3), np.stack([U[0]] * 3), W, np.stack([p[0]] * 3),
+                            np.stack([y[0]] * 3), np.full(3, 0.7), steps=10)
+    np.testing.assert_array_equal(shared.W, stacked.W)
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(lr=0.0), "lr: expected values > 0"),
+    (dict(p=np.full(4, 0.3)), "p: expected rows that are distributions"),
+    (dict(y=np.array([0, 1, 2, 3])), r"y: expected values in \[0, 3\)"),
+    (dict(y=np.zeros(4)), "y: expected an integer array"),
+    (dict(steps=-1), "steps: expected an integer >= 0"),
+    (dict(W=np.zeros((2, 5, 4))), r"W: expected an \(R, d, d\) array"),
+    (dict(E=np.zeros((4, 5), dtype=np.float32)), "E: expected dtype float64"),
+    (dict(U=np.full((3, 5), np.nan)), "U: expected finite values"),
+    (dict(E=np.zeros((3, 4, 5))), r"E: expected shape \(4, 5\) or \(2, 4, 5\)"),
+])
+def test_train_many_rejects_bad_input_naming_it(rng, change, match):
+    args = dict(E=rng.standard_normal((4, 5)), U=rng.standard_normal((3, 5)), W=np.zeros((2, 5, 5)),
+                p=np.full(4, 0.25), y=np.array([0, 1, 2, 0]), lr=1.0, steps=3)
+    args.update(change)
+    with pytest.raises(fm.InvalidArgumentError, match=match):
+        fm.train_many(**args)
