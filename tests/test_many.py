@@ -6,6 +6,8 @@ import pytest
 from cases import DTYPES, assert_close
 
 import fastmem as fm
+from fastmem.backends import get
+from fastmem.backends.batched import train_many_batched
 
 # (R, N, M, d): one run, N = 1, M = 2, d = 1 (the device's primal block path), d > N (its dual
 # path), and a run too large for one thread block (its batched cuBLAS path).
@@ -60,6 +62,28 @@ def test_train_many_records_a_diverged_run_and_finishes_the_others(placed, rng):
     alone = fm.train_many(*placed.put(E[[0, 2]], U[[0, 2]], W[[0, 2]], p[[0, 2]], y[[0, 2]], lr[[0, 2]]), steps=30,
                           backend=placed.backend)
     np.testing.assert_array_equal(placed.get(res.W)[[0, 2]], placed.get(alone.W))  # runs do not interact
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batched_products_match_the_reference(rng, dtype):
+    # the device path for runs too large for a thread block, run here on numpy
+    E, U, W, p, y, lr = _inputs(rng, 4, 9, 4, 6, dtype)
+    lr[2] = 1e308
+    outs = {}
+    for name in ("batched", "numpy"):
+        Wk, loss, acc, status = W.copy(), np.empty(4, dtype), np.empty(4, dtype), np.empty(4, np.int8)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if name == "batched":
+                train_many_batched(np, E, U, Wk, p, y, lr, 20, loss, acc, status)
+            else:
+                get("numpy").train_many(E, U, Wk, p, y, lr, 20, loss, acc, status)
+        outs[name] = Wk, loss, acc, status
+    (Wb, lb, ab, sb), (Wr, lr_, ar, sr) = outs["batched"], outs["numpy"]
+    assert sb.tolist() == sr.tolist() == [0, 0, 1, 0]
+    keep = [0, 1, 3]
+    assert_close(Wb[keep], Wr[keep], dtype, scale=1.0, factor=50)
+    assert_close(lb[keep], lr_[keep], dtype, scale=1.0, factor=10)
+    np.testing.assert_allclose(ab[keep], ar[keep], atol=1e-6)
 
 
 def test_train_many_shares_E_U_p_y_and_lr(rng):

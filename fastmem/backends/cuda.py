@@ -10,6 +10,7 @@ sampler and the one-block-per-run drivers are fastmem's kernels (csrc/cuda).
 import cupy as cp
 
 from .. import _cuda
+from .batched import train_many_batched
 
 _count, _why = _cuda.device_count()
 if _count == 0:
@@ -84,34 +85,4 @@ def train_many(E, U, W, p, y, lr, steps, loss, accuracy, status):
     if _cuda.train_many(W.dtype.name, _ptr(E), _ptr(U), _ptr(W), _ptr(p), _ptr(y), _ptr(lr), R, N, M, d, steps,
                         _ptr(loss), _ptr(accuracy), _ptr(status), _stream()):
         return
-    _train_many_batched(E, U, W, p, y, lr, steps, loss, accuracy, status)
-
-
-def _train_many_batched(E, U, W, p, y, lr, steps, loss, accuracy, status):
-    """Runs too large for one block: every step a few batched cuBLAS products over all runs,
-    a diverged run frozen by a mask (no host synchronisation inside the loop)."""
-    R = E.shape[0]
-    Et, Ut = E.transpose(0, 2, 1), U.transpose(0, 2, 1)
-    pt = p.astype(W.dtype)[:, :, None]
-    onehot = cp.zeros((R, N, U.shape[1]), dtype=W.dtype)
-    cp.put_along_axis(onehot, y[:, :, None], 1, axis=2)
-    active = cp.ones(R, dtype=cp.bool_)
-    status[...] = 0
-    for t in range(steps + 1):
-        Z = E @ W @ Ut
-        zmax = Z.max(axis=2, keepdims=True)
-        lse = zmax + cp.log(cp.exp(Z - zmax).sum(axis=2, keepdims=True))
-        zy = cp.take_along_axis(Z, y[:, :, None], axis=2)
-        zother = cp.where(onehot > 0, -cp.inf, Z).max(axis=2, keepdims=True)
-        lo = (p * (lse - zy)[:, :, 0]).sum(axis=1)
-        acc = (p * ((zy - zother)[:, :, 0] > 0)).sum(axis=1)
-        bad = active & ~cp.isfinite(lo)
-        ending = bad | (active & (t == steps))
-        loss[...] = cp.where(ending, lo, loss)
-        accuracy[...] = cp.where(ending, acc, accuracy)
-        status[...] = cp.where(bad, 1, status)
-        active &= ~bad
-        if t == steps:
-            break
-        P = pt * (cp.exp(Z - lse) - onehot)
-        W[...] = cp.where(active[:, None, None], W - lr[:, None, None].astype(W.dtype) * (Et @ (P @ U)), W)
+    train_many_batched(cp, E, U, W, p, y, lr, steps, loss, accuracy, status)
