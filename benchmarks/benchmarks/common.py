@@ -7,6 +7,7 @@ import numpy as np
 import fastmem as fm
 
 BACKENDS = ["cpp", "numba", "numpy"]
+ALL_BACKENDS = [*BACKENDS, "cuda"]
 NO_RECORD = fm.Record(steps=[], metrics=())
 
 
@@ -15,6 +16,14 @@ def require(backend):
     info = fm.backends()[backend]
     if not info["available"]:
         raise NotImplementedError(f"backend {backend} unavailable: {info['reason']}")
+
+
+def synchronize(backend):
+    """Wait for queued device work, so that a timing covers it."""
+    if backend == "cuda":
+        import cupy
+
+        cupy.cuda.get_current_stream().synchronize()
 
 
 def gaussian_problem(N, M, d, seed=0):
