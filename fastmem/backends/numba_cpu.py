@@ -510,9 +510,11 @@ def sgd_step(W, E, onehot_col, onehot_scale, U, x, y, lr, layernorm, out):
     return float(loss)
 
 
-@njit(cache=True, parallel=True)
+# Serial over runs: a prange here ran the per-run BLAS calls inside numba's threads and was
+# 30x slower than this loop on 2 cores.
+@njit(cache=True)
 def _train_many(E, U, W, p, y, lr, steps, loss, accuracy, status, chunk):
-    for r in prange(E.shape[0]):
+    for r in range(E.shape[0]):
         Wr = W[r].copy()
         st = 0
         lo, acc = 0.0, 0.0
