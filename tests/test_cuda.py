@@ -30,6 +30,32 @@ def test_host_arrays_are_not_sent_to_cuda(rng):
         fm.kernels.softmax_xent_grad(Q, U, [0, 1, 2], backend="cuda")
 
 
+class FakeDeviceArray:
+    """Claims to live on a CUDA device; never dereferenced (the checks run first)."""
+
+    __cuda_array_interface__ = {"shape": (3, 4), "typestr": "<f8", "data": (0, False), "version": 3}
+
+
+def test_a_mix_of_host_and_device_arrays_is_refused_naming_the_argument(rng):
+    with pytest.raises(fm.InvalidArgumentError, match="U: expected an array on a CUDA device, like Q"):
+        fm.kernels.softmax_xent_grad(FakeDeviceArray(), rng.standard_normal((5, 4)), [0, 1, 2])
+    with pytest.raises(fm.InvalidArgumentError, match="W: expected an array on the host, like E"):
+        fm.train_many(rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 2, 4)), FakeDeviceArray(),
+                      np.full(3, 1 / 3), [0, 1, 0], 1.0, 5)
+
+
+def test_device_inputs_pick_cuda_and_only_cuda():
+    from fastmem.backends import get
+
+    with pytest.raises(fm.InvalidArgumentError, match="'cpp' runs on host arrays"):
+        get("cpp", device=True)
+    if not fm.backends()["cuda"]["available"]:
+        with pytest.raises(fm.BackendUnavailableError, match="backend 'cuda' is unavailable"):
+            get(device=True)
+    else:
+        assert get(device=True).name == "cuda"
+
+
 @pytest.fixture
 def cupy():
     info = fm.backends()["cuda"]
