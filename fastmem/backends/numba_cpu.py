@@ -110,8 +110,43 @@ _fused_parallel = njit(cache=True, parallel=True)(_fused_impl)
 
 
 @njit(cache=True)
+def _fused_rows(q, u, y, w, h, lse, zy, zother):
+    """Small blocks one row at a time with one row of scores as scratch: a minibatch step
+    spent more on the chunked version's temporaries and BLAS calls than on its flops."""
+    b, d = q.shape
+    M = u.shape[0]
+    z = np.empty(M, dtype=q.dtype)
+    for i in range(b):
+        mx, zo, target = -np.inf, -np.inf, -np.inf
+        for j in range(M):
+            s = q.dtype.type(0.0)
+            for k in range(d):
+                s += q[i, k] * u[j, k]
+            z[j] = s
+            mx = max(mx, s)
+            if j == y[i]:
+                target = s
+            elif s > zo:
+                zo = s
+        tot = 0.0
+        for j in range(M):
+            z[j] = math.exp(z[j] - mx)
+            tot += z[j]
+        lse[i], zy[i], zother[i] = mx + math.log(tot), target, zo
+        for k in range(d):
+            h[i, k] = -w[i] * u[y[i], k]
+        scale = w[i] / tot
+        for j in range(M):
+            c = z[j] * scale
+            for k in range(d):
+                h[i, k] += c * u[j, k]
+
+
+@njit(cache=True)
 def _fused(q, u, y, w, h, lse, zy, zother, chunk):
-    if q.shape[0] * u.shape[0] * q.shape[1] > (1 << 18):
+    if u.shape[0] <= 256 and q.shape[0] * u.shape[0] * q.shape[1] <= (1 << 18):
+        _fused_rows(q, u, y, w, h, lse, zy, zother)
+    elif q.shape[0] * u.shape[0] * q.shape[1] > (1 << 18):
         _fused_parallel(q, u, y, w, h, lse, zy, zother, chunk)
     else:
         _fused_serial(q, u, y, w, h, lse, zy, zother, chunk)
