@@ -27,14 +27,26 @@ __device__ double block_sum(double v, double* red) {
   return s;
 }
 
-// C (n x m) = A (n x k) B, B given as (k x m) rows (b_trans false) or (m x k) rows (true).
+// Shared-memory matrices are stored with an odd row stride (cols + 1 when cols is even), so
+// that threads walking down a column hit distinct banks.
+__host__ __device__ inline index_t padded(index_t cols) { return cols % 2 == 0 ? cols + 1 : cols; }
+
+// A matrix in shared memory: rows x cols with row stride ld.
+template <class T>
+struct Smem {
+  T* p;
+  index_t ld;
+  __device__ T& operator()(index_t i, index_t j) const { return p[i * ld + j]; }
+};
+
+// C (n x m) = A (n x k) B, B read as (k x m) or, with BTrans, as the transpose of (m x k).
 template <class T, bool BTrans>
-__device__ void product(const T* A, const T* B, T* C, index_t n, index_t k, index_t m) {
+__device__ void product(Smem<T> A, Smem<T> B, Smem<T> C, index_t n, index_t k, index_t m) {
   for (index_t e = threadIdx.x; e < n * m; e += kThreads) {
     const index_t i = e / m, j = e % m;
     T s = T(0);
-    for (index_t l = 0; l < k; ++l) s += A[i * k + l] * (BTrans ? B[j * k + l] : B[l * m + j]);
-    C[e] = s;
+    for (index_t l = 0; l < k; ++l) s += A(i, l) * (BTrans ? B(j, l) : B(l, j));
+    C(i, j) = s;
   }
   __syncthreads();
 }
@@ -42,27 +54,47 @@ __device__ void product(const T* A, const T* B, T* C, index_t n, index_t k, inde
 // Population loss and accuracy of the scores Z (N x M); P = p (softmax - onehot) written to
 // P (may alias Z).
 template <class T>
-__device__ void residual(const T* Z, T* P, const double* p, const std::int64_t* y, index_t N, index_t M,
+__device__ void residual(Smem<T> Z, Smem<T> P, const double* p, const std::int64_t* y, index_t N, index_t M,
                          double* red, double& loss, double& accuracy) {
   double lsum = 0.0, asum = 0.0;
   for (index_t x = threadIdx.x; x < N; x += kThreads) {
-    const T* z = Z + x * M;
     const index_t yx = y[x];
     T mx = neg_inf<T>(), zo = neg_inf<T>();
     for (index_t m = 0; m < M; ++m) {
-      mx = fmax(mx, z[m]);
-      if (m != yx) zo = fmax(zo, z[m]);
+      mx = fmax(mx, Z(x, m));
+      if (m != yx) zo = fmax(zo, Z(x, m));
     }
     T s = T(0);
-    for (index_t m = 0; m < M; ++m) s += dexp(z[m] - mx);
-    const T lse = mx + dlog(s), zy = z[yx];
+    for (index_t m = 0; m < M; ++m) s += dexp(Z(x, m) - mx);
+    const T lse = mx + dlog(s), zy = Z(x, yx);
     lsum += p[x] * (double(lse) - double(zy));
     if (zy - zo > T(0)) asum += p[x];
     const T px = static_cast<T>(p[x]);
-    for (index_t m = 0; m < M; ++m) P[x * M + m] = px * (dexp(z[m] - lse) - (m == yx ? T(1) : T(0)));
+    for (index_t m = 0; m < M; ++m) P(x, m) = px * (dexp(Z(x, m) - lse) - (m == yx ? T(1) : T(0)));
   }
   loss = block_sum(lsum, red);
   accuracy = block_sum(asum, red);
+}
+
+// Carves consecutive padded matrices out of dynamic shared memory (after the reduction slots).
+template <class T>
+struct Carver {
+  T* next;
+  __device__ Smem<T> take(index_t rows, index_t cols) {
+    Smem<T> m{next, padded(cols)};
+    next += rows * m.ld;
+    return m;
+  }
+};
+
+template <class T>
+__device__ void load(Smem<T> dst, const T* src, index_t rows, index_t cols) {
+  for (index_t e = threadIdx.x; e < rows * cols; e += kThreads) dst(e / cols, e % cols) = src[e];
+}
+
+template <class T>
+__device__ void store(T* dst, Smem<T> src, index_t rows, index_t cols) {
+  for (index_t e = threadIdx.x; e < rows * cols; e += kThreads) dst[e] = src(e / cols, e % cols);
 }
 
 template <class T>
@@ -70,14 +102,13 @@ __global__ void __launch_bounds__(kThreads) train_many_primal_kernel(TrainManyPa
   extern __shared__ __align__(16) char smem[];
   const index_t r = blockIdx.x, N = P.N, M = P.M, d = P.d;
   double* red = reinterpret_cast<double*>(smem);
-  T* Ws = reinterpret_cast<T*>(red + kWarps);
-  T* Es = Ws + d * d;
-  T* Us = Es + N * d;
-  T* Qs = Us + M * d;  // E W, then P U
-  T* Zs = Qs + N * d;  // scores, then P
-  for (index_t e = threadIdx.x; e < d * d; e += kThreads) Ws[e] = P.W[r * d * d + e];
-  for (index_t e = threadIdx.x; e < N * d; e += kThreads) Es[e] = P.E[r * N * d + e];
-  for (index_t e = threadIdx.x; e < M * d; e += kThreads) Us[e] = P.U[r * M * d + e];
+  Carver<T> carve{reinterpret_cast<T*>(red + kWarps)};
+  const Smem<T> Ws = carve.take(d, d), Es = carve.take(N, d), Us = carve.take(M, d);
+  const Smem<T> Qs = carve.take(N, d);  // E W, then P U
+  const Smem<T> Zs = carve.take(N, M);  // scores, then P
+  load(Ws, P.W + r * d * d, d, d);
+  load(Es, P.E + r * N * d, N, d);
+  load(Us, P.U + r * M * d, M, d);
   __syncthreads();
   const T lr = static_cast<T>(P.lr[r]);
   double loss = 0.0, accuracy = 0.0;
@@ -95,12 +126,12 @@ __global__ void __launch_bounds__(kThreads) train_many_primal_kernel(TrainManyPa
     for (index_t e = threadIdx.x; e < d * d; e += kThreads) {  // W -= lr E^T (P U)
       const index_t i = e / d, k = e % d;
       T g = T(0);
-      for (index_t x = 0; x < N; ++x) g += Es[x * d + i] * Qs[x * d + k];
-      Ws[e] -= lr * g;
+      for (index_t x = 0; x < N; ++x) g += Es(x, i) * Qs(x, k);
+      Ws(i, k) -= lr * g;
     }
     __syncthreads();
   }
-  for (index_t e = threadIdx.x; e < d * d; e += kThreads) P.W[r * d * d + e] = Ws[e];
+  store(P.W + r * d * d, Ws, d, d);
   if (threadIdx.x == 0) {
     P.loss[r] = static_cast<T>(loss);
     P.accuracy[r] = static_cast<T>(accuracy);
@@ -110,22 +141,18 @@ __global__ void __launch_bounds__(kThreads) train_many_primal_kernel(TrainManyPa
 
 template <class T>
 __global__ void __launch_bounds__(kThreads) train_many_dual_kernel(TrainManyParams<T> P, T* Z, T* A, const T* KE,
-                                                            const T* KU) {
+                                                                   const T* KU) {
   extern __shared__ __align__(16) char smem[];
   const index_t r = blockIdx.x, N = P.N, M = P.M, NM = N * M;
   double* red = reinterpret_cast<double*>(smem);
-  T* Zs = reinterpret_cast<T*>(red + kWarps);
-  T* Ps = Zs + NM;
-  T* Ts = Ps + NM;  // K_E P
-  T* As = Ts + NM;
-  T* KEs = As + NM;
-  T* KUs = KEs + N * N;
-  for (index_t e = threadIdx.x; e < NM; e += kThreads) {
-    Zs[e] = Z[r * NM + e];
-    As[e] = T(0);
-  }
-  for (index_t e = threadIdx.x; e < N * N; e += kThreads) KEs[e] = KE[r * N * N + e];
-  for (index_t e = threadIdx.x; e < M * M; e += kThreads) KUs[e] = KU[r * M * M + e];
+  Carver<T> carve{reinterpret_cast<T*>(red + kWarps)};
+  const Smem<T> Zs = carve.take(N, M), Ps = carve.take(N, M), As = carve.take(N, M);
+  const Smem<T> Ts = carve.take(N, M);  // K_E P
+  const Smem<T> KEs = carve.take(N, N), KUs = carve.take(M, M);
+  load(Zs, Z + r * NM, N, M);
+  load(KEs, KE + r * N * N, N, N);
+  load(KUs, KU + r * M * M, M, M);
+  for (index_t e = threadIdx.x; e < NM; e += kThreads) As(e / M, e % M) = T(0);
   __syncthreads();
   const T lr = static_cast<T>(P.lr[r]);
   double loss = 0.0, accuracy = 0.0;
@@ -141,16 +168,14 @@ __global__ void __launch_bounds__(kThreads) train_many_dual_kernel(TrainManyPara
     for (index_t e = threadIdx.x; e < NM; e += kThreads) {  // Z -= lr K_E P K_U, A += lr P
       const index_t x = e / M, m = e % M;
       T s = T(0);
-      for (index_t l = 0; l < M; ++l) s += Ts[x * M + l] * KUs[l * M + m];
-      Zs[e] -= lr * s;
-      As[e] += lr * Ps[e];
+      for (index_t l = 0; l < M; ++l) s += Ts(x, l) * KUs(l, m);
+      Zs(x, m) -= lr * s;
+      As(x, m) += lr * Ps(x, m);
     }
     __syncthreads();
   }
-  for (index_t e = threadIdx.x; e < NM; e += kThreads) {
-    Z[r * NM + e] = Zs[e];
-    A[r * NM + e] = As[e];
-  }
+  store(Z + r * NM, Zs, N, M);
+  store(A + r * NM, As, N, M);
   if (threadIdx.x == 0) {
     P.loss[r] = static_cast<T>(loss);
     P.accuracy[r] = static_cast<T>(accuracy);
@@ -171,13 +196,16 @@ bool launch(K kernel, std::size_t bytes, index_t runs, void* stream, Args... arg
 
 template <class T>
 bool train_many(const TrainManyParams<T>& P, void* stream) {
-  const std::size_t bytes = sizeof(double) * kWarps + sizeof(T) * (P.d * P.d + 2 * P.N * P.d + P.M * P.d + P.N * P.M);
+  const index_t ld = padded(P.d);
+  const std::size_t bytes =
+      sizeof(double) * kWarps + sizeof(T) * ((P.d + 2 * P.N + P.M) * ld + P.N * padded(P.M));
   return launch(train_many_primal_kernel<T>, bytes, P.R, stream, P);
 }
 
 template <class T>
 bool train_many_dual(const TrainManyParams<T>& P, T* Z, T* A, const T* KE, const T* KU, void* stream) {
-  const std::size_t bytes = sizeof(double) * kWarps + sizeof(T) * (4 * P.N * P.M + P.N * P.N + P.M * P.M);
+  const std::size_t bytes =
+      sizeof(double) * kWarps + sizeof(T) * ((4 * P.N + P.M) * padded(P.M) + P.N * padded(P.N));
   return launch(train_many_dual_kernel<T>, bytes, P.R, stream, P, Z, A, KE, KU);
 }
 
