@@ -302,13 +302,15 @@ def _record(rec_steps, r, t, E, U, W, p, y, ln, chunk, rl, ra, rm, rW, rs, flags
 
 @njit(cache=True)
 def _rank_update(W, Eb, h, alpha):
-    """W += alpha * Eb^T h as b rank-one updates (loops: no temporaries)."""
-    for j in range(Eb.shape[0]):
-        for i in range(W.shape[0]):
-            a = alpha * Eb[j, i]
-            if a != 0.0:
-                for k in range(W.shape[1]):
-                    W[i, k] += a * h[j, k]
+    """W += alpha * Eb^T h as b rank-one updates (loops: no temporaries). Row views make
+    the inner loop a plain 1-D axpy that LLVM vectorises (2-D indexing did not: 2x slower)."""
+    for i in range(W.shape[0]):
+        wi = W[i]
+        for j in range(Eb.shape[0]):
+            a = W.dtype.type(alpha * Eb[j, i])
+            hj = h[j]
+            for k in range(wi.shape[0]):
+                wi[k] += a * hj[k]
 
 
 @njit(cache=True)
