@@ -31,6 +31,12 @@ def _time(f, sync, repeats=5):
     return float(np.median(times))
 
 
+def _gemm_seconds(cp, Q, U, sync):
+    """cuBLAS (through CuPy) for the N x M scores of Q U^T, written to memory."""
+    Z = cp.empty((Q.shape[0], U.shape[0]), dtype=Q.dtype)
+    return _time(lambda: cp.matmul(Q, U.T, out=Z), sync)
+
+
 def fused_step(cp, N=16384, d=1024, M=131072):
     rng = cp.random.default_rng(0)
     E, U, W = (rng.standard_normal((n, d), dtype=cp.float32) / np.float32(np.sqrt(d)) for n in (N, M, d))
@@ -51,9 +57,7 @@ def fused_step(cp, N=16384, d=1024, M=131072):
     H, *_ = fm.kernels.softmax_xent_grad(Q, U, y)
     out["fused_extra_bytes"] = pool.total_bytes() - before
     del H
-    Z = cp.empty((N, M), dtype=cp.float32)
-    out["gemm_s"] = 2 * _time(lambda: cp.matmul(Q, U.T, out=Z), sync)  # scores and gradient: two GEMMs
-    del Z
+    out["gemm_s"] = 2 * _gemm_seconds(cp, Q, U, sync)  # scores and gradient: two GEMMs of these FLOPs
     out["fused_over_gemm_flops"] = out["gemm_s"] / out["fused_s"]
     try:
         import torch

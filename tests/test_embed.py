@@ -66,6 +66,24 @@ def test_step_updates_the_callers_buffer(placed, rng, dtype, layernorm, b):
     assert_close(placed.get(out), want, dtype, scale=1.0, factor=10)
 
 
+@pytest.mark.parametrize("layernorm", [False, True])
+def test_the_device_step_logic_matches_the_reference_on_numpy(compiled, rng, layernorm):
+    # the cuda adapter's sgd_step (duplicate merging, LayerNorm, loss, in-place update) run on
+    # numpy with a compiled backend's kernels
+    from fastmem.backends import arraycode, get
+
+    be = get(compiled)
+    mem, _ = random_problem(rng, 9, 4, 5, np.float64)
+    x, y = np.array([3, 1, 3, 3, 0]), np.array([2, 0, 2, 1, 2])
+    W = mem.W.copy()
+    loss = arraycode.sgd_step(np, be.softmax_xent_grad, be.sgd_rank_update, W, mem.E, mem.U, x, y, 0.5,
+                              layernorm, W)
+    want = mem.W.copy()
+    want_loss = fm.step(want, mem.E, mem.U, x, y, lr=0.5, layernorm=layernorm, backend="numpy")
+    np.testing.assert_allclose(W, want, rtol=1e-12, atol=1e-12)
+    assert loss == pytest.approx(want_loss, rel=1e-12)
+
+
 class DLPackOnly:
     """An array that only speaks DLPack, as a foreign library's tensor would."""
 

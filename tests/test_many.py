@@ -7,7 +7,8 @@ from cases import DTYPES, assert_close
 
 import fastmem as fm
 from fastmem.backends import get
-from fastmem.backends.batched import train_many_batched
+from fastmem.backends import arraycode
+from fastmem.backends.arraycode import train_many_batched
 
 # (R, N, M, d): one run, N = 1, M = 2, d = 1 (the device's primal block path), d > N (its dual
 # path), and a run too large for one thread block (its batched cuBLAS path).
@@ -84,6 +85,37 @@ def test_batched_products_match_the_reference(rng, dtype):
     assert_close(Wb[keep], Wr[keep], dtype, scale=1.0, factor=50)
     assert_close(lb[keep], lr_[keep], dtype, scale=1.0, factor=10)
     np.testing.assert_allclose(ab[keep], ar[keep], atol=1e-6)
+
+
+def _dual_steps(p, y, lr, steps, loss, accuracy, status, Z, A, KE, KU):
+    """What train_many.cu's dual kernel does for each run, in numpy."""
+    M = Z.shape[2]
+    for r in range(Z.shape[0]):
+        A[r], status[r] = 0, 0
+        for t in range(steps + 1):
+            z = Z[r] - Z[r].max(axis=1, keepdims=True)
+            s = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+            rows = np.arange(len(y[r]))
+            loss[r] = -(p[r] * np.log(s[rows, y[r]])).sum()
+            other = np.where(np.arange(M) == y[r][:, None], -np.inf, Z[r]).max(axis=1)
+            accuracy[r] = p[r][Z[r][rows, y[r]] > other].sum()
+            if t == steps:
+                break
+            P = p[r][:, None] * (s - (np.arange(M) == y[r][:, None]))
+            Z[r] -= lr[r] * KE[r] @ P @ KU[r]
+            A[r] += lr[r] * P
+    return True
+
+
+def test_the_dual_set_up_and_rebuild_match_the_reference(rng):
+    # the cuda adapter's dual path (scores, Grams, rebuilt W) on numpy, the steps as its kernel's
+    E, U, W, p, y, lr = _inputs(rng, 3, 5, 3, 8, np.float64)
+    Wd, loss, acc, status = W.copy(), np.empty(3), np.empty(3), np.empty(3, np.int8)
+    assert arraycode.train_many_dual(np, _dual_steps, E, U, Wd, p, y, lr, 15, loss, acc, status)
+    want = fm.train_many(E, U, W, p, y, lr, 15, backend="numpy")
+    np.testing.assert_allclose(Wd, want.W, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(loss, want.loss, rtol=1e-10)
+    np.testing.assert_allclose(acc, want.accuracy, atol=1e-12)
 
 
 def test_train_many_shares_E_U_p_y_and_lr(rng):

@@ -10,15 +10,13 @@ sampler and the one-block-per-run drivers are fastmem's kernels (csrc/cuda).
 import cupy as cp
 
 from .. import _cuda
-from .batched import train_many_batched
+from . import arraycode
 
 _count, _why = _cuda.device_count()
 if _count == 0:
     raise ImportError(f"no usable CUDA device: {_why}")
 
 INFO = {"devices": _count, "device 0": cp.cuda.runtime.getDeviceProperties(0)["name"].decode()}
-
-_LN_EPS = 1e-6
 
 
 def _stream():
@@ -46,43 +44,24 @@ def sample_tokens(cdf, seed, start_step, out):
 
 
 def sgd_step(W, E, onehot_col, onehot_scale, U, x, y, lr, layernorm, out):
-    # Duplicate (token, target) draws merged first: a sort-based segmented reduction with
-    # counts, so each distinct draw is read, scored and written once, in a fixed order.
-    M = U.shape[0]
-    keys, counts = cp.unique(x * M + y, return_counts=True)
-    ux, uy = keys // M, keys % M
-    wts = (counts / x.shape[0]).astype(W.dtype)
-    Eb = cp.ascontiguousarray(E[ux])
-    q = Eb @ W
-    if layernorm:
-        r = cp.sqrt((q * q).sum(axis=1, keepdims=True) + _LN_EPS)
-        q = q / r
-    H = cp.empty_like(q)
-    lse, zy, zother = (cp.empty(len(ux), dtype=W.dtype) for _ in range(3))
-    softmax_xent_grad(q, U, uy, wts, H, lse, zy, zother, 0)
-    if layernorm:
-        H = (H - q * (q * H).sum(axis=1, keepdims=True)) / r
-    loss = float((wts.astype(cp.float64) * (lse - zy)).sum())
-    if out is not W:
-        out[...] = W
-    sgd_rank_update(out, Eb, cp.ascontiguousarray(H), -lr)
-    return loss
+    return arraycode.sgd_step(cp, softmax_xent_grad, sgd_rank_update, W, E, U, x, y, lr, layernorm, out)
+
+
+def _dual_kernel(p, y, lr, steps, loss, accuracy, status, Z, A, KE, KU):
+    R, N, M = Z.shape
+    return _cuda.train_many_dual(Z.dtype.name, _ptr(p), _ptr(y), _ptr(lr), R, N, M, steps, _ptr(loss),
+                                 _ptr(accuracy), _ptr(status), _ptr(Z), _ptr(A), _ptr(KE), _ptr(KU), _stream())
 
 
 def train_many(E, U, W, p, y, lr, steps, loss, accuracy, status):
     R, N, d = E.shape
     M = U.shape[1]
-    if N * M * (N + M) < 2 * N * d * (d + M):  # dual cheaper per step (train_many.cu)
-        Ut = U.transpose(0, 2, 1)
-        Z = cp.ascontiguousarray(E @ W @ Ut)
-        A = cp.empty_like(Z)
-        KE = cp.ascontiguousarray(E @ E.transpose(0, 2, 1))
-        KU = cp.ascontiguousarray(U @ Ut)
-        if _cuda.train_many_dual(W.dtype.name, _ptr(p), _ptr(y), _ptr(lr), R, N, M, steps, _ptr(loss),
-                                 _ptr(accuracy), _ptr(status), _ptr(Z), _ptr(A), _ptr(KE), _ptr(KU), _stream()):
-            W -= E.transpose(0, 2, 1) @ (A @ U)
-            return
+    # one block per run: dual where it is cheaper per step (train_many.cu), else primal; runs
+    # too large for a block's shared memory as batched cuBLAS products
+    if N * M * (N + M) < 2 * N * d * (d + M) and arraycode.train_many_dual(
+            cp, _dual_kernel, E, U, W, p, y, lr, steps, loss, accuracy, status):
+        return
     if _cuda.train_many(W.dtype.name, _ptr(E), _ptr(U), _ptr(W), _ptr(p), _ptr(y), _ptr(lr), R, N, M, d, steps,
                         _ptr(loss), _ptr(accuracy), _ptr(status), _stream()):
         return
-    train_many_batched(cp, E, U, W, p, y, lr, steps, loss, accuracy, status)
+    arraycode.train_many_batched(cp, E, U, W, p, y, lr, steps, loss, accuracy, status)
