@@ -31,7 +31,7 @@ def _run_parser(sub):
     p.add_argument("--layernorm", action="store_true")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--record", default="log", help="'log', 'all', 'last' or every K steps")
-    p.add_argument("--backend", default=None, help="auto, cpp or numpy")
+    p.add_argument("--backend", default=None, help="auto, cpp, numba or numpy (fm.backends() lists them)")
     p.add_argument("--out", type=Path, help="write the recorded metrics (.csv or .json)")
     p.add_argument("--plot", type=Path, help="save loss and error curves (.png, .pdf)")
 
