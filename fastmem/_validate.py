@@ -13,13 +13,17 @@ def fail(name, expected, got):
     raise InvalidArgumentError(f"{name}: expected {expected}, got {got}")
 
 
-def float_matrix(name, a, shape=None, dtype=None):
-    """A finite 2-D float32/float64 array, C-contiguous (copied only if it is not); device
-    arrays come back as CuPy arrays on their device."""
+def float_matrix(name, a, shape=None, dtype=None, device=False):
+    """A finite 2-D float32/float64 array, C-contiguous (copied only if it is not). With
+    ``device``, arrays on a CUDA device come back as CuPy arrays on their device; otherwise
+    they are refused (the computation runs on the host)."""
     from . import _arrays
 
     xp = np
     if _arrays.is_device(a):
+        if not device:
+            fail(name, "a host (numpy) array: this runs on the host (on a GPU: fm.train_many, fm.step, "
+                 "fm.kernels)", "an array on a CUDA device")
         a = _arrays.as_cupy(a)
         xp = _arrays.cupy()
     elif not isinstance(a, np.ndarray):

@@ -30,8 +30,8 @@ def softmax_xent_grad(Q, U, y, w=None, chunk=None, backend=None):
     """
     device = _arrays.on_device(Q=Q, U=U)
     xp = _arrays.xp_for(device)
-    Q = v.float_matrix("Q", Q)
-    U = v.float_matrix("U", U, shape=(None, Q.shape[1]), dtype=Q.dtype)
+    Q = v.float_matrix("Q", Q, device=device)
+    U = v.float_matrix("U", U, shape=(None, Q.shape[1]), dtype=Q.dtype, device=device)
     b = Q.shape[0]
     y = v.tokens("y", y, U.shape[0], shape=(b,), device=device)
     w = xp.ones(b, dtype=Q.dtype) if w is None else xp.ascontiguousarray(xp.asarray(w), dtype=Q.dtype)
@@ -53,8 +53,8 @@ def sgd_rank_update(W, Eb, H, alpha, backend=None):
         v.fail("W", "a writeable C-contiguous array (updated in place)", type(W).__name__)
     if Wd.ndim != 2 or Wd.shape[0] != Wd.shape[1] or Wd.dtype not in v.FLOAT_DTYPES:
         v.fail("W", "a square float32/float64 matrix", f"{Wd.dtype} {Wd.shape}")
-    Eb = v.float_matrix("Eb", Eb, shape=(None, Wd.shape[0]), dtype=Wd.dtype)
-    H = v.float_matrix("H", H, shape=(Eb.shape[0], Wd.shape[1]), dtype=Wd.dtype)
+    Eb = v.float_matrix("Eb", Eb, shape=(None, Wd.shape[0]), dtype=Wd.dtype, device=device)
+    H = v.float_matrix("H", H, shape=(Eb.shape[0], Wd.shape[1]), dtype=Wd.dtype, device=device)
     get(backend, device=device).sgd_rank_update(Wd, Eb, H, float(alpha))
     return W
 

@@ -66,9 +66,9 @@ def step(W, E, U, x, y, lr, out=None, layernorm=False, backend=None):
 
 def _device_step(W, E, U, x, y, lr, out, layernorm, backend):
     Wd = _arrays.as_cupy(W)
-    E = v.float_matrix("E", E)
+    E = v.float_matrix("E", E, device=True)
     d = E.shape[1]
-    U = v.float_matrix("U", U, shape=(None, d), dtype=E.dtype)
+    U = v.float_matrix("U", U, shape=(None, d), dtype=E.dtype, device=True)
     Od = Wd if out is None else _arrays.as_cupy(out)
     for name, a in (("W", Wd), ("out", Od)):
         if a.shape != (d, d) or a.dtype != E.dtype or not a.flags.c_contiguous:

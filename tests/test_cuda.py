@@ -44,6 +44,11 @@ def test_a_mix_of_host_and_device_arrays_is_refused_naming_the_argument(rng):
                       np.full(3, 1 / 3), [0, 1, 0], 1.0, 5)
 
 
+def test_host_only_entry_points_refuse_device_arrays(rng):
+    with pytest.raises(fm.InvalidArgumentError, match="E: expected a host \\(numpy\\) array"):
+        fm.AssociativeMemory(FakeDeviceArray(), rng.standard_normal((5, 4)))
+
+
 def test_device_inputs_pick_cuda_and_only_cuda():
     from fastmem.backends import get
 
