@@ -1,4 +1,5 @@
-"""Which representation a run uses: primal (W) or dual (scores Z and coefficients A).
+"""Which representation a run uses: primal (W), dual (scores Z and coefficients A), or
+projected (V = W U^T).
 
 The dual is exact when the optimizer's update is linear in the gradient (SGD with
 momentum and decoupled weight decay): every iterate is then W_t = c_t W_0 - E^T A_t U
@@ -12,13 +13,19 @@ N for full-batch GD; R = M, or d with LayerNorm):
     dual, per step     2 b (N R + M R) + N R      (N R -> R for a diagonal K_E; M R -> R for a
                                                   diagonal K_U or with LayerNorm)
     dual, once         N^2 d + M^2 d (+ N d^2 + N d M when W_0 != 0)
+
+The projected representation (train_projected.hpp) trains V = W U^T (d x M) instead of W. It
+is exact for updates that are an elementwise function of the gradient without state (Adam
+with betas (0, 0), sign descent) without LayerNorm, and costs d^2 (2 M + 1) per step whatever
+the batch. It keeps no W (records of W or sharpness, run.W and resuming need the primal), so
+"auto" never picks it: ask for it (the scaling-law sweep does).
 """
 
 import numpy as np
 
 from . import _validate as v
 
-REPRESENTATIONS = ("auto", "primal", "dual")
+REPRESENTATIONS = ("auto", "primal", "dual", "projected")
 
 
 def _not_exact(memory, optimizer):
@@ -48,10 +55,25 @@ def costs(memory, task, steps, batch_size):
     return primal, dual
 
 
+def _projected_not_exact(memory, optimizer):
+    o = optimizer._params()
+    if memory.layernorm:
+        return "LayerNorm needs the read-outs E W"
+    if not (o["kind"] == 2 or (o["kind"] == 1 and o["beta1"] == 0.0 and o["beta2"] == 0.0)):
+        return f"{optimizer!r} keeps state or is linear (projected: Adam with betas (0, 0) or SignGD)"
+    return None
+
+
 def choose(memory, task, optimizer, steps, batch_size, requested):
-    """(representation, reason) for a run; asking for "dual" where it is not exact raises."""
+    """(representation, reason) for a run; asking for "dual" or "projected" where it is not exact raises."""
     if requested not in REPRESENTATIONS:
         v.fail("representation", f"one of {REPRESENTATIONS}", repr(requested))
+    if requested == "projected":
+        why_not = _projected_not_exact(memory, optimizer)
+        if why_not:
+            v.fail("representation", "'primal' or 'auto' here: the projected representation is exact only for "
+                   "Adam with betas (0, 0) or SignGD without LayerNorm", f"'projected' ({why_not})")
+        return requested, "requested"
     why_not = _not_exact(memory, optimizer)
     if requested == "dual" and why_not:
         v.fail("representation", "'primal' or 'auto' here: the dual representation is exact only for "

@@ -96,8 +96,10 @@ def run_one(config, backend=None):
     rec = fm.Record(steps="last", metrics=("loss", "accuracy"))
     if c["model"] == "matrix":
         opt = fm.Adam(lr=c["lr"] / c["d"], betas=(0.0, 0.0)) if adam else fm.SGD(lr=c["lr"])
+        # Adam(0, 0) without LayerNorm: train W U^T (d x M), not W (the grid needs no W)
+        rep = "projected" if adam and not c["layernorm"] else "auto"
         run = fm.train(fm.AssociativeMemory(E, U, W=W, layernorm=c["layernorm"]), task, opt, steps,
-                       batch_size=c["batch_size"], seed=c["seed"], record=rec, backend=backend)
+                       batch_size=c["batch_size"], seed=c["seed"], record=rec, backend=backend, representation=rep)
         rep = run.representation
     else:
         opt = fm.Adam(lr=c["lr"], betas=(0.0, 0.0)) if adam else fm.SGD(lr=c["lr"])

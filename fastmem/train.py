@@ -8,6 +8,7 @@ from . import _validate as v
 from . import dual
 from ._problem import chunk_arg, problem_args
 from .backends import get
+from .errors import InvalidArgumentError
 from .memory import AssociativeMemory
 from .state import TrainState
 
@@ -71,14 +72,16 @@ class Run:
     W : (d, d), the memory after the last update (a dual run rebuilds it on first access)
     Z, A, c : the dual state of a dual run (scores N x M and coefficients N x M, or with LayerNorm
         read-outs E W and coefficients N x d; c the scale of W0), else None
-    state : TrainState to save, or to continue the run from (``fm.train(..., resume=run.state)``)
+    V : (d, M), W U^T of a projected run (which keeps no W), else None
+    state : TrainState to save, or to continue the run from (``fm.train(..., resume=run.state)``);
+        None for a projected run
     status : "ok" or "diverged" (a non-finite loss stopped the run; records before it stay)
     steps_done : int, updates done
-    representation : "primal" or "dual", and representation_reason: why
+    representation : "primal", "dual" or "projected", and representation_reason: why
     """
 
     def __init__(self, memory, task, steps, records, W, status, steps_done, backend, optimizer,
-                 representation="primal", representation_reason="", dual_state=None, state=None):
+                 representation="primal", representation_reason="", dual_state=None, state=None, V=None):
         self.steps = steps
         self.loss = records.get("loss")
         self.accuracy = records.get("accuracy")
@@ -87,6 +90,7 @@ class Run:
         self.W_history = records.get("W")
         self._W = W
         self.Z, self.A, self.c = dual_state if dual_state is not None else (None, None, None)
+        self.V = V
         self.state = state
         self.status = status
         self.steps_done = steps_done
@@ -98,6 +102,9 @@ class Run:
 
     @property
     def W(self):
+        if self.representation == "projected":
+            raise InvalidArgumentError("run.W: a 'projected' run keeps V = W U^T (run.V), not W; train with "
+                                       "representation='primal' to get W")
         if self._W is None:  # dual run: W = c W0 - E^T A U, built once on request
             m = self._memory
             E, oc, os_, U, _, _ = problem_args(m, self._task)
@@ -148,8 +155,10 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=None, tokens=Non
     tokens : optional (steps, batch_size) int array of the minibatches to use instead
     record : Record (default: loss and accuracy at ~100 log-spaced steps)
     start_step : global index of the first step (schedules and the sampling stream)
-    representation : "auto", "primal" (update W) or "dual" (update the N x M scores, or the
-        N x d read-outs with LayerNorm; exact for SGD-family optimizers, see :mod:`fastmem.dual`)
+    representation : "auto", "primal" (update W), "dual" (update the N x M scores, or the
+        N x d read-outs with LayerNorm; exact for SGD-family optimizers) or "projected" (update
+        V = W U^T, d x M; exact for Adam with betas (0, 0) and SignGD without LayerNorm; keeps
+        no W). See :mod:`fastmem.dual`
     resume : a TrainState (``run.state``) to continue from, with the same memory, task and
         optimizer: its representation, seed and step are used; the result equals one longer run
     callback : called as ``callback(step, state)`` every ``callback_every`` steps with the
@@ -222,6 +231,17 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=None, tokens=Non
 
     dual_state = None
     momentum = opt["kind"] == 0 and opt["momentum"] != 0.0
+    if rep == "projected":
+        if resume is not None:
+            v.fail("resume", "None: a 'projected' run keeps no W to resume from", "a TrainState")
+        bad = [m for m in ("W", "sharpness") if m in record.metrics]
+        if bad:
+            v.fail("record", "no 'W' or 'sharpness' metrics with representation 'projected' (it keeps W U^T)", bad)
+        V = np.ascontiguousarray(memory.W @ memory.U.T)
+        status, steps_done, n_rec = be.train_projected(E, U, V, p, y, task.cdf, tokens, opt, tp, rec)
+        records = {name: arr[:n_rec] for name, arr in rec.items() if name != "steps" and arr is not None}
+        return Run(memory, task, start_step + rec_steps[:n_rec], records, None, "ok" if status == 0 else "diverged",
+                   int(steps_done), be.name, optimizer, rep, reason, V=V)
     if rep == "dual":
         W, NR = None, (N, d if memory.layernorm else memory.M)
         arrays = {k: buffer(k, NR, k in "ZA" or momentum) for k in "ZABV"}
@@ -250,8 +270,8 @@ def _train_with_callback(memory, task, optimizer, steps, batch_size, seed, token
         v.fail("callback", "a callable(step, state)", repr(callback))
     every = v.positive_int("callback_every", every)
     steps = v.positive_int("steps", steps, allow_zero=True)
-    if representation == "dual":
-        v.fail("representation", "'primal' or 'auto' with a callback (it works on W)", "'dual'")
+    if representation in ("dual", "projected"):
+        v.fail("representation", "'primal' or 'auto' with a callback (it works on W)", repr(representation))
     record = Record() if record is None else record
     wanted = record.resolve(steps)
     kw = dict(batch_size=batch_size, backend=backend, chunk=chunk, power_iters=power_iters,

@@ -282,6 +282,26 @@ py::tuple py_train_dual(py::array E, py::object oc, py::object os, py::array U, 
   });
 }
 
+py::tuple py_train_projected(py::array E, py::array U, py::array V, py::array p, py::array y, py::object cdf,
+                            py::object tokens, py::dict opt, py::dict tpd, py::dict rec) {
+  return dispatch(E, [&](auto tag) {
+    using T = decltype(tag);
+    const TrainParams tp = train_params(tpd);
+    auto pr = problem<T>(E, py::none(), py::none(), U, p, y, tp.layernorm, tp.chunk);
+    const double* cdfp = opt_ptr<double, false>(cdf, pr.N(), "cdf");
+    const std::int64_t* tok = opt_ptr<std::int64_t, false>(tokens, tp.steps, "tokens");
+    const OptimizerParams op = optimizer_params(opt);
+    const TrainRecord<T> r = train_record<T>(rec);
+    auto Vv = matrix<T>(V, "V");
+    TrainResult res;
+    {
+      py::gil_scoped_release nogil;
+      res = train_projected(pr, Vv, cdfp, tok, op, tp, r);
+    }
+    return py::make_tuple(static_cast<int>(res.status), res.steps_done, res.records);
+  });
+}
+
 double py_sgd_step(py::array W, py::array E, py::object oc, py::object os, py::array U, py::array x, py::array yb,
                    double lr, bool ln, py::array out) {
   return dispatch(E, [&](auto tag) {
@@ -501,6 +521,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("rebuild_W", &py_rebuild_W);
   m.def("sgd_step", &py_sgd_step);
   m.def("train_many", &py_train_many);
+  m.def("train_projected", &py_train_projected);
   m.def("cmd_assign_fit", &py_cmd_assign_fit);
   m.def("train_model", &py_train_model);
   m.def("cmd_online_update", &py_cmd_online_update);

@@ -38,6 +38,7 @@ SIGNATURES = {
     "cmd_online_update": ("theta_t", "r_t", "mode", "n", "r_mean", "r_m2", "theta_mean", "co"),
     "rebuild_W": ("E", "onehot_col", "onehot_scale", "U", "W0", "A", "c", "W_out"),
     "train_many": ("E", "U", "W", "p", "y", "lr", "steps", "loss", "accuracy", "status"),
+    "train_projected": ("E", "U", "V", "p", "y", "cdf", "tokens", "opt", "tp", "rec"),
 }
 
 # The kernels of the table that run on device arrays: the host drivers (train, train_dual,

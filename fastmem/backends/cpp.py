@@ -66,3 +66,7 @@ def train_model(kind, E, U, W, p, y, cdf, tokens, opt, tp, rec):
 
 def train_many(E, U, W, p, y, lr, steps, loss, accuracy, status):
     _core.train_many(E, U, W, p, y, lr, steps, loss, accuracy, status)
+
+
+def train_projected(E, U, V, p, y, cdf, tokens, opt, tp, rec):
+    return _core.train_projected(E, U, V, p, y, cdf, tokens, opt, tp, rec)

@@ -577,6 +577,60 @@ def train_many(E, U, W, p, y, lr, steps, loss, accuracy, status):
     _train_many(E, U, W, p, y, lr, steps, loss, accuracy, status, _chunk(E.shape[1], U.shape[1], E.itemsize, 0))
 
 
+@njit(cache=True)
+def _train_projected(E, U, V, p, y, cdf, given, sign, lr0, wd, eps, sched, ssteps, gamma, min_lr, steps, b, seed,
+                     start, rec_steps, rl, ra, rm, flags):
+    N = E.shape[0]
+    key = _splitmix64(np.uint64(seed))
+    slot = np.full(N, -1, dtype=np.int64)
+    pw = p.astype(E.dtype)
+    r, status, done = 0, 0, 0
+    for t in range(steps + 1):
+        while r < len(rec_steps) and rec_steps[r] == t:
+            if flags[0] or flags[1] or flags[2]:
+                loss, margins, _ = _residual(E @ V, y, np.arange(N), pw)
+                acc = 0.0
+                for x in range(N):
+                    if margins[x] > 0:
+                        acc += p[x]
+                rl[r], ra[r] = loss, acc
+                if flags[2]:
+                    rm[r] = margins
+                if not np.isfinite(loss):
+                    status = 1
+            r += 1
+        done = t
+        if t == steps or status != 0:
+            break
+        gt = start + t
+        lr = _lr_at(sched, lr0, ssteps, gamma, min_lr, gt)
+        toks, w = _batch(N, b, p, cdf, key, given, t, gt, slot)
+        Eb = np.ascontiguousarray(E[toks])
+        loss, _, G = _residual(Eb @ V, y[toks], np.arange(len(toks)), w.astype(E.dtype))
+        if not np.isfinite(loss):
+            status = 1
+            break
+        S = (Eb.T @ G) @ U  # the W gradient, d x d
+        for i in range(S.shape[0]):
+            for j in range(S.shape[1]):
+                g = S[i, j]
+                S[i, j] = (1.0 if g > 0 else (-1.0 if g < 0 else 0.0)) if sign else g / (abs(g) + eps)
+        V[:] = V.dtype.type(1.0 - lr * wd) * V - V.dtype.type(lr) * (S @ U.T)
+    return status, done, r
+
+
+def train_projected(E, U, V, p, y, cdf, tokens, opt, tp, rec):
+    given, _ = _common(E, U, tokens, tp)
+    steps_arr, bufs, flags = _rec_args(rec, E.dtype, E.shape[0], E.shape[1])
+    kind, lr, _, wd, _, _, eps, sched, ssteps, gamma, min_lr = _opt_args(opt)
+    cdf_ = cdf if cdf is not None else np.ones(1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = _train_projected(E, U, V, p, y, cdf_, given, kind == 2, lr, wd, eps, sched, ssteps, gamma, min_lr,
+                               tp["steps"], tp["batch_size"], np.uint64(tp["seed"]), tp["start_step"], steps_arr,
+                               bufs[0], bufs[1], bufs[2], flags)
+    return tuple(int(o) for o in out)
+
+
 # --- CMD (cmd.hpp) ----------------------------------------------------------------------------
 
 @njit(cache=True, parallel=True)

@@ -338,6 +338,34 @@ def train_many(E, U, W, p, y, lr, steps, loss, accuracy, status):
             W[r], loss[r], accuracy[r] = Wr, lo, acc
 
 
+def train_projected(E, U, V, p, y, cdf, tokens, opt, tp, rec):
+    """train() with V = W U^T (d x M) in place of W, for Adam(0, 0) or sign descent without
+    LayerNorm: the W gradient is A U with A = E_b^T Delta (train_projected.hpp)."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        E, U, st = E.astype(_F), U.astype(_F), {"V": V.astype(_F)}
+
+        def record(r):
+            loss, margins, _ = _residual(E @ st["V"], y, None, p)
+            _store(rec, r, loss, float(p[margins > 0].sum()), margins)
+            return loss
+
+        def step(t):
+            toks, w = _batch(tp, tokens, cdf, p, t)
+            Eb, yb = (E, y) if toks is None else (E[toks], y[toks])
+            loss, _, G = _residual(Eb @ st["V"], yb, None, w)
+            if not np.isfinite(loss):
+                return False
+            lr = _lr_at(opt, tp["start_step"] + t)
+            g = (Eb.T @ G) @ U
+            s = np.sign(g) if opt["kind"] == 2 else g / (np.abs(g) + opt["eps"])
+            st["V"] = (1.0 - lr * opt["weight_decay"]) * st["V"] - lr * s @ U.T
+            return True
+
+        status, done, r = _drive(tp["steps"], rec, record, step)
+    V[...] = st["V"]
+    return status, done, r
+
+
 # --- the learnable and exponential models (models.hpp) ----------------------------------
 
 def _model_pass(kind, E, U, W, toks, w, y, ln, grads):

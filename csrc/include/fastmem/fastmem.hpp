@@ -15,4 +15,5 @@
 #include "rng.hpp"
 #include "train.hpp"
 #include "train_many.hpp"
+#include "train_projected.hpp"
 #include "views.hpp"

@@ -1,0 +1,156 @@
+// The projected representation: V = W U^T (d x M) trained instead of W, for updates that
+// are an elementwise function of the gradient without state (Adam with betas (0, 0):
+// g / (|g| + eps); sign descent) and no LayerNorm. Scores are e_x^T V, and the gradient of
+// W is G = A U with A = E_b^T Delta (d x M, Delta the batch's residual rows), so
+//   V_i <- (1 - lr wd) V_i - lr sum_j s(a_i . u_j) u_j,    u_j = U[:, j] (an M-vector):
+// d^2 (2 M + 1) flops per step whatever the batch, no d x d array read or kept (W itself
+// is not available afterwards). The published grid's Adam runs without LayerNorm.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "train.hpp"
+
+namespace fastmem {
+
+// g / (|g| + eps), or sign(g): the stateless elementwise updates.
+template <class T>
+inline T normalized_update(T g, T eps, bool sign) {
+  return sign ? static_cast<T>((g > T(0)) - (g < T(0))) : g / (std::fabs(g) + eps);
+}
+
+// Rows [i0, i1) of V (d x M) <- decay V - lr S U^T with S = s(A U), S never stored: lanes of
+// kLanes columns j accumulate s_j u_j per output so that the compiler vectorises over j.
+// MM = M known at compile time for the small M of real runs (0: runtime M).
+template <class T, int MM>
+void projected_rows(MatrixView<T> V, MatrixView<const T> A, MatrixView<const T> U, T lr, T eps, T decay, bool sign,
+                    index_t i0, index_t i1) {
+  constexpr index_t kLanes = 8;
+  const index_t d = U.cols, M = MM > 0 ? MM : U.rows;
+  std::vector<T> acc_buf(std::size_t(M * kLanes));
+  T* acc = acc_buf.data();
+  for (index_t i = i0; i < i1; ++i) {
+    const T* a = A.row(i);
+    std::fill(acc, acc + M * kLanes, T(0));
+    index_t j0 = 0;
+    for (; j0 + kLanes <= d; j0 += kLanes) {
+      T s[kLanes] = {};
+      for (index_t m = 0; m < M; ++m) {
+        const T am = a[m];
+        const T* u = U.row(m) + j0;
+        for (index_t l = 0; l < kLanes; ++l) s[l] += am * u[l];
+      }
+      for (index_t l = 0; l < kLanes; ++l) s[l] = normalized_update(s[l], eps, sign);
+      for (index_t m = 0; m < M; ++m) {
+        const T* u = U.row(m) + j0;
+        T* am = acc + m * kLanes;
+        for (index_t l = 0; l < kLanes; ++l) am[l] += s[l] * u[l];
+      }
+    }
+    for (; j0 < d; ++j0) {
+      T g = T(0);
+      for (index_t m = 0; m < M; ++m) g += a[m] * U(m, j0);
+      const T s = normalized_update(g, eps, sign);
+      for (index_t m = 0; m < M; ++m) acc[m * kLanes] += s * U(m, j0);
+    }
+    T* v = V.row(i);
+    for (index_t m = 0; m < M; ++m) {
+      T sum = T(0);
+      for (index_t l = 0; l < kLanes; ++l) sum += acc[m * kLanes + l];
+      v[m] = decay * v[m] - lr * sum;
+    }
+  }
+}
+
+template <class T>
+void projected_update(MatrixView<T> V, MatrixView<const T> A, MatrixView<const T> U, T lr, T eps, T decay,
+                      bool sign) {
+  const index_t d = V.rows, M = V.cols;
+  parallel_blocks(d, threads_for(d, d * (2 * M + 1)), [&](int, index_t i0, index_t i1) {
+    switch (M) {
+      case 2: return projected_rows<T, 2>(V, A, U, lr, eps, decay, sign, i0, i1);
+      case 3: return projected_rows<T, 3>(V, A, U, lr, eps, decay, sign, i0, i1);
+      case 4: return projected_rows<T, 4>(V, A, U, lr, eps, decay, sign, i0, i1);
+      case 5: return projected_rows<T, 5>(V, A, U, lr, eps, decay, sign, i0, i1);
+      case 8: return projected_rows<T, 8>(V, A, U, lr, eps, decay, sign, i0, i1);
+      default: return projected_rows<T, 0>(V, A, U, lr, eps, decay, sign, i0, i1);
+    }
+  });
+}
+
+// The run of train() with W replaced by V = W U^T: same sampling, same records of loss,
+// accuracy and margins (W and sharpness records need W: not available here).
+template <class T>
+TrainResult train_projected(const Problem<T>& prob, MatrixView<T> V, const double* cdf,
+                            const std::int64_t* given_tokens, const OptimizerParams& opt, const TrainParams& tp,
+                            const TrainRecord<T>& rec) {
+  const bool adam00 = opt.kind == OptimizerKind::Adam && opt.beta1 == 0.0 && opt.beta2 == 0.0;
+  FASTMEM_CHECK_ARG(adam00 || opt.kind == OptimizerKind::Sign,
+                    "the projected representation needs Adam with betas (0, 0) or sign descent");
+  FASTMEM_CHECK_ARG(!prob.layernorm && !prob.emb.onehot(), "the projected representation needs dense E, no LayerNorm");
+  FASTMEM_CHECK_ARG(!rec.W && !rec.sharpness, "the projected representation keeps no W to record");
+  const index_t N = prob.N(), M = prob.M(), d = prob.d();
+  FASTMEM_CHECK_ARG(V.rows == d && V.cols == M, "V must be d x M");
+  const MatrixView<const T> E = prob.emb.E;
+  BatchSource<T> batches(N, tp.batch_size, prob.p, cdf, given_tokens, tp.seed);
+  std::vector<T> z, g, a(std::size_t(d * M)), weights, p_weights, margin_buf;
+  std::vector<std::int64_t> yb;
+  for (index_t x = 0; x < N; ++x) p_weights.push_back(static_cast<T>(prob.p[x]));
+  MatrixView<T> A(a.data(), d, M);
+
+  // Scores of the rows (null: all N) into z, then their loss, margins and residual rows.
+  auto residual = [&](const std::int64_t* tokens, index_t rows, const T* w, bool grad, T* margins) {
+    z.assign(std::size_t(rows * M), T(0));
+    MatrixView<T> Z(z.data(), rows, M);
+    if (tokens) {
+      yb.resize(std::size_t(rows));
+      for (index_t r = 0; r < rows; ++r) {
+        const T* e = E.row(tokens[r]);
+        T* zr = Z.row(r);
+        for (index_t i = 0; i < d; ++i)
+          for (index_t m = 0; m < M; ++m) zr[m] += e[i] * V(i, m);
+        yb[r] = prob.y[tokens[r]];
+      }
+    } else {
+      blas::gemm<T>(false, false, T(1), E, MatrixView<const T>(V), T(0), Z);
+    }
+    g.resize(std::size_t(rows * M));
+    return dual_residual<T>(MatrixView<const T>(Z), tokens ? yb.data() : prob.y, nullptr, rows, w,
+                            grad ? MatrixView<T>(g.data(), rows, M) : MatrixView<T>(), margins);
+  };
+
+  auto record = [&](index_t t, TrainResult& res) {
+    for (; res.records < rec.count && rec.steps[res.records] == t; ++res.records) {
+      const index_t r = res.records;
+      if (!(rec.loss || rec.accuracy || rec.margins)) continue;
+      T* m = rec.margins ? rec.margins + r * N : (margin_buf.resize(std::size_t(N)), margin_buf.data());
+      PopulationMetrics pm;
+      pm.loss = residual(nullptr, N, p_weights.data(), false, m);
+      for (index_t x = 0; x < N; ++x)
+        if (m[x] > T(0)) pm.accuracy += prob.p[x];
+      store_metrics(rec, r, pm, res);
+    }
+  };
+
+  auto step = [&](index_t t) {
+    const index_t gt = tp.start_step + t;
+    const double lr = lr_at(opt, gt);
+    const std::int64_t* tokens;
+    const index_t rows = batches.next(t, gt, tokens, weights);
+    if (!std::isfinite(residual(tokens, rows, weights.data(), true, nullptr))) return false;
+    std::fill(a.begin(), a.end(), T(0));
+    for (index_t r = 0; r < rows; ++r) {  // A = E_b^T Delta
+      const T* e = E.row(token_at(tokens, r));
+      const T* delta = g.data() + r * M;
+      for (index_t i = 0; i < d; ++i)
+        for (index_t m = 0; m < M; ++m) A(i, m) += e[i] * delta[m];
+    }
+    projected_update(V, MatrixView<const T>(A), prob.U, static_cast<T>(lr), static_cast<T>(opt.eps),
+                     static_cast<T>(1.0 - lr * opt.weight_decay), !adam00);
+    return true;
+  };
+  return drive(tp.steps, record, step);
+}
+
+}  // namespace fastmem

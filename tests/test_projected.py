@@ -1,0 +1,70 @@
+"""The projected representation (V = W U^T trained instead of W) against the primal float64
+reference, on every backend."""
+
+import numpy as np
+import pytest
+from cases import PROBLEMS, assert_close
+from conftest import random_problem
+
+import fastmem as fm
+
+# g / (|g| + eps) has slope 1 / eps at g = 0: with eps = 1e-8 a rounding difference of 1e-16
+# in a vanishing gradient entry moves the update by 1e-8, and full-batch runs amplify it, for
+# any two implementations. The trajectories are compared where the update is well conditioned.
+OPTIMIZERS = [
+    pytest.param(fm.Adam(lr=0.05, betas=(0.0, 0.0), eps=1e-4), id="adam00"),
+    pytest.param(fm.Adam(lr=0.05, betas=(0.0, 0.0), eps=0.3, weight_decay=0.1), id="adam00-eps-wd"),
+    pytest.param(fm.SignGD(lr=0.02, schedule=fm.Cosine(30)), id="sign-cosine"),
+]
+RECORD = fm.Record(steps="all", metrics=("loss", "accuracy", "margins"))
+
+
+@pytest.mark.parametrize("batch_size", [None, 1, 16], ids=["gd", "b1", "b16"])
+@pytest.mark.parametrize("opt", OPTIMIZERS)
+@pytest.mark.parametrize("N, M, d", PROBLEMS)
+def test_projected_trajectory_equals_primal_float64(backend, rng, N, M, d, opt, batch_size):
+    mem, task = random_problem(rng, N, M, d, np.float64)
+    kw = dict(steps=30, batch_size=batch_size, seed=5, record=RECORD)
+    got = fm.train(mem, task, opt, backend=backend, representation="projected", **kw)
+    want = fm.train(mem, task, opt, backend="numpy", representation="primal", **kw)
+    assert got.representation == "projected" and got.status == want.status == "ok"
+    np.testing.assert_array_equal(got.steps, want.steps)
+    for name in ("loss", "margins", "accuracy"):
+        assert_close(getattr(got, name), getattr(want, name), np.float64, scale=1.0, factor=10)
+    assert_close(got.V, want.W @ mem.U.T, np.float64, scale=1.0, factor=10)
+
+
+def test_projected_float32_follows_the_reference(backend, rng):
+    mem, task = random_problem(rng, 30, 5, 40, np.float32)
+    opt = fm.Adam(lr=0.02, betas=(0.0, 0.0))
+    kw = dict(steps=20, batch_size=8, seed=2, record=RECORD)
+    got = fm.train(mem, task, opt, backend=backend, representation="projected", **kw)
+    want = fm.train(mem, task, opt, backend="numpy", representation="primal", **kw)
+    assert_close(got.margins, want.margins, np.float32, scale=1.0, factor=20)
+
+
+def test_projected_records_a_divergence(backend, rng):
+    mem, task = random_problem(rng, 6, 3, 4, np.float64)
+    run = fm.train(mem, task, fm.SignGD(lr=1e308), 5, representation="projected", backend=backend,
+                   record=fm.Record(steps="all"))
+    assert run.status == "diverged" and run.steps_done < 5
+
+
+@pytest.mark.parametrize("layernorm, opt, record, match", [
+    (True, fm.Adam(lr=0.1, betas=(0.0, 0.0)), None, "LayerNorm needs the read-outs"),
+    (False, fm.Adam(lr=0.1), None, "keeps state or is linear"),
+    (False, fm.SGD(lr=0.1), None, "keeps state or is linear"),
+    (False, fm.SignGD(lr=0.1), fm.Record(metrics=("loss", "W")), "record: expected no 'W' or 'sharpness'"),
+])
+def test_projected_is_refused_where_it_is_not_exact(rng, layernorm, opt, record, match):
+    mem, task = random_problem(rng, 5, 3, 4, np.float64, layernorm=layernorm)
+    with pytest.raises(fm.InvalidArgumentError, match=match):
+        fm.train(mem, task, opt, 3, representation="projected", record=record)
+
+
+def test_a_projected_run_has_no_W(rng):
+    mem, task = random_problem(rng, 5, 3, 4, np.float64)
+    run = fm.train(mem, task, fm.SignGD(lr=0.1), 3, representation="projected")
+    assert run.state is None and run.V.shape == (4, 3)
+    with pytest.raises(fm.InvalidArgumentError, match="run.W: a 'projected' run keeps V"):
+        run.W  # noqa: B018
