@@ -229,7 +229,7 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=None, tokens=Non
             return prev[name].copy()
         return np.zeros(shape, dtype=dt)
 
-    dual_state = None
+    dual_state, V = None, None
     momentum = opt["kind"] == 0 and opt["momentum"] != 0.0
     if rep == "projected":
         if resume is not None:
@@ -239,10 +239,8 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=None, tokens=Non
             v.fail("record", "no 'W' or 'sharpness' metrics with representation 'projected' (it keeps W U^T)", bad)
         V = np.ascontiguousarray(memory.W @ memory.U.T)
         status, steps_done, n_rec = be.train_projected(E, U, V, p, y, task.cdf, tokens, opt, tp, rec)
-        records = {name: arr[:n_rec] for name, arr in rec.items() if name != "steps" and arr is not None}
-        return Run(memory, task, start_step + rec_steps[:n_rec], records, None, "ok" if status == 0 else "diverged",
-                   int(steps_done), be.name, optimizer, rep, reason, V=V)
-    if rep == "dual":
+        W, arrays = None, None
+    elif rep == "dual":
         W, NR = None, (N, d if memory.layernorm else memory.M)
         arrays = {k: buffer(k, NR, k in "ZA" or momentum) for k in "ZABV"}
         status, steps_done, n_rec, c = be.train_dual(
@@ -256,11 +254,12 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=None, tokens=Non
         status, steps_done, n_rec, opt_t = be.train(E, oc, os_, U, W, p, y, task.cdf, tokens, opt, tp, rec,
                                                     arrays["m"], arrays["v"], resume.opt_t if resume else 0)
         c = 1.0
-    state = TrainState(rep, start_step + int(steps_done), seed,
-                       {k: a for k, a in arrays.items() if a is not None}, float(c), int(opt_t))
+    state = None if arrays is None else TrainState(  # a projected run keeps no W to resume from
+        rep, start_step + int(steps_done), seed, {k: a for k, a in arrays.items() if a is not None}, float(c),
+        int(opt_t))
     records = {name: arr[:n_rec] for name, arr in rec.items() if name != "steps" and arr is not None}
     return Run(memory, task, start_step + rec_steps[:n_rec], records, W, "ok" if status == 0 else "diverged",
-               int(steps_done), be.name, optimizer, rep, reason, dual_state, state)
+               int(steps_done), be.name, optimizer, rep, reason, dual_state, state, V)
 
 
 def _train_with_callback(memory, task, optimizer, steps, batch_size, seed, tokens, record, backend, chunk,
