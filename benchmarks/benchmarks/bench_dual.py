@@ -29,3 +29,25 @@ class DualVsPrimal:
         return self.steps / median_seconds(self.run, 3)
 
     track_steps_per_second.unit = "steps/s"
+
+
+class ProjectedVsPrimal:
+    """Adam with betas (0, 0), the grid's other optimizer: V = W U^T against W."""
+
+    params = ([100, 1000], [16, 1024], ["primal", "projected"], BACKENDS)
+    param_names = ["d", "batch_size", "representation", "backend"]
+    timeout = 300
+
+    def setup(self, d, batch_size, representation, backend):
+        require(backend)
+        if backend == "numpy":
+            raise NotImplementedError("too slow to time here")
+        E, U = fm.embeddings.gaussian(100, 5, d, seed=0)
+        self.mem, self.task = fm.AssociativeMemory(E, U), fm.Task.zipf(100, 5, 2.0)
+        self.opt = fm.Adam(lr=1.0 / d, betas=(0.0, 0.0))
+        self.steps = 102400 // batch_size // (10 if d == 1000 else 1)
+        self.args = dict(batch_size=batch_size, seed=42, record=NO_RECORD, representation=representation,
+                         backend=backend)
+
+    def time_adam00_run(self, d, batch_size, representation, backend):
+        fm.train(self.mem, self.task, self.opt, self.steps, **self.args)
