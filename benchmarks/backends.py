@@ -9,19 +9,12 @@ import time
 import numpy as np
 
 import fastmem as fm
-
-NO_RECORD = fm.Record(steps=[], metrics=())
+from benchmarks.common import NO_RECORD, median_seconds  # the asv suite's package, beside this script
 
 
 def _median(f, repeats):
-    f()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t)
-        time.sleep(0.3)
-    return float(np.median(times))
+    time.sleep(0.3)  # the other backend's threads park
+    return median_seconds(f, repeats)
 
 
 def workloads():

@@ -434,6 +434,19 @@ def _residual(Z, y, toks, w):
 
 
 @njit(cache=True)
+def _store_scores(r, loss, margins, p, rl, ra, rm, flags):
+    """Record r of a run kept in score space: loss, accuracy, margins; True if the loss is not finite."""
+    acc = 0.0
+    for x in range(len(margins)):
+        if margins[x] > 0:
+            acc += p[x]
+    rl[r], ra[r] = loss, acc
+    if flags[2]:
+        rm[r] = margins
+    return not np.isfinite(loss)
+
+
+@njit(cache=True)
 def _readout_residual(Q, U, y, toks, w, chunk):
     """The LayerNorm model's residual on read-outs Q (N x d): loss, margins, dL/dQ rows."""
     Qb = np.ascontiguousarray(Q[toks])
@@ -479,14 +492,7 @@ def _train_dual(E, U, W0, p, y, cdf, given, lr0, mom, wd, sched, ssteps, gamma, 
         while r < len(rec_steps) and rec_steps[r] == t:
             if flags[0] or flags[1] or flags[2]:
                 loss, margins, _ = _dual_residual(readout, Z, U, y, np.arange(N), pw, chunk)
-                acc = 0.0
-                for x in range(N):
-                    if margins[x] > 0:
-                        acc += p[x]
-                rl[r], ra[r] = loss, acc
-                if flags[2]:
-                    rm[r] = margins
-                if not np.isfinite(loss):
+                if _store_scores(r, loss, margins, p, rl, ra, rm, flags):
                     status = 1
             if flags[3] or flags[4]:
                 W = (c * W0 - E.T @ (A if readout else A @ U)).astype(E.dtype)
@@ -589,14 +595,7 @@ def _train_projected(E, U, V, p, y, cdf, given, sign, lr0, wd, eps, sched, sstep
         while r < len(rec_steps) and rec_steps[r] == t:
             if flags[0] or flags[1] or flags[2]:
                 loss, margins, _ = _residual(E @ V, y, np.arange(N), pw)
-                acc = 0.0
-                for x in range(N):
-                    if margins[x] > 0:
-                        acc += p[x]
-                rl[r], ra[r] = loss, acc
-                if flags[2]:
-                    rm[r] = margins
-                if not np.isfinite(loss):
+                if _store_scores(r, loss, margins, p, rl, ra, rm, flags):
                     status = 1
             r += 1
         done = t
