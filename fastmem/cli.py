@@ -111,7 +111,7 @@ def _cmd_sweep(a):
         spec = tomllib.load(f)
     grids = spec["grid"] if isinstance(spec.get("grid"), list) else [spec.get("grid", spec)]
     total = sum(len(expand(g)) for g in grids)  # validates every grid before any run
-    df = sweep(grids, a.out, workers=a.workers, quiet=a.quiet, chunk_size=a.chunk_size)
+    df = sweep(grids, a.out, workers=a.workers, quiet=a.quiet, chunk_size=a.chunk_size, trajectory=a.trajectory)
     counts = df["status"].value_counts().to_dict()
     print(f"fastmem sweep: {len(df)} of {total} runs on disk in {a.out} {counts}")
     return 0
@@ -144,6 +144,8 @@ def main(argv=None):
     sp.add_argument("--workers", type=int, default=None, help="processes (default: CPU count)")
     sp.add_argument("--chunk-size", type=int, default=16, help="runs per task and per file")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.add_argument("--trajectory", type=int, default=0, metavar="K",
+                    help="also record each run's loss and error at ~K log-spaced steps (Parquet under OUT/trajectories)")
     sub.add_parser("info", help="version, backends built, threads, compiler flags")
     a = parser.parse_args(argv)
     try:

@@ -3,6 +3,13 @@
 Each chunk of finished runs is written atomically to ``OUT/runs/chunk-*.parquet``;
 running the same sweep again skips what is on disk, so a killed sweep loses only the
 runs in flight. ``load_sweep(OUT)`` reads them back as one pandas DataFrame.
+
+With ``trajectory=K`` every run also records its loss and error at about K log-spaced steps,
+written before the chunk's runs file to ``OUT/trajectories/chunk-*.parquet`` in long format
+(run_id, point, step, loss, error). Parquet rather than Zarr or NetCDF: one atomic file per
+chunk like the runs (appending to one store is not atomic), the same reader, no further
+dependency; pandas reads it as it is and ``load_sweep(OUT, trajectories=True)`` turns it
+into an xarray Dataset over (run_id, point) with the grid's keys as coordinates.
 """
 
 import concurrent.futures as cf
@@ -78,11 +85,12 @@ def run_id(config):
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-def run_one(config, backend=None):
+def run_one(config, backend=None, trajectory=0):
     """One run of the scaling-law grid (EXPERIMENTS.md): Normal(0, 1/d) inits, training tokens
     drawn once and consumed in consecutive batches (ntrain / batch_size steps), Adam with betas
     (0, 0) at lr / d for W and lr / sqrt(d) for E and U; error = sum of p(x) over tokens whose
-    argmax score is wrong. Returns the result row (a dict)."""
+    argmax score is wrong. Returns the result row (a dict) and, with ``trajectory`` K > 0,
+    the run's (step, loss, error) at about K log-spaced steps (else None)."""
     import fastmem as fm
     from .models import train_model
 
@@ -93,7 +101,7 @@ def run_one(config, backend=None):
     W = (np.random.default_rng([c["seed"], 1]).standard_normal((c["d"], c["d"])) / np.sqrt(c["d"])).astype(E.dtype)
     steps = c["ntrain"] // c["batch_size"]
     adam = c["optimizer"] == "adam"
-    rec = fm.Record(steps="last", metrics=("loss", "accuracy"))
+    rec = fm.Record(steps="log" if trajectory else "last", metrics=("loss", "accuracy"), num=max(trajectory, 1))
     if c["model"] == "matrix":
         opt = fm.Adam(lr=c["lr"] / c["d"], betas=(0.0, 0.0)) if adam else fm.SGD(lr=c["lr"])
         # Adam(0, 0) without LayerNorm: train W U^T (d x M), not W (the grid needs no W)
@@ -108,9 +116,11 @@ def run_one(config, backend=None):
                           layernorm=c["layernorm"], lr_scale=scale, record=rec, backend=backend)
         rep = "primal"
     done = len(run.loss) > 0
-    return {**c, "run_id": run_id(c), "status": run.status, "error": float(1 - run.accuracy[-1]) if done else np.nan,
-            "loss": float(run.loss[-1]) if done else np.nan, "steps": int(run.steps_done),
-            "seconds": time.perf_counter() - t0, "representation": rep, "message": ""}
+    row = {**c, "run_id": run_id(c), "status": run.status, "error": float(1 - run.accuracy[-1]) if done else np.nan,
+           "loss": float(run.loss[-1]) if done else np.nan, "steps": int(run.steps_done),
+           "seconds": time.perf_counter() - t0, "representation": rep, "message": ""}
+    traj = {"step": run.steps, "loss": run.loss, "error": 1 - run.accuracy} if trajectory else None
+    return row, traj
 
 
 @contextlib.contextmanager
@@ -131,44 +141,70 @@ def _single_threaded():
         _core.set_num_threads(before)
 
 
-def run_chunk(configs, out, backend=None):
+def run_chunk(configs, out, backend=None, trajectory=0):
     """Run the configurations one after the other, single-threaded, retrying a failing run
-    once, then write them all atomically."""
-    rows = []
+    once, then write them all atomically (trajectories first: a runs file marks a chunk done)."""
+    rows, trajs = [], []
     with _single_threaded():
         for c in configs:
             for attempt in (1, 2):
                 try:
-                    rows.append(run_one(c, backend))
+                    row, traj = run_one(c, backend, trajectory)
+                    rows.append(row)
+                    if traj is not None:
+                        trajs.append((row["run_id"], traj))
                     break
                 except Exception:  # noqa: BLE001 - a failed run is recorded, the sweep goes on
                     if attempt == 2:
                         rows.append({**c, "run_id": run_id(c), "status": "failed", "error": np.nan, "loss": np.nan,
                                      "steps": 0, "seconds": 0.0, "representation": "",
                                      "message": traceback.format_exc(limit=3)})
-    _write_atomic(rows, Path(out))
+    name = "chunk-" + hashlib.sha1("".join(r["run_id"] for r in rows).encode()).hexdigest()[:16]
+    if trajs:
+        _write_atomic(_trajectory_frame(trajs), Path(out) / "trajectories", name)
+    _write_atomic(_frame(rows), Path(out) / "runs", name)
     return [r["run_id"] for r in rows]
 
 
-def _write_atomic(rows, out):
+def _frame(rows):
     import pandas as pd
 
-    runs = out / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
-    name = "chunk-" + hashlib.sha1("".join(r["run_id"] for r in rows).encode()).hexdigest()[:16]
-    tmp = runs / f".{name}.{os.getpid()}.tmp"
-    pd.DataFrame(rows, columns=COLUMNS).to_parquet(tmp, index=False)
-    os.replace(tmp, runs / f"{name}.parquet")  # atomic: a reader sees the whole chunk or nothing
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def load_sweep(out):
-    """All finished runs under ``out`` as a pandas DataFrame (one row per run)."""
+def _trajectory_frame(trajs):
+    import pandas as pd
+
+    return pd.concat([pd.DataFrame({"run_id": rid, "point": np.arange(len(t["step"])), **t}) for rid, t in trajs],
+                     ignore_index=True)
+
+
+def _write_atomic(df, folder, name):
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.{os.getpid()}.tmp"
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, folder / f"{name}.parquet")  # atomic: a reader sees the whole chunk or nothing
+
+
+def load_sweep(out, trajectories=False):
+    """All finished runs under ``out`` as a pandas DataFrame (one row per run); with
+    ``trajectories``, also an xarray Dataset of the recorded trajectories: variables step, loss,
+    error over (run_id, point), NaN past a run's last point, the grid's keys as coordinates."""
     import pandas as pd
 
     files = sorted((Path(out) / "runs").glob("chunk-*.parquet"))
-    if not files:
-        return pd.DataFrame(columns=COLUMNS)
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    runs = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame(columns=COLUMNS)
+    if not trajectories:
+        return runs
+    import xarray as xr
+
+    done = [Path(out) / "trajectories" / f.name for f in files]
+    parts = [pd.read_parquet(f) for f in done if f.exists()]
+    if not parts:
+        return runs, xr.Dataset()
+    ds = pd.concat(parts, ignore_index=True).set_index(["run_id", "point"]).to_xarray()
+    keys = runs.set_index("run_id").loc[ds["run_id"].values]
+    return runs, ds.assign_coords({k: ("run_id", keys[k].to_numpy()) for k in KEYS})
 
 
 def _chunks(configs, size):
@@ -181,7 +217,7 @@ def _chunks(configs, size):
             yield group[i:i + size]
 
 
-def sweep(grid_or_configs, out, executor=None, workers=None, chunk_size=16, quiet=False, backend=None):
+def sweep(grid_or_configs, out, executor=None, workers=None, chunk_size=16, quiet=False, backend=None, trajectory=0):
     """Run every configuration of a grid (dict) or list of configurations not already on disk
     under ``out``; return ``load_sweep(out)``.
 
@@ -189,6 +225,8 @@ def sweep(grid_or_configs, out, executor=None, workers=None, chunk_size=16, quie
         for a Dask cluster); default a local process pool of ``workers`` (default: CPU count)
     chunk_size : runs per task and per file (what a kill can lose)
     backend : the backend every run uses (default: the workers' own choice, see fm.backends)
+    trajectory : K > 0 also records each run's loss and error at about K log-spaced steps
+        (``load_sweep(out, trajectories=True)``); runs already on disk keep what they recorded
     """
     configs = expand(grid_or_configs) if isinstance(grid_or_configs, dict) else \
         [c for g in grid_or_configs for c in expand(g)]
@@ -196,6 +234,7 @@ def sweep(grid_or_configs, out, executor=None, workers=None, chunk_size=16, quie
     done = set(load_sweep(out)["run_id"])
     todo = [c for c in configs if run_id(c) not in done]
     chunk_size = v.positive_int("chunk_size", chunk_size)
+    trajectory = v.positive_int("trajectory", trajectory, allow_zero=True)
     own = executor is None
     if own:
         workers = os.cpu_count() if workers is None else v.positive_int("workers", workers)
@@ -206,7 +245,7 @@ def sweep(grid_or_configs, out, executor=None, workers=None, chunk_size=16, quie
     bar = tqdm(total=len(configs), initial=len(configs) - len(todo), unit="run", desc="sweep",
                disable=quiet or not sys.stderr.isatty())
     try:
-        futures = [executor.submit(run_chunk, chunk, str(out), backend) for chunk in _chunks(todo, chunk_size)]
+        futures = [executor.submit(run_chunk, chunk, str(out), backend, trajectory) for chunk in _chunks(todo, chunk_size)]
         for f in cf.as_completed(futures):
             bar.update(len(f.result()))
     finally:

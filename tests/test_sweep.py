@@ -53,6 +53,33 @@ def test_sweep_equals_separate_runs(tmp_path):
     assert sum(len(pd.read_parquet(f)) for f in files) == 64
 
 
+def test_trajectories_are_written_and_read_as_xarray(tmp_path):
+    grid = {**SMALL, "model": ["matrix", "learnable"], "d": 4, "seed": [1, 2], "layernorm": False,
+            "batch_size": [4, 16], "optimizer": ["sgd", "adam"]}
+    fm.sweep(grid, tmp_path, workers=1, chunk_size=3, quiet=True, trajectory=6)
+    runs, ds = fm.load_sweep(tmp_path, trajectories=True)
+    assert set(ds.dims) == {"run_id", "point"} and ds.sizes["run_id"] == len(runs) == 16
+    assert {"d", "lr", "model", "seed"} <= set(ds.coords)
+    for rid in runs["run_id"][::5]:
+        row = runs.set_index("run_id").loc[rid]
+        c = {k: row[k] for k in sw.KEYS}
+        c = {k: (val.item() if hasattr(val, "item") else val) for k, val in c.items()}
+        _, traj = sw.run_one(c, trajectory=6)  # the same run, recorded again
+        got = ds.sel(run_id=rid)
+        n = len(traj["step"])
+        np.testing.assert_array_equal(got["step"].values[:n], traj["step"])
+        np.testing.assert_allclose(got["loss"].values[:n], traj["loss"], rtol=1e-6)
+        np.testing.assert_allclose(got["error"].values[:n], traj["error"], atol=1e-7)
+        assert np.isnan(got["loss"].values[n:]).all()  # padding past the run's last point
+        # the last point is the run's result
+        assert got["error"].values[n - 1] == pytest.approx(row["error"], abs=1e-7)
+    # pandas reads the trajectory files without fastmem
+    import pandas as pd
+
+    long = pd.concat([pd.read_parquet(f) for f in (tmp_path / "trajectories").glob("*.parquet")])
+    assert list(long.columns) == ["run_id", "point", "step", "loss", "error"] and long["run_id"].nunique() == 16
+
+
 def test_kill_and_resume(tmp_path):
     grid = tmp_path / "grid.toml"
     grid.write_text('[grid]\nN = 50\nd = [16, 32, 64]\nseed = [1, 2, 3, 4, 5, 6]\nlr = [1.0, 10.0]\n'
@@ -109,11 +136,11 @@ def test_diverged_and_failed_runs_are_recorded(tmp_path, monkeypatch):
     calls = []
     real = sw.run_one
 
-    def flaky(c, backend=None):
+    def flaky(c, backend=None, trajectory=0):
         calls.append(c["lr"])
         if c["lr"] == 1.0:
             raise RuntimeError("worker crashed")
-        return real(c, backend)
+        return real(c, backend, trajectory)
     monkeypatch.setattr(sw, "run_one", flaky)
     with cf.ThreadPoolExecutor(1) as ex:  # in-process, so that the patch applies
         df = fm.sweep(grid, tmp_path, executor=ex, quiet=True).set_index("lr")
@@ -136,9 +163,10 @@ def test_cli_sweep(tmp_path):
     grid = tmp_path / "g.toml"
     grid.write_text('[grid]\nN = 10\nM = 2\nd = [4]\nseed = [1, 2]\nlr = [1.0]\nbatch_size = [4]\nntrain = [16]\n')
     r = subprocess.run([sys.executable, "-m", "fastmem", "sweep", str(grid), "--out", str(tmp_path / "o"),
-                        "--workers", "1", "--quiet"], capture_output=True, text=True, timeout=120)
+                        "--workers", "1", "--quiet", "--trajectory", "3"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "2 of 2 runs on disk" in r.stdout
+    assert fm.load_sweep(tmp_path / "o", trajectories=True)[1].sizes["run_id"] == 2
     bad = tmp_path / "bad.toml"
     bad.write_text('[grid]\nd = [0]\nseed = 1\nlr = 1.0\nbatch_size = 4\nntrain = 16\n')
     r = subprocess.run([sys.executable, "-m", "fastmem", "sweep", str(bad), "--out", str(tmp_path / "o2")],
@@ -191,7 +219,7 @@ def test_grid_cells_agree_with_pytorch_over_10_seeds(model, optimizer):
     ours, theirs = [], []
     for seed in range(42, 52):
         c = {**cell, "seed": seed}
-        ours.append(sw.run_one(c)["error"])
+        ours.append(sw.run_one(c)[0]["error"])
         task = fm.Task.zipf(100, 5, 2.0)
         E, U = fm.embeddings.gaussian(100, 5, 20, seed=seed, dtype=np.float64)
         W = np.random.default_rng([seed, 1]).standard_normal((20, 20)) / np.sqrt(20)
