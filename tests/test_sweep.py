@@ -85,7 +85,7 @@ def test_kill_and_resume(tmp_path):
     grid.write_text('[grid]\nN = 50\nd = [16, 32, 64]\nseed = [1, 2, 3, 4, 5, 6]\nlr = [1.0, 10.0]\n'
                     'batch_size = [4]\nntrain = [4096]\noptimizer = ["adam"]\nlayernorm = [false, true]\n')
     cmd = [sys.executable, "-m", "fastmem", "sweep", str(grid), "--out", str(tmp_path / "out"), "--workers", "1",
-           "--chunk-size", "3", "--quiet"]
+           "--chunk-size", "3", "--quiet", "--trajectory", "4"]
     proc = subprocess.Popen(cmd, start_new_session=True)
     runs = tmp_path / "out" / "runs"
     deadline = time.time() + 60
@@ -101,6 +101,8 @@ def test_kill_and_resume(tmp_path):
     after = after.set_index("run_id")
     for col in ("error", "loss", "status"):
         assert (after.loc[before.index, col] == before[col]).all()  # finished results unchanged
+    _, ds = fm.load_sweep(tmp_path / "out", trajectories=True)  # one trajectory per finished run
+    assert sorted(ds["run_id"].values) == sorted(after.index)
 
 
 def test_dask_cluster_equals_local(tmp_path):
