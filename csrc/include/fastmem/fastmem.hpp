@@ -8,6 +8,7 @@
 #include "kernels/forward_backward.hpp"
 #include "kernels/layernorm.hpp"
 #include "kernels/metrics.hpp"
+#include "kernels/normalized_rank_update.hpp"
 #include "kernels/sgd_rank_update.hpp"
 #include "kernels/softmax_xent_grad.hpp"
 #include "optim.hpp"

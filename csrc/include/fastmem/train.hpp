@@ -151,11 +151,18 @@ TrainResult train(const Problem<T>& prob, MatrixView<T> W, const double* cdf, co
   const index_t N = prob.N(), d = prob.d();
   FASTMEM_CHECK_ARG(W.rows == d && W.cols == d, "W must be d x d");
   const bool plain_sgd = opt.is_plain_sgd();
-  const bool normalized = opt.kind == OptimizerKind::Adam && opt.beta1 == 0.0 && opt.beta2 == 0.0;
+  const bool sign = opt.kind == OptimizerKind::Sign;
+  const bool adam00 = opt.kind == OptimizerKind::Adam && opt.beta1 == 0.0 && opt.beta2 == 0.0;
+  // Stateless elementwise updates of a dense E: one pass over W per step that also reads
+  // the next batch's rows (normalized_rank_update), no d x d gradient buffer.
+  const bool normalized = (adam00 || sign) && !prob.emb.onehot();
   PassWorkspace<T> pass, metrics_ws;
   HvpWorkspace<T> hvp_ws;
   BatchSource<T> batches(N, tp.batch_size, prob.p, cdf, given_tokens, tp.seed);
-  const bool fused_update = plain_sgd || (normalized && !prob.emb.onehot());  // no d x d gradient buffer
+  const bool fused_update = plain_sgd || normalized;
+  std::vector<T> ebt, ent, q_next, w_next;
+  std::vector<std::int64_t> tokens_next;
+  bool read_ahead = false;  // pass.q holds this step's read-outs, taken by the last update
   std::vector<T> grad_buf(fused_update ? 0 : std::size_t(d * d));
   MatrixView<T> grad(grad_buf.data(), fused_update ? 0 : d, fused_update ? 0 : d);
 
@@ -175,16 +182,38 @@ TrainResult train(const Problem<T>& prob, MatrixView<T> W, const double* cdf, co
     const index_t gt = tp.start_step + t;
     const double lr = lr_at(opt, gt);
     const std::int64_t* tokens;
-    const index_t rows = batches.next(t, gt, tokens, pass.w);
-    const double loss = forward_backward(prob, MatrixView<const T>(W), tokens, rows, pass);
+    index_t rows;
+    if (read_ahead) {
+      tokens = tokens_next.data();
+      rows = index_t(tokens_next.size());
+      pass.w.swap(w_next);
+      pass.q.swap(q_next);
+    } else {
+      rows = batches.next(t, gt, tokens, pass.w);
+    }
+    const double loss = forward_backward(prob, MatrixView<const T>(W), tokens, rows, pass, nullptr, read_ahead);
+    read_ahead = false;
     if (!std::isfinite(loss)) return false;
     MatrixView<const T> H(pass.h.data(), rows, d);
     if (plain_sgd) {
       embed_write(prob.emb, tokens, pass.Eb, H, static_cast<T>(-lr), W);
-    } else if (normalized && !prob.emb.onehot()) {
+    } else if (normalized) {
       state.t += 1;
-      normalized_rank_update(W, pass.Eb, H, static_cast<T>(lr), static_cast<T>(opt.eps),
-                             static_cast<T>(1.0 - lr * opt.weight_decay));
+      const MatrixView<const T> EbT = gather_columns(prob.emb.E, tokens, rows, ebt);
+      MatrixView<const T> EnT;
+      MatrixView<T> Qn;
+      if (t + 1 < tp.steps) {  // tokens point into the batch source: gathered above, before next()
+        const std::int64_t* tn;
+        const index_t rn = batches.next(t + 1, gt + 1, tn, w_next);
+        tokens_next.resize(std::size_t(rn));
+        for (index_t r = 0; r < rn; ++r) tokens_next[r] = token_at(tn, r);
+        EnT = gather_columns(prob.emb.E, tokens_next.data(), rn, ent);
+        q_next.resize(std::size_t(rn * d));
+        Qn = MatrixView<T>(q_next.data(), rn, d);
+        read_ahead = true;
+      }
+      normalized_rank_update(W, EbT, H, static_cast<T>(lr), static_cast<T>(opt.eps),
+                             static_cast<T>(1.0 - lr * opt.weight_decay), sign, EnT, Qn);
     } else {
       for (index_t i = 0; i < d; ++i) std::fill(grad.row(i), grad.row(i) + d, T(0));
       embed_write(prob.emb, tokens, pass.Eb, H, T(1), grad);

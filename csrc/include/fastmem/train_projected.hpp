@@ -10,71 +10,84 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/normalized_rank_update.hpp"
+#include "simd.hpp"
 #include "train.hpp"
 
 namespace fastmem {
 
-// g / (|g| + eps), or sign(g): the stateless elementwise updates.
-template <class T>
-inline T normalized_update(T g, T eps, bool sign) {
-  return sign ? static_cast<T>((g > T(0)) - (g < T(0))) : g / (std::fabs(g) + eps);
-}
-
-// Rows [i0, i1) of V (d x M) <- decay V - lr S U^T with S = s(A U), S never stored: lanes of
-// kLanes columns j accumulate s_j u_j per output so that the compiler vectorises over j.
-// MM = M known at compile time for the small M of real runs (0: runtime M).
-template <class T, int MM>
-void projected_rows(MatrixView<T> V, MatrixView<const T> A, MatrixView<const T> U, T lr, T eps, T decay, bool sign,
+// Rows [i0, i1) of V (d x M) <- decay V - lr S U^T with S = s(A U), S never stored: one
+// vector of columns j at a time, s_j = s(a_i . u_j) then acc_m += s_j u_j, so that each
+// entry costs 2 M multiply-adds and a reciprocal, with a_i, acc and the u_j in registers;
+// two rows at a time share the loads of U. Padding columns of U are zero: s(0) = 0.
+template <class T, int M, bool Sign>
+void projected_rows(MatrixView<T> V, MatrixView<const T> A, const simd::PaddedRows<T>& U, T lr, T eps, T decay,
                     index_t i0, index_t i1) {
-  constexpr index_t kLanes = 8;
-  const index_t d = U.cols, M = MM > 0 ? MM : U.rows;
-  std::vector<T> acc_buf(std::size_t(M * kLanes));
-  T* acc = acc_buf.data();
-  for (index_t i = i0; i < i1; ++i) {
-    const T* a = A.row(i);
-    std::fill(acc, acc + M * kLanes, T(0));
-    index_t j0 = 0;
-    for (; j0 + kLanes <= d; j0 += kLanes) {
-      T s[kLanes] = {};
-      for (index_t m = 0; m < M; ++m) {
-        const T am = a[m];
-        const T* u = U.row(m) + j0;
-        for (index_t l = 0; l < kLanes; ++l) s[l] += am * u[l];
-      }
-      for (index_t l = 0; l < kLanes; ++l) s[l] = normalized_update(s[l], eps, sign);
-      for (index_t m = 0; m < M; ++m) {
-        const T* u = U.row(m) + j0;
-        T* am = acc + m * kLanes;
-        for (index_t l = 0; l < kLanes; ++l) am[l] += s[l] * u[l];
+  using vt = simd::vec<T>;
+  constexpr int R = 2;
+  for (index_t i = i0; i < i1; i += R) {
+    const int rows = int(std::min<index_t>(R, i1 - i));
+    vt a[R][M], acc[R][M] = {};
+    for (int r = 0; r < R; ++r)
+      for (int m = 0; m < M; ++m) a[r][m] = simd::splat(r < rows ? A(i + r, m) : T(0));
+    for (index_t j = 0; j < U.vecs; ++j) {
+      vt u[M];
+      for (int m = 0; m < M; ++m) u[m] = U.row(m)[j];
+      for (int r = 0; r < R; ++r) {
+        vt g = a[r][0] * u[0];
+        for (int m = 1; m < M; ++m) g += a[r][m] * u[m];
+        const vt s = simd::normalized<Sign>(g, eps);
+        for (int m = 0; m < M; ++m) acc[r][m] += s * u[m];
       }
     }
-    for (; j0 < d; ++j0) {
-      T g = T(0);
-      for (index_t m = 0; m < M; ++m) g += a[m] * U(m, j0);
-      const T s = normalized_update(g, eps, sign);
-      for (index_t m = 0; m < M; ++m) acc[m * kLanes] += s * U(m, j0);
-    }
-    T* v = V.row(i);
-    for (index_t m = 0; m < M; ++m) {
-      T sum = T(0);
-      for (index_t l = 0; l < kLanes; ++l) sum += acc[m * kLanes + l];
-      v[m] = decay * v[m] - lr * sum;
+    for (int r = 0; r < rows; ++r) {
+      T* v = V.row(i + r);
+      for (int m = 0; m < M; ++m) v[m] = decay * v[m] - lr * simd::sum<T>(acc[r][m]);
     }
   }
 }
 
+// Any M: column by column.
 template <class T>
-void projected_update(MatrixView<T> V, MatrixView<const T> A, MatrixView<const T> U, T lr, T eps, T decay,
-                      bool sign) {
+void projected_rows_any(MatrixView<T> V, MatrixView<const T> A, MatrixView<const T> U, T lr, T eps, T decay,
+                        bool sign, index_t i0, index_t i1) {
+  const index_t d = U.cols, M = U.rows;
+  std::vector<T> total(static_cast<std::size_t>(M));
+  for (index_t i = i0; i < i1; ++i) {
+    std::fill(total.begin(), total.end(), T(0));
+    for (index_t j = 0; j < d; ++j) {
+      T g = T(0);
+      for (index_t m = 0; m < M; ++m) g += A(i, m) * U(m, j);
+      const T s = normalized_update(g, eps, sign);
+      for (index_t m = 0; m < M; ++m) total[m] += s * U(m, j);
+    }
+    for (index_t m = 0; m < M; ++m) V(i, m) = decay * V(i, m) - lr * total[m];
+  }
+}
+
+template <class T, int M>
+void projected_rows_fixed(MatrixView<T> V, MatrixView<const T> A, const simd::PaddedRows<T>& U, T lr, T eps,
+                          T decay, bool sign, index_t i0, index_t i1) {
+  if (sign)
+    projected_rows<T, M, true>(V, A, U, lr, eps, decay, i0, i1);
+  else
+    projected_rows<T, M, false>(V, A, U, lr, eps, decay, i0, i1);
+}
+
+// U_padded: simd::PaddedRows of U, made once per run.
+template <class T>
+void projected_update(MatrixView<T> V, MatrixView<const T> A, MatrixView<const T> U,
+                      const simd::PaddedRows<T>& U_padded, T lr, T eps, T decay, bool sign) {
   const index_t d = V.rows, M = V.cols;
   parallel_blocks(d, threads_for(d, d * (2 * M + 1)), [&](int, index_t i0, index_t i1) {
-    switch (M) {
-      case 2: return projected_rows<T, 2>(V, A, U, lr, eps, decay, sign, i0, i1);
-      case 3: return projected_rows<T, 3>(V, A, U, lr, eps, decay, sign, i0, i1);
-      case 4: return projected_rows<T, 4>(V, A, U, lr, eps, decay, sign, i0, i1);
-      case 5: return projected_rows<T, 5>(V, A, U, lr, eps, decay, sign, i0, i1);
-      case 8: return projected_rows<T, 8>(V, A, U, lr, eps, decay, sign, i0, i1);
-      default: return projected_rows<T, 0>(V, A, U, lr, eps, decay, sign, i0, i1);
+    switch (M) {  // the small M of real runs in registers
+      case 2: return projected_rows_fixed<T, 2>(V, A, U_padded, lr, eps, decay, sign, i0, i1);
+      case 3: return projected_rows_fixed<T, 3>(V, A, U_padded, lr, eps, decay, sign, i0, i1);
+      case 4: return projected_rows_fixed<T, 4>(V, A, U_padded, lr, eps, decay, sign, i0, i1);
+      case 5: return projected_rows_fixed<T, 5>(V, A, U_padded, lr, eps, decay, sign, i0, i1);
+      case 6: return projected_rows_fixed<T, 6>(V, A, U_padded, lr, eps, decay, sign, i0, i1);
+      case 8: return projected_rows_fixed<T, 8>(V, A, U_padded, lr, eps, decay, sign, i0, i1);
+      default: return projected_rows_any<T>(V, A, U, lr, eps, decay, sign, i0, i1);
     }
   });
 }
@@ -98,6 +111,7 @@ TrainResult train_projected(const Problem<T>& prob, MatrixView<T> V, const doubl
   std::vector<std::int64_t> yb;
   for (index_t x = 0; x < N; ++x) p_weights.push_back(static_cast<T>(prob.p[x]));
   MatrixView<T> A(a.data(), d, M);
+  const simd::PaddedRows<T> U_padded(prob.U);
 
   // Scores of the rows (null: all N) into z, then their loss, margins and residual rows.
   auto residual = [&](const std::int64_t* tokens, index_t rows, const T* w, bool grad, T* margins) {
@@ -146,7 +160,7 @@ TrainResult train_projected(const Problem<T>& prob, MatrixView<T> V, const doubl
       for (index_t i = 0; i < d; ++i)
         for (index_t m = 0; m < M; ++m) A(i, m) += e[i] * delta[m];
     }
-    projected_update(V, MatrixView<const T>(A), prob.U, static_cast<T>(lr), static_cast<T>(opt.eps),
+    projected_update(V, MatrixView<const T>(A), prob.U, U_padded, static_cast<T>(lr), static_cast<T>(opt.eps),
                      static_cast<T>(1.0 - lr * opt.weight_decay), !adam00);
     return true;
   };

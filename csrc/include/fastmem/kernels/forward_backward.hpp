@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "layernorm.hpp"
+#include "normalized_rank_update.hpp"
 #include "sgd_rank_update.hpp"
 #include "softmax_xent_grad.hpp"
 
@@ -44,15 +45,18 @@ struct PassWorkspace {
 
 // tokens: b token ids, or null for all N tokens in order; ws.w must hold the b
 // row weights; targets: b per-row targets, or null for the task's y(x).
-// Returns sum_i w_i l_i; ws.lse/zy/zother/H hold the per-row results.
+// Returns sum_i w_i l_i; ws.lse/zy/zother/H hold the per-row results. read_done: ws.q
+// already holds the read-outs E[tokens] W (normalized_rank_update took them), ws.Eb is not set.
 template <class T>
 double forward_backward(const Problem<T>& prob, MatrixView<const T> W, const std::int64_t* tokens, index_t b,
-                        PassWorkspace<T>& ws, const std::int64_t* targets = nullptr) {
+                        PassWorkspace<T>& ws, const std::int64_t* targets = nullptr, bool read_done = false) {
   const index_t d = prob.d();
   ws.resize(b, d);
-  ws.Eb = prob.emb.onehot() ? MatrixView<const T>() : gather_rows(prob.emb, tokens, b, ws.eb);
   MatrixView<T> Q = ws.Q(b, d), H = ws.H(b, d);
-  embed_read(prob.emb, tokens, ws.Eb, W, Q);
+  if (!read_done) {
+    ws.Eb = prob.emb.onehot() ? MatrixView<const T>() : gather_rows(prob.emb, tokens, b, ws.eb);
+    embed_read(prob.emb, tokens, ws.Eb, W, Q);
+  }
   if (prob.layernorm) layernorm_forward(Q, ws.r.data());
   for (index_t i = 0; i < b; ++i) ws.yb[i] = targets ? targets[i] : prob.y[token_at(tokens, i)];
   SoftmaxXentGradParams<T> sp{Q, prob.U, ws.yb.data(), ws.w.data(), H,

@@ -36,6 +36,20 @@ MatrixView<const T> gather_rows(const InputEmbedding<T>& emb, const std::int64_t
   return MatrixView<const T>(buffer.data(), b, d);
 }
 
+// E[tokens]^T (d x b; tokens == null: all N rows in order), the left factor's layout of
+// normalized_rank_update.
+template <class T>
+MatrixView<const T> gather_columns(MatrixView<const T> E, const std::int64_t* tokens, index_t b,
+                                   std::vector<T>& buffer) {
+  const index_t d = E.cols;
+  buffer.resize(std::size_t(b) * std::size_t(d));
+  for (index_t r = 0; r < b; ++r) {
+    const T* e = E.row(tokens ? tokens[r] : r);
+    for (index_t i = 0; i < d; ++i) buffer[i * b + r] = e[i];
+  }
+  return MatrixView<const T>(buffer.data(), d, b);
+}
+
 inline std::int64_t token_at(const std::int64_t* tokens, index_t i) { return tokens ? tokens[i] : i; }
 
 // Q = E[tokens] W. Eb is gather_rows() of the same tokens (ignored when one-hot).
@@ -60,29 +74,6 @@ void embed_read(const InputEmbedding<T>& emb, const std::int64_t* tokens, Matrix
 template <class T>
 void sgd_rank_update(MatrixView<T> W, MatrixView<const T> Eb, MatrixView<const T> H, T alpha) {
   blas::gemm<T>(true, false, alpha, Eb, H, T(1), W);
-}
-
-// The normalised update of Adam with betas (0, 0), W <- decay W - lr g / (|g| + eps) with
-// g = Eb^T H, a block of W's rows at a time: the d x d gradient is never stored, so W is
-// read and written once (the update is memory-bound at large d).
-template <class T>
-void normalized_rank_update(MatrixView<T> W, MatrixView<const T> Eb, MatrixView<const T> H, T lr, T eps, T decay) {
-  constexpr index_t kRows = 16;
-  const index_t d = W.rows, cols = W.cols;
-  const index_t blocks = (d + kRows - 1) / kRows;
-  parallel_blocks(blocks, threads_for(blocks, kRows * cols * Eb.rows), [&](int, index_t b0, index_t b1) {
-    std::vector<T> g(std::size_t(kRows * cols));
-    for (index_t blk = b0; blk < b1; ++blk) {
-      const index_t r0 = blk * kRows, n = std::min(kRows, d - r0);
-      MatrixView<T> G(g.data(), n, cols);
-      blas::gemm_serial<T>(true, false, T(1), MatrixView<const T>(Eb.ptr + r0, Eb.rows, n, Eb.stride), H, T(0), G);
-      for (index_t i = 0; i < n; ++i) {
-        T* w = W.row(r0 + i);
-        const T* gi = G.row(i);
-        for (index_t k = 0; k < cols; ++k) w[k] = decay * w[k] - lr * gi[k] / (std::fabs(gi[k]) + eps);
-      }
-    }
-  });
 }
 
 // W[c_x] += alpha * s_x * h_i for one-hot embeddings: only b rows are touched.

@@ -1,0 +1,112 @@
+// The update of Adam with betas (0, 0) (m = g, v = g^2: the elementwise g / (|g| + eps))
+// or of sign descent, for the dense rank-b gradient g = Eb^T H of a batch, fused with the
+// next step's read-out:
+//   W  <- decay W - lr s(EbT H)       (EbT = Eb^T: d x b, H: b x d)
+//   Qn  = En W                        (the next batch's rows, from W as written)
+// One pass over W per step. The d x d gradient is never stored, and the read-out that
+// would be a second pass over W (at d = 1000, W is 4 MB and streams from L3: the pass is
+// what a step costs) is taken while each tile of W is in registers. A tile is kRows rows
+// x kVecs vectors; G's tile is a small-inner-dimension GEMM accumulated in registers.
+// Threads split the columns: Qn's columns depend on W's same columns only.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "../parallel.hpp"
+#include "../simd.hpp"
+#include "../views.hpp"
+
+namespace fastmem {
+
+// g / (|g| + eps), or sign(g): the scalar twin of simd::normalized.
+template <class T>
+inline T normalized_update(T g, T eps, bool sign) {
+  return sign ? static_cast<T>((g > T(0)) - (g < T(0))) : g / (std::fabs(g) + eps);
+}
+
+namespace detail {
+
+// One tile: w (R rows, stride ldw) x NV vectors; ebt / ent: the R rows of EbT / EnT (row
+// strides lde, ldn); hs (b x NV L, stride ldh) and qs (bn x NV L, stride ldq): the same
+// columns of H and Qn.
+template <class T, int R, int NV, bool Sign>
+FASTMEM_ALWAYS_INLINE void normalized_tile(T* w, index_t ldw, const T* ebt, index_t lde, index_t b, const T* hs, index_t ldh,
+                            const T* ent, index_t ldn, index_t bn, T* qs, index_t ldq, T lr, T eps, T decay) {
+  using vt = simd::vec<T>;
+  constexpr index_t L = simd::lanes<T>;
+  vt g[R][NV] = {};
+  for (index_t r = 0; r < b; ++r) {
+    vt h[NV];
+    for (int v = 0; v < NV; ++v) h[v] = simd::load(hs + r * ldh + v * L);
+    for (int i = 0; i < R; ++i) {
+      const vt e = simd::splat(ebt[i * lde + r]);
+      for (int v = 0; v < NV; ++v) g[i][v] += e * h[v];
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int v = 0; v < NV; ++v) {
+      T* p = w + i * ldw + v * L;
+      g[i][v] = decay * simd::load(p) - lr * simd::normalized<Sign>(g[i][v], eps);  // g now holds W's tile
+      simd::store(p, g[i][v]);
+    }
+  for (index_t r = 0; r < bn; ++r)
+    for (int v = 0; v < NV; ++v) {
+      vt q = simd::load(qs + r * ldq + v * L);
+      for (int i = 0; i < R; ++i) q += simd::splat(ent[i * ldn + r]) * g[i][v];
+      simd::store(qs + r * ldq + v * L, q);
+    }
+}
+
+// Columns [c0, c1) (whole strips) of the update and read-out: W's rows in order, so that
+// W streams; H's and Qn's columns stay in cache (b d and bn d elements).
+template <class T, int NV, bool Sign>
+void normalized_columns(MatrixView<T> W, MatrixView<const T> EbT, MatrixView<const T> H, MatrixView<const T> EnT,
+                        MatrixView<T> Qn, index_t c0, index_t c1, T lr, T eps, T decay) {
+  constexpr int kRows = 4;
+  constexpr index_t S = NV * simd::lanes<T>;
+  const index_t d = W.rows, b = H.rows, bn = Qn.rows;
+  index_t i = 0;
+  for (; i + kRows <= d; i += kRows)
+    for (index_t c = c0; c < c1; c += S)
+      normalized_tile<T, kRows, NV, Sign>(W.row(i) + c, W.stride, EbT.row(i), EbT.stride, b, H.ptr + c, H.stride,
+                                          bn ? EnT.row(i) : nullptr, EnT.stride, bn, Qn.ptr + c, Qn.stride, lr, eps,
+                                          decay);
+  for (; i < d; ++i)
+    for (index_t c = c0; c < c1; c += S)
+      normalized_tile<T, 1, NV, Sign>(W.row(i) + c, W.stride, EbT.row(i), EbT.stride, b, H.ptr + c, H.stride,
+                                      bn ? EnT.row(i) : nullptr, EnT.stride, bn, Qn.ptr + c, Qn.stride, lr, eps,
+                                      decay);
+}
+
+}  // namespace detail
+
+// EnT (d x bn) and Qn (bn x d) may be empty: no read-out. sign: sign descent.
+template <class T>
+void normalized_rank_update(MatrixView<T> W, MatrixView<const T> EbT, MatrixView<const T> H, T lr, T eps, T decay,
+                            bool sign, MatrixView<const T> EnT, MatrixView<T> Qn) {
+  constexpr int kVecs = simd::kBytes == 64 ? 2 : 1;
+  constexpr index_t kStrip = kVecs * simd::lanes<T>;
+  const index_t d = W.rows, cols = W.cols, b = H.rows, bn = EnT.empty() ? 0 : EnT.cols;
+  const index_t strips = cols / kStrip, vec_cols = strips * kStrip;
+  for (index_t r = 0; r < bn; ++r) std::fill(Qn.row(r), Qn.row(r) + cols, T(0));
+  parallel_blocks(strips + 1, threads_for(strips + 1, d * kStrip * (b + bn + 4)), [&](int, index_t s0, index_t s1) {
+    const index_t c0 = s0 * kStrip, c1 = std::min(s1, strips) * kStrip;
+    if (c1 > c0) {
+      if (sign)
+        detail::normalized_columns<T, kVecs, true>(W, EbT, H, EnT, Qn, c0, c1, lr, eps, decay);
+      else
+        detail::normalized_columns<T, kVecs, false>(W, EbT, H, EnT, Qn, c0, c1, lr, eps, decay);
+    }
+    if (s1 == strips + 1)  // the last cols % kStrip columns, one at a time
+      for (index_t i = 0; i < d; ++i)
+        for (index_t j = vec_cols; j < cols; ++j) {
+          T g = T(0);
+          for (index_t r = 0; r < b; ++r) g += EbT(i, r) * H(r, j);
+          const T w = W(i, j) = decay * W(i, j) - lr * normalized_update(g, eps, sign);
+          for (index_t r = 0; r < bn; ++r) Qn(r, j) += EnT(i, r) * w;
+        }
+  });
+}
+
+}  // namespace fastmem

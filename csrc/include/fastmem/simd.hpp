@@ -1,0 +1,116 @@
+// Fixed-width vectors for the few loops whose register tiling the auto-vectoriser does
+// not find (the normalised updates): GCC/Clang vector extensions, as wide as the target
+// compiled for (AVX-512: 64 bytes, AVX: 32, else 16), lowered by the compiler elsewhere.
+#pragma once
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "views.hpp"
+
+#if defined(__AVX512F__) || defined(__AVX__)
+#include <immintrin.h>
+#endif
+
+// The register tiles are written as small functions that must be inlined to stay in registers.
+#if defined(__GNUC__)
+#define FASTMEM_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define FASTMEM_ALWAYS_INLINE inline
+#endif
+
+namespace fastmem::simd {
+
+#if defined(__AVX512F__)
+constexpr int kBytes = 64;
+#elif defined(__AVX__)
+constexpr int kBytes = 32;
+#else
+constexpr int kBytes = 16;
+#endif
+
+template <class T>
+struct VecOf {
+  typedef T type __attribute__((vector_size(kBytes)));
+};
+template <class T>
+using vec = typename VecOf<T>::type;
+template <class T>
+constexpr int lanes = kBytes / int(sizeof(T));
+
+template <class T>
+inline vec<T> load(const T* p) {
+  vec<T> v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <class T>
+inline void store(T* p, vec<T> v) {
+  std::memcpy(p, &v, sizeof v);
+}
+template <class T>
+inline vec<T> splat(T x) {
+  return x - vec<T>{};  // one broadcast: x - 0 is x (0 + x is not, for x = -0: an addition)
+}
+template <class T>
+inline T sum(vec<T> v) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4)
+    return _mm512_reduce_add_ps(reinterpret_cast<__m512>(v));
+  else
+    return _mm512_reduce_add_pd(reinterpret_cast<__m512d>(v));
+#else
+  T s = T(0);
+  for (int l = 0; l < lanes<T>; ++l) s += v[l];
+  return s;
+#endif
+}
+
+// Rows of a matrix as whole vectors, zero-padded on the right and aligned: a kernel whose
+// zero columns contribute nothing needs no scalar tail.
+template <class T>
+struct PaddedRows {
+  std::vector<vec<T>> data;
+  index_t rows = 0, vecs = 0;
+  PaddedRows(MatrixView<const T> A) : rows(A.rows), vecs((A.cols + lanes<T> - 1) / lanes<T>) {
+    data.assign(std::size_t(rows * vecs), vec<T>{});
+    for (index_t i = 0; i < rows; ++i)
+      std::memcpy(static_cast<void*>(data.data() + i * vecs), A.row(i), sizeof(T) * std::size_t(A.cols));
+  }
+  const vec<T>* row(index_t i) const { return data.data() + i * vecs; }
+};
+
+// |v|: the sign bit cleared (one AND, where a compare and blend would take three).
+template <class T>
+inline vec<T> abs(vec<T> v) {
+  using I = std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t>;
+  using vi = typename VecOf<I>::type;
+  return reinterpret_cast<vec<T>>(reinterpret_cast<vi>(v) & ~(I(1) << (8 * sizeof(T) - 1)));
+}
+
+// 1 / x. float: the hardware estimate and one Newton step (within 2 ulp; a division
+// costs as much as all the multiply-adds of the normalised updates); double: divided.
+inline vec<float> reciprocal(vec<float> x) {
+#if defined(__AVX512F__)
+  const vec<float> r = reinterpret_cast<vec<float>>(_mm512_rcp14_ps(reinterpret_cast<__m512>(x)));
+#elif defined(__AVX__)
+  const vec<float> r = reinterpret_cast<vec<float>>(_mm256_rcp_ps(reinterpret_cast<__m256>(x)));
+#else
+  return 1.0f / x;
+#endif
+  return r * (2.0f - x * r);
+}
+inline vec<double> reciprocal(vec<double> x) { return 1.0 / x; }
+
+// The stateless normalised update of Adam with betas (0, 0), g / (|g| + eps), or sign(g).
+template <bool Sign, class T>
+inline vec<T> normalized(vec<T> g, T eps) {
+  const vec<T> zero = {}, one = splat(T(1));
+  if constexpr (Sign)
+    return (g > zero ? one : zero) - (g < zero ? one : zero);
+  else
+    return g * reciprocal(abs<T>(g) + eps);
+}
+
+}  // namespace fastmem::simd
