@@ -67,18 +67,23 @@ inline T sum(vec<T> v) {
 #endif
 }
 
-// Rows of a matrix as whole vectors, zero-padded on the right and aligned: a kernel whose
-// zero columns contribute nothing needs no scalar tail.
+// A copy of a matrix whose rows are whole aligned vectors, zero-padded on the right: a
+// kernel whose zero columns contribute nothing needs no scalar tail, and no load of a row
+// splits a cache line.
 template <class T>
 struct PaddedRows {
   std::vector<vec<T>> data;
-  index_t rows = 0, vecs = 0;
-  PaddedRows(MatrixView<const T> A) : rows(A.rows), vecs((A.cols + lanes<T> - 1) / lanes<T>) {
+  index_t rows = 0, cols = 0, vecs = 0;
+  explicit PaddedRows(MatrixView<const T> A) : rows(A.rows), cols(A.cols), vecs((A.cols + lanes<T> - 1) / lanes<T>) {
     data.assign(std::size_t(rows * vecs), vec<T>{});
     for (index_t i = 0; i < rows; ++i)
-      std::memcpy(static_cast<void*>(data.data() + i * vecs), A.row(i), sizeof(T) * std::size_t(A.cols));
+      std::memcpy(static_cast<void*>(data.data() + i * vecs), A.row(i), sizeof(T) * std::size_t(cols));
   }
   const vec<T>* row(index_t i) const { return data.data() + i * vecs; }
+  MatrixView<T> view() { return {reinterpret_cast<T*>(data.data()), rows, cols, vecs * lanes<T>}; }
+  void copy_to(MatrixView<T> A) const {
+    for (index_t i = 0; i < rows; ++i) std::memcpy(A.row(i), row(i), sizeof(T) * std::size_t(cols));
+  }
 };
 
 // |v|: the sign bit cleared (one AND, where a compare and blend would take three).

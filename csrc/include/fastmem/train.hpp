@@ -6,13 +6,16 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "kernels/dual_step.hpp"
 #include "kernels/metrics.hpp"
+#include "kernels/normalized_rank_update.hpp"
 #include "optim.hpp"
 #include "params.hpp"
 #include "rng.hpp"
+#include "simd.hpp"
 
 namespace fastmem {
 
@@ -145,11 +148,11 @@ void store_memory(const Problem<T>& prob, MatrixView<const T> W, const TrainReco
 }
 
 template <class T>
-TrainResult train(const Problem<T>& prob, MatrixView<T> W, const double* cdf, const std::int64_t* given_tokens,
+TrainResult train(const Problem<T>& prob, MatrixView<T> W_io, const double* cdf, const std::int64_t* given_tokens,
                   const OptimizerParams& opt, OptimizerState<T>& state, const TrainParams& tp,
                   const TrainRecord<T>& rec) {
   const index_t N = prob.N(), d = prob.d();
-  FASTMEM_CHECK_ARG(W.rows == d && W.cols == d, "W must be d x d");
+  FASTMEM_CHECK_ARG(W_io.rows == d && W_io.cols == d, "W must be d x d");
   const bool plain_sgd = opt.is_plain_sgd();
   const bool sign = opt.kind == OptimizerKind::Sign;
   const bool adam00 = opt.kind == OptimizerKind::Adam && opt.beta1 == 0.0 && opt.beta2 == 0.0;
@@ -163,6 +166,10 @@ TrainResult train(const Problem<T>& prob, MatrixView<T> W, const double* cdf, co
   std::vector<T> ebt, ent, q_next, w_next;
   std::vector<std::int64_t> tokens_next;
   bool read_ahead = false;  // pass.q holds this step's read-outs, taken by the last update
+  // The fused pass works on whole aligned vectors: W is trained in a padded copy.
+  std::optional<simd::PaddedRows<T>> W_padded;
+  if (normalized) W_padded.emplace(MatrixView<const T>(W_io));
+  const MatrixView<T> W = normalized ? W_padded->view() : W_io;
   std::vector<T> grad_buf(fused_update ? 0 : std::size_t(d * d));
   MatrixView<T> grad(grad_buf.data(), fused_update ? 0 : d, fused_update ? 0 : d);
 
@@ -221,7 +228,9 @@ TrainResult train(const Problem<T>& prob, MatrixView<T> W, const double* cdf, co
     }
     return true;
   };
-  return drive(tp.steps, record, step);
+  const TrainResult res = drive(tp.steps, record, step);
+  if (W_padded) W_padded->copy_to(W_io);
+  return res;
 }
 
 // One SGD step for simulators that own their loop: b draws x with their own

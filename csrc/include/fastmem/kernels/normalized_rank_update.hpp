@@ -89,7 +89,7 @@ void normalized_rank_update(MatrixView<T> W, MatrixView<const T> EbT, MatrixView
   constexpr index_t kStrip = kVecs * simd::lanes<T>;
   const index_t d = W.rows, cols = W.cols, b = H.rows, bn = EnT.empty() ? 0 : EnT.cols;
   const index_t strips = cols / kStrip, vec_cols = strips * kStrip;
-  for (index_t r = 0; r < bn; ++r) std::fill(Qn.row(r), Qn.row(r) + cols, T(0));
+  for (index_t r = 0; r < bn; ++r) std::fill(Qn.row(r), Qn.row(r) + vec_cols, T(0));
   parallel_blocks(strips + 1, threads_for(strips + 1, d * kStrip * (b + bn + 4)), [&](int, index_t s0, index_t s1) {
     const index_t c0 = s0 * kStrip, c1 = std::min(s1, strips) * kStrip;
     if (c1 > c0) {
@@ -98,14 +98,21 @@ void normalized_rank_update(MatrixView<T> W, MatrixView<const T> EbT, MatrixView
       else
         detail::normalized_columns<T, kVecs, false>(W, EbT, H, EnT, Qn, c0, c1, lr, eps, decay);
     }
-    if (s1 == strips + 1)  // the last cols % kStrip columns, one at a time
-      for (index_t i = 0; i < d; ++i)
-        for (index_t j = vec_cols; j < cols; ++j) {
-          T g = T(0);
-          for (index_t r = 0; r < b; ++r) g += EbT(i, r) * H(r, j);
-          const T w = W(i, j) = decay * W(i, j) - lr * normalized_update(g, eps, sign);
-          for (index_t r = 0; r < bn; ++r) Qn(r, j) += EnT(i, r) * w;
-        }
+    if (s1 == strips + 1 && vec_cols < cols) {  // the last cols % kStrip columns, in a zero-padded strip
+      const index_t tail = cols - vec_cols;
+      std::vector<T> wt(std::size_t(d * kStrip)), ht(std::size_t(b * kStrip)), qt(std::size_t(bn * kStrip));
+      for (index_t i = 0; i < d; ++i) std::copy(W.row(i) + vec_cols, W.row(i) + cols, wt.data() + i * kStrip);
+      for (index_t r = 0; r < b; ++r) std::copy(H.row(r) + vec_cols, H.row(r) + cols, ht.data() + r * kStrip);
+      const MatrixView<T> Wt(wt.data(), d, kStrip), Qt(qt.data(), bn, kStrip);
+      if (sign)
+        detail::normalized_columns<T, kVecs, true>(Wt, EbT, MatrixView<const T>(ht.data(), b, kStrip), EnT, Qt, 0,
+                                                   kStrip, lr, eps, decay);
+      else
+        detail::normalized_columns<T, kVecs, false>(Wt, EbT, MatrixView<const T>(ht.data(), b, kStrip), EnT, Qt, 0,
+                                                    kStrip, lr, eps, decay);
+      for (index_t i = 0; i < d; ++i) std::copy(wt.data() + i * kStrip, wt.data() + i * kStrip + tail, W.row(i) + vec_cols);
+      for (index_t r = 0; r < bn; ++r) std::copy(qt.data() + r * kStrip, qt.data() + r * kStrip + tail, Qn.row(r) + vec_cols);
+    }
   });
 }
 
