@@ -59,6 +59,30 @@ def sgd_rank_update(W, Eb, H, alpha, backend=None):
     return W
 
 
+def normal(shape, seed=0, scale=1.0, dtype=np.float32, backend=None):
+    """Normal(0, scale^2) deviates of fastmem's counter-based stream (csrc/include/fastmem/normal.hpp),
+    the initial memories of the scaling-law sweep: e.g. ``normal((d, d), seed, d ** -0.5)``.
+
+    shape : int or tuple of ints; the array holds deviates 0 .. prod(shape) - 1 of the seed's
+        stream in C order (so a larger array of the same seed starts with the same values).
+    seed : int in [0, 2**64); the stream is apart from fm.train's token stream of the same seed.
+    dtype : float32 or float64; the values are computed in float64 then rounded, and agree
+        across backends to within 1e-11 relative (float32: bit for bit but for rare roundings).
+    On the compiled backend, about 2.4 ms for 10**6 deviates (numpy's generator: ~10 ms).
+    """
+    shape = (shape,) if np.ndim(shape) == 0 else tuple(shape)
+    shape = tuple(v.positive_int("shape", n, allow_zero=True) for n in shape)
+    if v.positive_int("seed", seed, allow_zero=True) >= 2**64:
+        v.fail("seed", "an int in [0, 2**64)", repr(seed))
+    scale = v.positive_float("scale", scale, allow_zero=True)
+    if dtype not in v.FLOAT_DTYPES:
+        v.fail("dtype", "float32 or float64", repr(dtype))
+    dtype = np.dtype(dtype)
+    out = np.empty(shape, dtype=dtype)
+    get(backend, device=False).normal_fill(int(seed), 0, scale, out)
+    return out
+
+
 def sample_tokens(task, steps, batch_size, seed=0, start_step=0, backend=None):
     """The minibatch tokens fm.train draws: (steps, batch_size) int64 for global steps
     start_step .. start_step + steps - 1 of a run seeded with ``seed``; with backend="cuda",

@@ -86,7 +86,7 @@ def run_id(config):
 
 
 def run_one(config, backend=None, trajectory=0):
-    """One run of the scaling-law grid (EXPERIMENTS.md): Normal(0, 1/d) inits, training tokens
+    """One run of the scaling-law grid (EXPERIMENTS.md): Normal(0, 1/d) inits (W from fm.kernels.normal), training tokens
     drawn once and consumed in consecutive batches (ntrain / batch_size steps), Adam with betas
     (0, 0) at lr / d for W and lr / sqrt(d) for E and U; error = sum of p(x) over tokens whose
     argmax score is wrong. Returns the result row (a dict) and, with ``trajectory`` K > 0,
@@ -98,7 +98,7 @@ def run_one(config, backend=None, trajectory=0):
     t0 = time.perf_counter()
     task = fm.Task.zipf(c["N"], c["M"], c["alpha"])
     E, U = fm.embeddings.gaussian(c["N"], c["M"], c["d"], seed=c["seed"])
-    W = (np.random.default_rng([c["seed"], 1]).standard_normal((c["d"], c["d"])) / np.sqrt(c["d"])).astype(E.dtype)
+    W = fm.kernels.normal((c["d"], c["d"]), seed=c["seed"], scale=c["d"] ** -0.5, dtype=E.dtype, backend=backend)
     steps = c["ntrain"] // c["batch_size"]
     adam = c["optimizer"] == "adam"
     rec = fm.Record(steps="log" if trajectory else "last", metrics=("loss", "accuracy"), num=max(trajectory, 1))

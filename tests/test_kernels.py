@@ -86,6 +86,53 @@ def test_sample_tokens_identical_across_backends(placed):
     np.testing.assert_array_equal(full[5:], got)
 
 
+def _normal_definition(seed, n):
+    """normal.hpp's stream written out in float64 numpy, word by word."""
+    from fastmem.backends.numpy_ref import _NORMAL_STREAM, _splitmix64
+
+    i = np.arange(n, dtype=np.uint64)
+    key = _splitmix64(np.array([seed ^ _NORMAL_STREAM], dtype=np.uint64))
+    w = _splitmix64(key ^ _splitmix64(8 * (i // np.uint64(16)) + i % np.uint64(8)))
+    u1 = ((w >> np.uint64(32)).astype(np.float64) + 0.5) * 2.0**-32
+    u2 = (w & np.uint64(0xFFFFFFFF)).astype(np.float64) * 2.0**-32
+    angle = 2 * np.pi * u2
+    return np.sqrt(-2 * np.log(u1)) * np.where(i % np.uint64(16) < 8, np.cos(angle), np.sin(angle))
+
+
+@pytest.mark.parametrize("shape", [1, 15, 16, 17, (3, 7), (40, 75)], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_normal_follows_its_definition(backend, shape, dtype):
+    got = fm.kernels.normal(shape, seed=7, scale=0.5, dtype=dtype, backend=backend)
+    n = int(np.prod(shape))
+    assert got.shape == np.empty(shape).shape and got.dtype == dtype
+    assert_close(got.ravel(), 0.5 * _normal_definition(7, n), dtype, scale=1.0, factor=2)
+    # a longer array of the same seed starts with the same values; other seeds differ
+    longer = fm.kernels.normal(n + 37, seed=7, scale=0.5, dtype=dtype, backend=backend)
+    np.testing.assert_array_equal(longer[:n], got.ravel())
+    assert (fm.kernels.normal(n, seed=8, dtype=dtype, backend=backend) != got.ravel() / 0.5).all()
+
+
+def test_normal_is_standard_normal(backend):
+    from scipy import stats
+
+    x = fm.kernels.normal(200_000, seed=3, dtype=np.float64, backend=backend)
+    assert abs(x.mean()) < 5 * 200_000**-0.5 and abs(x.var() - 1) < 5 * (2 / 200_000) ** 0.5
+    assert stats.kstest(x, "norm").pvalue > 1e-3
+    # independent of the token stream of the same seed (rng.hpp), and within its pairs
+    u = fm.kernels.sample_tokens(fm.Task.uniform(1000, 2), 1, 200_000,
+                                 seed=3, backend=backend)[0]
+    assert abs(np.corrcoef(x, u)[0, 1]) < 0.01 and abs(np.corrcoef(x[0::16], x[8::16])[0, 1]) < 0.03
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(shape=(-1, 3)), "shape"), (dict(shape=4, seed=-1), "seed"), (dict(shape=4, seed=2**64), "seed"),
+    (dict(shape=4, scale=np.nan), "scale"), (dict(shape=4, dtype=np.int32), "dtype"),
+])
+def test_normal_refuses_bad_arguments(kw, match):
+    with pytest.raises(fm.InvalidArgumentError, match=match):
+        fm.kernels.normal(**kw)
+
+
 def test_sample_tokens_follow_p(backend):
     p = np.array([0.5, 0.0, 0.25, 0.125, 0.125])
     task = fm.Task(p, np.arange(5) % 2)

@@ -23,7 +23,7 @@ def _direct(c):
     """One run written out with the public API, as a user would without fm.sweep."""
     task = fm.Task.zipf(c["N"], c["M"], c["alpha"])
     E, U = fm.embeddings.gaussian(c["N"], c["M"], c["d"], seed=c["seed"])
-    W = (np.random.default_rng([c["seed"], 1]).standard_normal((c["d"], c["d"])) / np.sqrt(c["d"])).astype(E.dtype)
+    W = fm.kernels.normal((c["d"], c["d"]), seed=c["seed"], scale=c["d"] ** -0.5, dtype=E.dtype)
     steps, adam = c["ntrain"] // c["batch_size"], c["optimizer"] == "adam"
     if c["model"] == "matrix":
         opt = fm.Adam(lr=c["lr"] / c["d"], betas=(0, 0)) if adam else fm.SGD(lr=c["lr"])

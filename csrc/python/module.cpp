@@ -163,6 +163,17 @@ void py_sample_tokens(py::array cdf, std::uint64_t seed, index_t start_step, py:
   sample_tokens(c, n, seed, start_step, o);
 }
 
+void py_normal_fill(std::uint64_t seed, index_t first, double scale, py::array out) {
+  FASTMEM_CHECK_ARG(out.flags() & py::array::c_style, "out must be C-contiguous");
+  dispatch(out, [&](auto tag) {
+    using T = decltype(tag);
+    T* o = static_cast<T*>(out.mutable_data());
+    const index_t n = out.size();
+    py::gil_scoped_release nogil;
+    normal_fill(o, n, seed, first, scale);
+  });
+}
+
 py::tuple py_population_metrics(py::array E, py::object oc, py::object os, py::array U, py::array W, py::array p,
                                 py::array y, bool ln, index_t chunk, py::object margins, py::object grad) {
   return dispatch(E, [&](auto tag) {
@@ -514,6 +525,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("softmax_xent_grad", &py_softmax_xent_grad);
   m.def("sgd_rank_update", &py_sgd_rank_update);
   m.def("sample_tokens", &py_sample_tokens);
+  m.def("normal_fill", &py_normal_fill);
   m.def("population_metrics", &py_population_metrics);
   m.def("sharpness", &py_sharpness);
   m.def("train", &py_train);

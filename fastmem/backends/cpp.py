@@ -28,6 +28,10 @@ def sample_tokens(cdf, seed, start_step, out):
     _core.sample_tokens(cdf, seed, start_step, out)
 
 
+def normal_fill(seed, first, scale, out):
+    _core.normal_fill(seed, first, scale, out)
+
+
 def population_metrics(E, onehot_col, onehot_scale, U, W, p, y, layernorm, chunk, margins, grad):
     return _core.population_metrics(E, onehot_col, onehot_scale, U, W, p, y, layernorm, chunk, margins, grad)
 

@@ -11,6 +11,7 @@
 #include "kernels/normalized_rank_update.hpp"
 #include "kernels/sgd_rank_update.hpp"
 #include "kernels/softmax_xent_grad.hpp"
+#include "normal.hpp"
 #include "optim.hpp"
 #include "params.hpp"
 #include "rng.hpp"

@@ -300,14 +300,13 @@ TrainResult train_dual(const Problem<T>& prob, MatrixView<const T> W0, DualState
       for (index_t j = 0; j < d; ++j) w0_zero = w0_zero && W0(i, j) == T(0);
     st.fresh = false;
   }
-  if (!w0_zero) {  // Z_0 = E W_0 (U^T)
-    std::vector<T> q(std::size_t(N * d));
-    MatrixView<T> Q(q.data(), N, d);
-    embed_read(prob.emb, nullptr, prob.emb.E, W0, Q);
-    if (readout)
-      for (index_t x = 0; x < N; ++x) std::copy(Q.row(x), Q.row(x) + d, Z.row(x));
-    else
-      blas::gemm<T>(false, true, T(1), MatrixView<const T>(Q), prob.U, T(0), Z);
+  if (!w0_zero && readout) {  // Z_0 = E W_0
+    embed_read(prob.emb, nullptr, prob.emb.E, W0, Z);
+  } else if (!w0_zero) {  // Z_0 = E (W_0 U^T): d^2 M + N d M multiply-adds, not N d^2
+    std::vector<T> v0(std::size_t(d * M));
+    MatrixView<T> V0(v0.data(), d, M);
+    blas::gemm<T>(false, true, T(1), W0, prob.U, T(0), V0);
+    embed_read(prob.emb, nullptr, prob.emb.E, MatrixView<const T>(V0), Z);
   }
   for (index_t x = 0; x < N; ++x) p_weights.push_back(static_cast<T>(prob.p[x]));
   BatchSource<T> batches(N, tp.batch_size, prob.p, cdf, given_tokens, tp.seed);
