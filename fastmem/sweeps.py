@@ -217,6 +217,11 @@ def _chunks(configs, size):
             yield group[i:i + size]
 
 
+def _cost(c):
+    """A run's rough cost for scheduling: steps x d (d + N) multiply-adds."""
+    return c["ntrain"] // c["batch_size"] * c["d"] * (c["d"] + c["N"])
+
+
 def sweep(grid_or_configs, out, executor=None, workers=None, chunk_size=16, quiet=False, backend=None, trajectory=0):
     """Run every configuration of a grid (dict) or list of configurations not already on disk
     under ``out``; return ``load_sweep(out)``.
@@ -245,7 +250,9 @@ def sweep(grid_or_configs, out, executor=None, workers=None, chunk_size=16, quie
     bar = tqdm(total=len(configs), initial=len(configs) - len(todo), unit="run", desc="sweep",
                disable=quiet or not sys.stderr.isatty())
     try:
-        futures = [executor.submit(run_chunk, chunk, str(out), backend, trajectory) for chunk in _chunks(todo, chunk_size)]
+        # the costliest chunks first, so that the last ones to finish are short (no idle worker)
+        chunks = sorted(_chunks(todo, chunk_size), key=lambda chunk: -sum(map(_cost, chunk)))
+        futures = [executor.submit(run_chunk, chunk, str(out), backend, trajectory) for chunk in chunks]
         for f in cf.as_completed(futures):
             bar.update(len(f.result()))
     finally:
