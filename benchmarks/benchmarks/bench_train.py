@@ -1,8 +1,10 @@
-"""Multi-step SGD runs in one call: the scaling-law regime and larger memories."""
+"""Multi-step runs in one call (the scaling-law regime and larger memories) and their initial memory."""
 
-from .common import BACKENDS, NO_RECORD, median_seconds, require
+import numpy as np
 
 import fastmem as fm
+
+from .common import BACKENDS, NO_RECORD, median_seconds, require
 
 
 class SGDRun:
@@ -29,3 +31,51 @@ class SGDRun:
         return self.steps / median_seconds(self.run, 3)
 
     track_steps_per_second.unit = "steps/s"
+
+
+class Adam00LayerNorm:
+    """The grid's Adam(0, 0) runs with LayerNorm: one fused pass over W per step (update and
+    the next batch's read-outs)."""
+
+    params = ([500, 1000], [16, 256], BACKENDS)
+    param_names = ["d", "batch_size", "backend"]
+    timeout = 300
+
+    def setup(self, d, batch_size, backend):
+        require(backend)
+        if backend == "numpy":
+            raise NotImplementedError("too slow to time here")
+        E, U = fm.embeddings.gaussian(100, 5, d, seed=0)
+        W = fm.kernels.normal((d, d), seed=0, scale=d**-0.5)
+        self.mem, self.task = fm.AssociativeMemory(E, U, W=W, layernorm=True), fm.Task.zipf(100, 5, 2.0)
+        self.opt = fm.Adam(lr=1.0 / d, betas=(0.0, 0.0))
+        self.steps = 10240 // batch_size
+        self.args = dict(batch_size=batch_size, seed=42, record=NO_RECORD, backend=backend)
+
+    def run(self):
+        fm.train(self.mem, self.task, self.opt, self.steps, **self.args)
+
+    def time_adam00_layernorm_run(self, d, batch_size, backend):
+        self.run()
+
+    def track_steps_per_second(self, d, batch_size, backend):
+        return self.steps / median_seconds(self.run, 3)
+
+    track_steps_per_second.unit = "steps/s"
+
+
+class NormalInit:
+    """A d x d initial memory: fm.kernels.normal's counter-based stream against numpy's generator."""
+
+    params = ([1000, 2000], ["cpp", "numba", "numpy-generator"])
+    param_names = ["d", "source"]
+
+    def setup(self, d, source):
+        if source != "numpy-generator":
+            require(source)
+
+    def time_normal_matrix(self, d, source):
+        if source == "numpy-generator":
+            (np.random.default_rng(0).standard_normal((d, d), dtype=np.float32)) * np.float32(d**-0.5)
+        else:
+            fm.kernels.normal((d, d), seed=0, scale=d**-0.5, backend=source)

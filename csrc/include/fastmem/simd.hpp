@@ -67,6 +67,17 @@ inline T sum(vec<T> v) {
 #endif
 }
 
+// sum_i a[i] b[i], vectorised (a plain loop is not: the compiler may not reorder the sum).
+template <class T>
+inline T dot(const T* a, const T* b, index_t n) {
+  vec<T> acc = {};
+  index_t i = 0;
+  for (; i + lanes<T> <= n; i += lanes<T>) acc += load(a + i) * load(b + i);
+  T s = sum<T>(acc);
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
 // A copy of a matrix whose rows are whole aligned vectors, zero-padded on the right: a
 // kernel whose zero columns contribute nothing needs no scalar tail, and no load of a row
 // splits a cache line.

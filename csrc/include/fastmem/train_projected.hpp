@@ -16,12 +16,13 @@
 
 namespace fastmem {
 
-// Rows [i0, i1) of V (d x M) <- decay V - lr S U^T with S = s(A U), S never stored: one
+// Rows [i0, i1) of V (d x M) <- decay V - lr S U^T with S = s(A U), S never stored; V and A
+// are held transposed (VT, AT: M x d), the layout of the batch's dot products. One
 // vector of columns j at a time, s_j = s(a_i . u_j) then acc_m += s_j u_j, so that each
 // entry costs 2 M multiply-adds and a reciprocal, with a_i, acc and the u_j in registers;
 // two rows at a time share the loads of U. Padding columns of U are zero: s(0) = 0.
 template <class T, int M, bool Sign>
-void projected_rows(MatrixView<T> V, MatrixView<const T> A, const simd::PaddedRows<T>& U, T lr, T eps, T decay,
+void projected_rows(MatrixView<T> VT, MatrixView<const T> AT, const simd::PaddedRows<T>& U, T lr, T eps, T decay,
                     index_t i0, index_t i1) {
   using vt = simd::vec<T>;
   constexpr int R = 2;
@@ -29,7 +30,7 @@ void projected_rows(MatrixView<T> V, MatrixView<const T> A, const simd::PaddedRo
     const int rows = int(std::min<index_t>(R, i1 - i));
     vt a[R][M], acc[R][M] = {};
     for (int r = 0; r < R; ++r)
-      for (int m = 0; m < M; ++m) a[r][m] = simd::splat(r < rows ? A(i + r, m) : T(0));
+      for (int m = 0; m < M; ++m) a[r][m] = simd::splat(r < rows ? AT(m, i + r) : T(0));
     for (index_t j = 0; j < U.vecs; ++j) {
       vt u[M];
       for (int m = 0; m < M; ++m) u[m] = U.row(m)[j];
@@ -40,16 +41,14 @@ void projected_rows(MatrixView<T> V, MatrixView<const T> A, const simd::PaddedRo
         for (int m = 0; m < M; ++m) acc[r][m] += s * u[m];
       }
     }
-    for (int r = 0; r < rows; ++r) {
-      T* v = V.row(i + r);
-      for (int m = 0; m < M; ++m) v[m] = decay * v[m] - lr * simd::sum<T>(acc[r][m]);
-    }
+    for (int r = 0; r < rows; ++r)
+      for (int m = 0; m < M; ++m) VT(m, i + r) = decay * VT(m, i + r) - lr * simd::sum<T>(acc[r][m]);
   }
 }
 
 // Any M: column by column.
 template <class T>
-void projected_rows_any(MatrixView<T> V, MatrixView<const T> A, MatrixView<const T> U, T lr, T eps, T decay,
+void projected_rows_any(MatrixView<T> VT, MatrixView<const T> AT, MatrixView<const T> U, T lr, T eps, T decay,
                         bool sign, index_t i0, index_t i1) {
   const index_t d = U.cols, M = U.rows;
   std::vector<T> total(static_cast<std::size_t>(M));
@@ -57,37 +56,37 @@ void projected_rows_any(MatrixView<T> V, MatrixView<const T> A, MatrixView<const
     std::fill(total.begin(), total.end(), T(0));
     for (index_t j = 0; j < d; ++j) {
       T g = T(0);
-      for (index_t m = 0; m < M; ++m) g += A(i, m) * U(m, j);
+      for (index_t m = 0; m < M; ++m) g += AT(m, i) * U(m, j);
       const T s = normalized_update(g, eps, sign);
       for (index_t m = 0; m < M; ++m) total[m] += s * U(m, j);
     }
-    for (index_t m = 0; m < M; ++m) V(i, m) = decay * V(i, m) - lr * total[m];
+    for (index_t m = 0; m < M; ++m) VT(m, i) = decay * VT(m, i) - lr * total[m];
   }
 }
 
 template <class T, int M>
-void projected_rows_fixed(MatrixView<T> V, MatrixView<const T> A, const simd::PaddedRows<T>& U, T lr, T eps,
+void projected_rows_fixed(MatrixView<T> VT, MatrixView<const T> AT, const simd::PaddedRows<T>& U, T lr, T eps,
                           T decay, bool sign, index_t i0, index_t i1) {
   if (sign)
-    projected_rows<T, M, true>(V, A, U, lr, eps, decay, i0, i1);
+    projected_rows<T, M, true>(VT, AT, U, lr, eps, decay, i0, i1);
   else
-    projected_rows<T, M, false>(V, A, U, lr, eps, decay, i0, i1);
+    projected_rows<T, M, false>(VT, AT, U, lr, eps, decay, i0, i1);
 }
 
-// U_padded: simd::PaddedRows of U, made once per run.
+// VT, AT: M x d; U_padded: simd::PaddedRows of U, made once per run.
 template <class T>
-void projected_update(MatrixView<T> V, MatrixView<const T> A, MatrixView<const T> U,
+void projected_update(MatrixView<T> VT, MatrixView<const T> AT, MatrixView<const T> U,
                       const simd::PaddedRows<T>& U_padded, T lr, T eps, T decay, bool sign) {
-  const index_t d = V.rows, M = V.cols;
+  const index_t M = VT.rows, d = VT.cols;
   parallel_blocks(d, threads_for(d, d * (2 * M + 1)), [&](int, index_t i0, index_t i1) {
     switch (M) {  // the small M of real runs in registers
-      case 2: return projected_rows_fixed<T, 2>(V, A, U_padded, lr, eps, decay, sign, i0, i1);
-      case 3: return projected_rows_fixed<T, 3>(V, A, U_padded, lr, eps, decay, sign, i0, i1);
-      case 4: return projected_rows_fixed<T, 4>(V, A, U_padded, lr, eps, decay, sign, i0, i1);
-      case 5: return projected_rows_fixed<T, 5>(V, A, U_padded, lr, eps, decay, sign, i0, i1);
-      case 6: return projected_rows_fixed<T, 6>(V, A, U_padded, lr, eps, decay, sign, i0, i1);
-      case 8: return projected_rows_fixed<T, 8>(V, A, U_padded, lr, eps, decay, sign, i0, i1);
-      default: return projected_rows_any<T>(V, A, U, lr, eps, decay, sign, i0, i1);
+      case 2: return projected_rows_fixed<T, 2>(VT, AT, U_padded, lr, eps, decay, sign, i0, i1);
+      case 3: return projected_rows_fixed<T, 3>(VT, AT, U_padded, lr, eps, decay, sign, i0, i1);
+      case 4: return projected_rows_fixed<T, 4>(VT, AT, U_padded, lr, eps, decay, sign, i0, i1);
+      case 5: return projected_rows_fixed<T, 5>(VT, AT, U_padded, lr, eps, decay, sign, i0, i1);
+      case 6: return projected_rows_fixed<T, 6>(VT, AT, U_padded, lr, eps, decay, sign, i0, i1);
+      case 8: return projected_rows_fixed<T, 8>(VT, AT, U_padded, lr, eps, decay, sign, i0, i1);
+      default: return projected_rows_any<T>(VT, AT, U, lr, eps, decay, sign, i0, i1);
     }
   });
 }
@@ -107,10 +106,12 @@ TrainResult train_projected(const Problem<T>& prob, MatrixView<T> V, const doubl
   FASTMEM_CHECK_ARG(V.rows == d && V.cols == M, "V must be d x M");
   const MatrixView<const T> E = prob.emb.E;
   BatchSource<T> batches(N, tp.batch_size, prob.p, cdf, given_tokens, tp.seed);
-  std::vector<T> z, g, a(std::size_t(d * M)), weights, p_weights, margin_buf;
+  std::vector<T> z, g, at(std::size_t(M * d)), vt(std::size_t(M * d)), weights, p_weights, margin_buf;
   std::vector<std::int64_t> yb;
   for (index_t x = 0; x < N; ++x) p_weights.push_back(static_cast<T>(prob.p[x]));
-  MatrixView<T> A(a.data(), d, M);
+  const MatrixView<T> AT(at.data(), M, d), VT(vt.data(), M, d);  // A and V transposed: rows of d
+  for (index_t i = 0; i < d; ++i)
+    for (index_t m = 0; m < M; ++m) VT(m, i) = V(i, m);
   const simd::PaddedRows<T> U_padded(prob.U);
 
   // Scores of the rows (null: all N) into z, then their loss, margins and residual rows.
@@ -120,14 +121,11 @@ TrainResult train_projected(const Problem<T>& prob, MatrixView<T> V, const doubl
     if (tokens) {
       yb.resize(std::size_t(rows));
       for (index_t r = 0; r < rows; ++r) {
-        const T* e = E.row(tokens[r]);
-        T* zr = Z.row(r);
-        for (index_t i = 0; i < d; ++i)
-          for (index_t m = 0; m < M; ++m) zr[m] += e[i] * V(i, m);
+        for (index_t m = 0; m < M; ++m) Z(r, m) = simd::dot(E.row(tokens[r]), VT.row(m), d);
         yb[r] = prob.y[tokens[r]];
       }
     } else {
-      blas::gemm<T>(false, false, T(1), E, MatrixView<const T>(V), T(0), Z);
+      blas::gemm<T>(false, true, T(1), E, MatrixView<const T>(VT), T(0), Z);
     }
     g.resize(std::size_t(rows * M));
     return dual_residual<T>(MatrixView<const T>(Z), tokens ? yb.data() : prob.y, nullptr, rows, w,
@@ -153,18 +151,22 @@ TrainResult train_projected(const Problem<T>& prob, MatrixView<T> V, const doubl
     const std::int64_t* tokens;
     const index_t rows = batches.next(t, gt, tokens, weights);
     if (!std::isfinite(residual(tokens, rows, weights.data(), true, nullptr))) return false;
-    std::fill(a.begin(), a.end(), T(0));
-    for (index_t r = 0; r < rows; ++r) {  // A = E_b^T Delta
-      const T* e = E.row(token_at(tokens, r));
-      const T* delta = g.data() + r * M;
-      for (index_t i = 0; i < d; ++i)
-        for (index_t m = 0; m < M; ++m) A(i, m) += e[i] * delta[m];
-    }
-    projected_update(V, MatrixView<const T>(A), prob.U, U_padded, static_cast<T>(lr), static_cast<T>(opt.eps),
+    std::fill(at.begin(), at.end(), T(0));
+    for (index_t m = 0; m < M; ++m)  // A^T = Delta^T E_b
+      for (index_t r = 0; r < rows; ++r) {
+        const T* e = E.row(token_at(tokens, r));
+        const T c = g[r * M + m];
+        T* a = AT.row(m);
+        for (index_t i = 0; i < d; ++i) a[i] += c * e[i];
+      }
+    projected_update(VT, MatrixView<const T>(AT), prob.U, U_padded, static_cast<T>(lr), static_cast<T>(opt.eps),
                      static_cast<T>(1.0 - lr * opt.weight_decay), !adam00);
     return true;
   };
-  return drive(tp.steps, record, step);
+  const TrainResult res = drive(tp.steps, record, step);
+  for (index_t i = 0; i < d; ++i)
+    for (index_t m = 0; m < M; ++m) V(i, m) = VT(m, i);
+  return res;
 }
 
 }  // namespace fastmem
