@@ -85,8 +85,17 @@ template <class T>
 struct PaddedRows {
   std::vector<vec<T>> data;
   index_t rows = 0, cols = 0, vecs = 0;
-  explicit PaddedRows(MatrixView<const T> A) : rows(A.rows), cols(A.cols), vecs((A.cols + lanes<T> - 1) / lanes<T>) {
+  PaddedRows() = default;
+  explicit PaddedRows(MatrixView<const T> A) { assign(A); }
+  // rows x cols of zeros
+  void reset(index_t r, index_t c) {
+    rows = r;
+    cols = c;
+    vecs = (c + lanes<T> - 1) / lanes<T>;
     data.assign(std::size_t(rows * vecs), vec<T>{});
+  }
+  void assign(MatrixView<const T> A) {
+    reset(A.rows, A.cols);
     for (index_t i = 0; i < rows; ++i)
       std::memcpy(static_cast<void*>(data.data() + i * vecs), A.row(i), sizeof(T) * std::size_t(cols));
   }

@@ -166,8 +166,10 @@ TrainResult train(const Problem<T>& prob, MatrixView<T> W_io, const double* cdf,
   std::vector<T> ebt, ent, q_next, w_next;
   std::vector<std::int64_t> tokens_next;
   bool read_ahead = false;  // pass.q holds this step's read-outs, taken by the last update
-  // The fused pass works on whole aligned vectors: W is trained in a padded copy.
+  // The fused pass works on whole aligned vectors: W is trained in a padded copy, and H and
+  // the next read-outs pass through padded buffers.
   std::optional<simd::PaddedRows<T>> W_padded;
+  simd::PaddedRows<T> h_padded, q_padded;
   if (normalized) W_padded.emplace(MatrixView<const T>(W_io));
   const MatrixView<T> W = normalized ? W_padded->view() : W_io;
   std::vector<T> grad_buf(fused_update ? 0 : std::size_t(d * d));
@@ -215,12 +217,17 @@ TrainResult train(const Problem<T>& prob, MatrixView<T> W_io, const double* cdf,
         tokens_next.resize(std::size_t(rn));
         for (index_t r = 0; r < rn; ++r) tokens_next[r] = token_at(tn, r);
         EnT = gather_columns(prob.emb.E, tokens_next.data(), rn, ent);
-        q_next.resize(std::size_t(rn * d));
-        Qn = MatrixView<T>(q_next.data(), rn, d);
+        q_padded.reset(rn, d);
+        Qn = q_padded.view();
         read_ahead = true;
       }
-      normalized_rank_update(W, EbT, H, static_cast<T>(lr), static_cast<T>(opt.eps),
-                             static_cast<T>(1.0 - lr * opt.weight_decay), sign, EnT, Qn);
+      h_padded.assign(H);
+      normalized_rank_update(W, EbT, MatrixView<const T>(h_padded.view()), static_cast<T>(lr),
+                             static_cast<T>(opt.eps), static_cast<T>(1.0 - lr * opt.weight_decay), sign, EnT, Qn);
+      if (read_ahead) {
+        q_next.resize(std::size_t(Qn.rows * d));
+        q_padded.copy_to(MatrixView<T>(q_next.data(), Qn.rows, d));
+      }
     } else {
       for (index_t i = 0; i < d; ++i) std::fill(grad.row(i), grad.row(i) + d, T(0));
       embed_write(prob.emb, tokens, pass.Eb, H, T(1), grad);
