@@ -342,6 +342,25 @@ def _rank_update(W, Eb, h, alpha):
 
 
 @njit(cache=True)
+def _normalized_rank_update(W, Eb, h, lr, eps, decay, sign):
+    """W <- decay W - lr s(Eb^T h), s(g) = g / (|g| + eps) or sign(g), a row of the gradient at a
+    time (normalized_rank_update.hpp without the read-out): no d x d gradient, m or v pass."""
+    g = np.empty(W.shape[1], dtype=W.dtype)
+    lr, eps, decay = W.dtype.type(lr), W.dtype.type(eps), W.dtype.type(decay)
+    for i in range(W.shape[0]):
+        g[:] = 0
+        for j in range(Eb.shape[0]):
+            a = Eb[j, i]
+            hj = h[j]
+            for k in range(g.shape[0]):
+                g[k] += a * hj[k]
+        wi = W[i]
+        for k in range(g.shape[0]):
+            s = (1.0 if g[k] > 0 else (-1.0 if g[k] < 0 else 0.0)) if sign else g[k] / (abs(g[k]) + eps)
+            wi[k] = decay * wi[k] - lr * s
+
+
+@njit(cache=True)
 def _optimizer_step(kind, W, g, m, v, lr, decay, mom, b1, b2, eps, t):
     """optim.hpp's update of W from a dense gradient g, in place."""
     bc1, bc2 = 1.0 - b1 ** t, 1.0 - b2 ** t
@@ -390,6 +409,8 @@ def _train(E, U, W, p, y, cdf, given, kind, lr0, mom, wd, b1, b2, eps, sched, ss
                 _rank_update(W, Eb, h, -lr)  # a few rows: no d x d gradient buffer
             else:
                 W -= W.dtype.type(lr) * (Eb.T @ h)  # many rows: BLAS
+        elif (kind == 1 and b1 == 0.0 and b2 == 0.0) or kind == 2:
+            _normalized_rank_update(W, Eb, h, lr, eps, decay, kind == 2)
         else:
             _optimizer_step(kind, W, Eb.T @ h, m, v, lr, decay, mom, b1, b2, eps, opt_t)
     return status, done, r, opt_t
