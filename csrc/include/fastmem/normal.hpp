@@ -33,25 +33,27 @@ typedef double f64x8 __attribute__((vector_size(64)));
 typedef std::uint64_t u64x8 __attribute__((vector_size(64)));
 typedef std::int64_t i64x8 __attribute__((vector_size(64)));
 
-inline u64x8 splitmix64_x8(u64x8 z) {
+// The helpers work in place on references: a 64-byte vector passed by value would make
+// GCC warn about its ABI in builds without AVX-512.
+inline void splitmix64_x8(u64x8& z) {
   z += 0x9E3779B97F4A7C15ULL;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  return z ^ (z >> 31);
+  z ^= z >> 31;
 }
 
-inline f64x8 sqrt_x8(f64x8 x) {
+inline void sqrt_x8(f64x8& x) {
 #if defined(__AVX512F__)
-  return reinterpret_cast<f64x8>(_mm512_sqrt_pd(reinterpret_cast<__m512d>(x)));
+  const __m512d v = reinterpret_cast<__m512d>(x);  // the masked form: GCC 12's plain one warns
+  x = reinterpret_cast<f64x8>(_mm512_mask_sqrt_pd(v, __mmask8(0xFF), v));
 #else
   for (int l = 0; l < 8; ++l) x[l] = std::sqrt(x[l]);
-  return x;
 #endif
 }
 
 // log(u) for u in (0, 1]: u = m 2^e with m in [1/sqrt 2, sqrt 2), log m = 2 atanh(s),
 // s = (m - 1) / (m + 1), |s| < 0.172, by its series to s^17.
-inline f64x8 log_x8(f64x8 u) {
+inline void log_x8(f64x8& u) {
   const u64x8 bits = reinterpret_cast<u64x8>(u);
   i64x8 e = reinterpret_cast<i64x8>(bits >> 52) - 1023;
   f64x8 m = reinterpret_cast<f64x8>((bits & 0x000FFFFFFFFFFFFFULL) | 0x3FF0000000000000ULL);
@@ -67,12 +69,12 @@ inline f64x8 log_x8(f64x8 u) {
   p = p * s2 + 1.0 / 5;
   p = p * s2 + 1.0 / 3;
   p = p * s2 + 1.0;
-  return __builtin_convertvector(e, f64x8) * 0.6931471805599453 + 2.0 * s * p;
+  u = __builtin_convertvector(e, f64x8) * 0.6931471805599453 + 2.0 * s * p;
 }
 
 // (cos, sin)(2 pi u) for u in [0, 1): the nearest quarter turn q / 4 taken out, then the
 // Taylor series on [-pi/4, pi/4] (to x^13 and x^14).
-inline void sincos_turns_x8(f64x8 u, f64x8& c, f64x8& s) {
+inline void sincos_turns_x8(const f64x8& u, f64x8& c, f64x8& s) {
   const i64x8 q = __builtin_convertvector(u * 4.0 + 0.5, i64x8);
   const f64x8 x = (u - 0.25 * __builtin_convertvector(q, f64x8)) * 6.283185307179586, x2 = x * x;
   f64x8 sn = x2 * (1.0 / 6227020800) - 1.0 / 39916800;
@@ -100,17 +102,21 @@ inline void sincos_turns_x8(f64x8 u, f64x8& c, f64x8& s) {
 inline void normal_block(const CounterRng& rng, std::uint64_t k, f64x8& c, f64x8& s) {
   u64x8 counter;
   for (int l = 0; l < 8; ++l) counter[l] = 8 * k + std::uint64_t(l);
-  const u64x8 w = splitmix64_x8(rng.key ^ splitmix64_x8(counter));
-  const f64x8 u1 = (__builtin_convertvector(w >> 32, f64x8) + 0.5) * 0x1.0p-32;
+  splitmix64_x8(counter);
+  u64x8 w = rng.key ^ counter;
+  splitmix64_x8(w);
+  f64x8 r = (__builtin_convertvector(w >> 32, f64x8) + 0.5) * 0x1.0p-32;  // u1, then r
   const f64x8 u2 = __builtin_convertvector(w & 0xFFFFFFFFULL, f64x8) * 0x1.0p-32;
-  const f64x8 r = sqrt_x8(-2.0 * log_x8(u1));
+  log_x8(r);
+  r *= -2.0;
+  sqrt_x8(r);
   sincos_turns_x8(u2, c, s);
   c *= r;
   s *= r;
 }
 
 template <class T>
-inline void store_x8(T* out, f64x8 x) {
+inline void store_x8(T* out, const f64x8& x) {
   typedef T t8 __attribute__((vector_size(8 * sizeof(T))));
   const t8 v = __builtin_convertvector(x, t8);
   std::memcpy(out, &v, sizeof v);

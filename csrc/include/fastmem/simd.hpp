@@ -54,17 +54,12 @@ inline vec<T> splat(T x) {
   return x - vec<T>{};  // one broadcast: x - 0 is x (0 + x is not, for x = -0: an addition)
 }
 template <class T>
-inline T sum(vec<T> v) {
-#if defined(__AVX512F__)
-  if constexpr (sizeof(T) == 4)
-    return _mm512_reduce_add_ps(reinterpret_cast<__m512>(v));
-  else
-    return _mm512_reduce_add_pd(reinterpret_cast<__m512d>(v));
-#else
-  T s = T(0);
-  for (int l = 0; l < lanes<T>; ++l) s += v[l];
-  return s;
-#endif
+inline T sum(const vec<T>& v) {  // pairwise halves, as the reduce intrinsics do
+  T h[lanes<T>];
+  std::memcpy(h, &v, sizeof v);
+  for (int w = lanes<T> / 2; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) h[l] += h[l + w];
+  return h[0];
 }
 
 // sum_i a[i] b[i], vectorised (a plain loop is not: the compiler may not reorder the sum).
@@ -118,13 +113,15 @@ inline vec<T> abs(vec<T> v) {
 // costs as much as all the multiply-adds of the normalised updates); double: divided.
 inline vec<float> reciprocal(vec<float> x) {
 #if defined(__AVX512F__)
-  const vec<float> r = reinterpret_cast<vec<float>>(_mm512_rcp14_ps(reinterpret_cast<__m512>(x)));
+  const __m512 v = reinterpret_cast<__m512>(x);  // the masked form: GCC 12's plain one warns
+  const vec<float> r = reinterpret_cast<vec<float>>(_mm512_mask_rcp14_ps(v, __mmask16(0xFFFF), v));
+  return r * (2.0f - x * r);
 #elif defined(__AVX__)
   const vec<float> r = reinterpret_cast<vec<float>>(_mm256_rcp_ps(reinterpret_cast<__m256>(x)));
+  return r * (2.0f - x * r);
 #else
   return 1.0f / x;
 #endif
-  return r * (2.0f - x * r);
 }
 inline vec<double> reciprocal(vec<double> x) { return 1.0 / x; }
 
