@@ -7,7 +7,6 @@
 #include <vector>
 
 #include "layernorm.hpp"
-#include "normalized_rank_update.hpp"
 #include "sgd_rank_update.hpp"
 #include "softmax_xent_grad.hpp"
 

@@ -31,8 +31,9 @@ namespace detail {
 // strides lde, ldn); hs (b x NV L, stride ldh) and qs (bn x NV L, stride ldq): the same
 // columns of H and Qn.
 template <class T, int R, int NV, bool Sign>
-FASTMEM_ALWAYS_INLINE void normalized_tile(T* w, index_t ldw, const T* ebt, index_t lde, index_t b, const T* hs, index_t ldh,
-                            const T* ent, index_t ldn, index_t bn, T* qs, index_t ldq, T lr, T eps, T decay) {
+FASTMEM_ALWAYS_INLINE void normalized_tile(T* w, index_t ldw, const T* ebt, index_t lde, index_t b, const T* hs,
+                                           index_t ldh, const T* ent, index_t ldn, index_t bn, T* qs, index_t ldq,
+                                           T lr, T eps, T decay) {
   using vt = simd::vec<T>;
   constexpr index_t L = simd::lanes<T>;
   vt g[R][NV] = {};
@@ -110,8 +111,10 @@ void normalized_rank_update(MatrixView<T> W, MatrixView<const T> EbT, MatrixView
       else
         detail::normalized_columns<T, kVecs, false>(Wt, EbT, MatrixView<const T>(ht.data(), b, kStrip), EnT, Qt, 0,
                                                     kStrip, lr, eps, decay);
-      for (index_t i = 0; i < d; ++i) std::copy(wt.data() + i * kStrip, wt.data() + i * kStrip + tail, W.row(i) + vec_cols);
-      for (index_t r = 0; r < bn; ++r) std::copy(qt.data() + r * kStrip, qt.data() + r * kStrip + tail, Qn.row(r) + vec_cols);
+      for (index_t i = 0; i < d; ++i)
+        std::copy(wt.data() + i * kStrip, wt.data() + i * kStrip + tail, W.row(i) + vec_cols);
+      for (index_t r = 0; r < bn; ++r)
+        std::copy(qt.data() + r * kStrip, qt.data() + r * kStrip + tail, Qn.row(r) + vec_cols);
     }
   });
 }
