@@ -68,7 +68,7 @@ def normal(shape, seed=0, scale=1.0, dtype=np.float32, backend=None):
     seed : int in [0, 2**64); the stream is apart from fm.train's token stream of the same seed.
     dtype : float32 or float64; the values are computed in float64 then rounded, and agree
         across backends to within 1e-11 relative (float32: bit for bit but for rare roundings).
-    On the compiled backend, about 2.4 ms for 10**6 deviates (numpy's generator: ~10 ms).
+    On the compiled backend, 2.4 ms for 10**6 deviates on one core (numpy's generator: ~10 ms).
     """
     shape = (shape,) if np.ndim(shape) == 0 else tuple(shape)
     shape = tuple(v.positive_int("shape", n, allow_zero=True) for n in shape)
