@@ -179,3 +179,24 @@ def test_run_to_xarray(rng):
     assert ds["margins"].dims == ("step", "token") and ds["W"].shape == (5, 4, 4)
     np.testing.assert_array_equal(ds["step"].values, [0, 5, 10, 15, 20])
     np.testing.assert_array_equal(ds["loss"].values, run.loss)
+
+
+# The learnable model's W step is one pass over W (learnable_W_pass: dE = dH W^T and the update,
+# 4-row register tiles over a padded W): d = 75 has whole tiles, a row tail and a last vector.
+@pytest.mark.parametrize("layernorm", [False, True])
+@pytest.mark.parametrize("batch_size", [None, 16], ids=["gd", "b16"])
+@pytest.mark.parametrize("opt", [fm.SGD(lr=0.5), fm.Adam(lr=0.01, betas=(0.0, 0.0), eps=1e-4)], ids=["sgd", "adam00"])
+@pytest.mark.parametrize("d", [33, 75])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_learnable_model_at_vector_widths(compiled, dtype, d, opt, batch_size, layernorm):
+    from fastmem.models import train_model
+
+    E, U = fm.embeddings.gaussian(20, 5, d, seed=d, dtype=dtype)
+    W = fm.kernels.normal((d, d), seed=d, scale=d**-0.5, dtype=dtype)
+    task = fm.Task.zipf(20, 5, 1.0)
+    kw = dict(batch_size=batch_size, seed=3, W=W, layernorm=layernorm, record=fm.Record(steps="all"))
+    got = train_model("learnable", E, U, task, opt, 20, backend=compiled, **kw)
+    want = train_model("learnable", E, U, task, opt, 20, backend="numpy", **kw)
+    assert got.status == want.status == "ok"
+    for name in ("loss", "W", "E", "U"):
+        assert_close(getattr(got, name), getattr(want, name), dtype, scale=1.0, factor=20)

@@ -8,10 +8,12 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <vector>
 
 #include "kernels/layernorm.hpp"
 #include "kernels/softmax_xent_grad.hpp"
+#include "simd.hpp"
 #include "train.hpp"
 
 namespace fastmem {
@@ -41,9 +43,10 @@ struct ModelWorkspace {
 // Read-out h (rows x d) and scores z (rows x M) of the given tokens; returns the loss
 // sum_i w_i l_i, writes margins (nullable) and, when `grads`, the gradients of U, W and
 // of the E rows into the workspace.
+// w_grads = false leaves the learnable model's dW and dE to learnable_W_pass (ws.dh holds dH).
 template <class T>
 double model_pass(const ModelProblem<T>& pr, const std::int64_t* tokens, index_t rows, const T* w, T* margins,
-                  bool grads, ModelWorkspace<T>& ws) {
+                  bool grads, ModelWorkspace<T>& ws, bool w_grads = true) {
   const index_t d = pr.E.cols, M = pr.U.rows;
   ws.eb.resize(std::size_t(rows * d));
   ws.h.resize(std::size_t(rows * d));
@@ -89,7 +92,9 @@ double model_pass(const ModelProblem<T>& pr, const std::int64_t* tokens, index_t
   if (pr.layernorm) layernorm_backward(MatrixView<const T>(H), ws.r.data(), dH);
   ws.dE.resize(std::size_t(rows * d));
   MatrixView<T> dE(ws.dE.data(), rows, d);
-  if (pr.kind == ModelKind::Learnable) {
+  if (pr.kind == ModelKind::Learnable && !w_grads) {
+    return loss;
+  } else if (pr.kind == ModelKind::Learnable) {
     ws.dW.resize(std::size_t(d * d));
     blas::gemm<T>(true, false, T(1), MatrixView<const T>(Eb), MatrixView<const T>(dH), T(0),
                   MatrixView<T>(ws.dW.data(), d, d));
@@ -98,6 +103,83 @@ double model_pass(const ModelProblem<T>& pr, const std::int64_t* tokens, index_t
     for (index_t i = 0; i < rows * d; ++i) ws.dE[i] = ws.eb[i] > T(0) ? ws.dh[i] : T(0);
   }
   return loss;
+}
+
+namespace detail {
+
+// One tile of learnable_W_pass: R rows x NV vectors of W in registers; for each batch row r,
+// g += E_b(r, i) dH_r (the W gradient) and part(i, r) += dH_r . w_i (dE, from W before
+// its update, as vector partial sums).
+template <class T, int R, int NV, bool Adam>
+FASTMEM_ALWAYS_INLINE void learnable_tile(T* w, index_t ldw, const T* ebt, index_t lde, index_t b, const T* hs,
+                                          index_t ldh, simd::vec<T>* part, T lr, T eps) {
+  using vt = simd::vec<T>;
+  constexpr index_t L = simd::lanes<T>;
+  vt wv[R][NV], g[R][NV] = {};
+  for (int i = 0; i < R; ++i)
+    for (int v = 0; v < NV; ++v) wv[i][v] = simd::load(w + i * ldw + v * L);
+  for (index_t r = 0; r < b; ++r) {
+    vt h[NV];
+    for (int v = 0; v < NV; ++v) h[v] = simd::load(hs + r * ldh + v * L);
+    for (int i = 0; i < R; ++i) {
+      const vt e = simd::splat(ebt[i * lde + r]);
+      vt p = part[i * b + r];
+      for (int v = 0; v < NV; ++v) {
+        g[i][v] += e * h[v];
+        p += h[v] * wv[i][v];
+      }
+      part[i * b + r] = p;
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int v = 0; v < NV; ++v)
+      simd::store(w + i * ldw + v * L, wv[i][v] - lr * (Adam ? simd::normalized<false>(g[i][v], eps) : g[i][v]));
+}
+
+template <class T, bool Adam>
+void learnable_rows(MatrixView<T> W, MatrixView<const T> EbT, MatrixView<const T> dH, T lr, T eps, MatrixView<T> dE,
+                    index_t blk0, index_t blk1) {
+  constexpr int kRows = 4, kVecs = simd::kBytes == 64 ? 2 : 1;
+  constexpr index_t L = simd::lanes<T>, S = kVecs * L;
+  const index_t d = W.rows, width = W.stride, b = dH.rows;
+  std::vector<simd::vec<T>> part(std::size_t(kRows * b));
+  for (index_t blk = blk0; blk < blk1; ++blk) {
+    const index_t i = blk * kRows, n = std::min<index_t>(kRows, d - i);
+    std::fill(part.begin(), part.end(), simd::vec<T>{});
+    for (index_t c = 0; c < width; c += S) {
+      const bool whole = c + S <= width;
+      if (n == kRows && whole)
+        learnable_tile<T, kRows, kVecs, Adam>(W.row(i) + c, W.stride, EbT.row(i), EbT.stride, b, dH.ptr + c,
+                                              dH.stride, part.data(), lr, eps);
+      else  // the last row block, or a last single vector
+        for (index_t ii = 0; ii < n; ++ii)
+          for (index_t cv = c; cv < std::min(c + S, width); cv += L)
+            learnable_tile<T, 1, 1, Adam>(W.row(i + ii) + cv, W.stride, EbT.row(i + ii), EbT.stride, b, dH.ptr + cv,
+                                          dH.stride, part.data() + ii * b, lr, eps);
+    }
+    for (index_t ii = 0; ii < n; ++ii)
+      for (index_t r = 0; r < b; ++r) dE(r, i + ii) = simd::sum<T>(part[ii * b + r]);
+  }
+}
+
+}  // namespace detail
+
+// The learnable model's W step in one pass over W (4-row register tiles), instead of three
+// GEMMs over W, a d x d gradient and an update pass:
+//   dE = dH W^T                                (b x d: the batch rows' E gradient, W before the update)
+//   W <- W - lr u(E_b^T dH)                    (u: identity for SGD, g / (|g| + eps) for Adam(0, 0))
+// W and dH are padded (simd::PaddedRows views: zero columns past d, the same stride).
+template <class T>
+void learnable_W_pass(MatrixView<T> W, MatrixView<const T> EbT, MatrixView<const T> dH, T lr, T eps, bool adam00,
+                      MatrixView<T> dE) {
+  FASTMEM_CHECK_ARG(W.stride == dH.stride && W.stride % simd::lanes<T> == 0, "W and dH must be padded alike");
+  const index_t blocks = (W.rows + 3) / 4;
+  parallel_blocks(blocks, threads_for(blocks, 8 * W.stride * dH.rows), [&](int, index_t b0, index_t b1) {
+    if (adam00)
+      detail::learnable_rows<T, true>(W, EbT, dH, lr, eps, dE, b0, b1);
+    else
+      detail::learnable_rows<T, false>(W, EbT, dH, lr, eps, dE, b0, b1);
+  });
 }
 
 namespace detail {
@@ -118,6 +200,16 @@ TrainResult train_model(const ModelProblem<T>& pr, const ModelOptimizer& opt, co
   FASTMEM_CHECK_ARG(pr.U.cols == d, "U must have d columns");
   FASTMEM_CHECK_ARG(pr.kind == ModelKind::Exponential || (pr.W.rows == d && pr.W.cols == d), "W must be d x d");
   BatchSource<T> batches(N, tp.batch_size, pr.p, cdf, given_tokens, tp.seed);
+  // The learnable model trains W in a padded copy, for learnable_W_pass.
+  const bool learnable = pr.kind == ModelKind::Learnable;
+  std::optional<simd::PaddedRows<T>> W_padded;
+  simd::PaddedRows<T> dh_padded;
+  std::vector<T> ebt;
+  ModelProblem<T> prw = pr;
+  if (learnable) {
+    W_padded.emplace(MatrixView<const T>(pr.W));
+    prw.W = W_padded->view();
+  }
   ModelWorkspace<T> ws, metrics_ws;
   std::vector<T> weights, p_weights, margin_buf(static_cast<std::size_t>(N));
   for (index_t x = 0; x < N; ++x) p_weights.push_back(static_cast<T>(pr.p[x]));
@@ -127,27 +219,35 @@ TrainResult train_model(const ModelProblem<T>& pr, const ModelOptimizer& opt, co
       const index_t r = res.records;
       T* m = rec.margins ? rec.margins + r * N : margin_buf.data();
       PopulationMetrics pm;
-      pm.loss = model_pass(pr, nullptr, N, p_weights.data(), m, false, metrics_ws);
+      pm.loss = model_pass(prw, nullptr, N, p_weights.data(), m, false, metrics_ws);
       for (index_t x = 0; x < N; ++x)
         if (m[x] > T(0)) pm.accuracy += pr.p[x];
       store_metrics(rec, r, pm, res);
       if (rec.W && pr.kind == ModelKind::Learnable)
-        for (index_t i = 0; i < d; ++i) std::copy(pr.W.row(i), pr.W.row(i) + d, rec.W + (r * d + i) * d);
+        for (index_t i = 0; i < d; ++i) std::copy(prw.W.row(i), prw.W.row(i) + d, rec.W + (r * d + i) * d);
     }
   };
   auto step = [&](index_t t) {
     const index_t gt = tp.start_step + t;
     const std::int64_t* tokens;
     const index_t rows = batches.next(t, gt, tokens, weights);
-    const double loss = model_pass<T>(pr, tokens, rows, weights.data(), nullptr, true, ws);
+    const double loss = model_pass<T>(prw, tokens, rows, weights.data(), nullptr, true, ws, !learnable);
     if (!std::isfinite(loss)) return false;
     detail::model_update(pr.U.ptr, ws.dU.data(), M * d, opt.lr_U, opt);  // U is contiguous (checked by caller)
-    if (pr.kind == ModelKind::Learnable) detail::model_update(pr.W.ptr, ws.dW.data(), d * d, opt.lr_W, opt);
+    if (learnable) {  // dE and the W update in one pass, from E's rows before their update
+      dh_padded.assign(MatrixView<const T>(ws.dh.data(), rows, d));
+      ws.dE.resize(std::size_t(rows * d));
+      learnable_W_pass(prw.W, gather_columns(MatrixView<const T>(pr.E), tokens, rows, ebt),
+                       MatrixView<const T>(dh_padded.view()), static_cast<T>(opt.lr_W), static_cast<T>(opt.eps),
+                       opt.adam00, MatrixView<T>(ws.dE.data(), rows, d));
+    }
     for (index_t i = 0; i < rows; ++i)  // merged draws: each row of E once
       detail::model_update(pr.E.row(token_at(tokens, i)), ws.dE.data() + i * d, d, opt.lr_E, opt);
     return true;
   };
-  return drive(tp.steps, record, step);
+  const TrainResult res = drive(tp.steps, record, step);
+  if (W_padded) W_padded->copy_to(pr.W);
+  return res;
 }
 
 }  // namespace fastmem
