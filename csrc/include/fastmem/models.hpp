@@ -36,17 +36,17 @@ struct ModelOptimizer {
 
 template <class T>
 struct ModelWorkspace {
-  std::vector<T> eb, h, r, z, g, dh, dU, dW, dE, w;
+  std::vector<T> eb, h, r, z, g, dh, dU, dE, w;
   std::vector<std::int64_t> rows;
 };
 
 // Read-out h (rows x d) and scores z (rows x M) of the given tokens; returns the loss
-// sum_i w_i l_i, writes margins (nullable) and, when `grads`, the gradients of U, W and
-// of the E rows into the workspace.
-// w_grads = false leaves the learnable model's dW and dE to learnable_W_pass (ws.dh holds dH).
+// sum_i w_i l_i, writes margins (nullable) and, when `grads`, the gradient of U and dH (the
+// gradient of the read-outs) into the workspace, and for the exponential model that of the
+// E rows (the learnable model's W and E rows: learnable_W_pass).
 template <class T>
 double model_pass(const ModelProblem<T>& pr, const std::int64_t* tokens, index_t rows, const T* w, T* margins,
-                  bool grads, ModelWorkspace<T>& ws, bool w_grads = true) {
+                  bool grads, ModelWorkspace<T>& ws) {
   const index_t d = pr.E.cols, M = pr.U.rows;
   ws.eb.resize(std::size_t(rows * d));
   ws.h.resize(std::size_t(rows * d));
@@ -90,16 +90,8 @@ double model_pass(const ModelProblem<T>& pr, const std::int64_t* tokens, index_t
   blas::gemm<T>(true, false, T(1), G, MatrixView<const T>(H), T(0), dU);
   blas::gemm<T>(false, false, T(1), G, MatrixView<const T>(pr.U), T(0), dH);
   if (pr.layernorm) layernorm_backward(MatrixView<const T>(H), ws.r.data(), dH);
-  ws.dE.resize(std::size_t(rows * d));
-  MatrixView<T> dE(ws.dE.data(), rows, d);
-  if (pr.kind == ModelKind::Learnable && !w_grads) {
-    return loss;
-  } else if (pr.kind == ModelKind::Learnable) {
-    ws.dW.resize(std::size_t(d * d));
-    blas::gemm<T>(true, false, T(1), MatrixView<const T>(Eb), MatrixView<const T>(dH), T(0),
-                  MatrixView<T>(ws.dW.data(), d, d));
-    blas::gemm<T>(false, true, T(1), MatrixView<const T>(dH), MatrixView<const T>(pr.W), T(0), dE);
-  } else {
+  if (pr.kind == ModelKind::Exponential) {
+    ws.dE.resize(std::size_t(rows * d));
     for (index_t i = 0; i < rows * d; ++i) ws.dE[i] = ws.eb[i] > T(0) ? ws.dh[i] : T(0);
   }
   return loss;
@@ -175,6 +167,7 @@ void learnable_W_pass(MatrixView<T> W, MatrixView<const T> EbT, MatrixView<const
   FASTMEM_CHECK_ARG(W.stride == dH.stride && W.stride % simd::lanes<T> == 0, "W and dH must be padded alike");
   const index_t blocks = (W.rows + 3) / 4;
   parallel_blocks(blocks, threads_for(blocks, 8 * W.stride * dH.rows), [&](int, index_t b0, index_t b1) {
+    const simd::FlushDenormals<T> ftz;  // per thread: the mode is a thread's own
     if (adam00)
       detail::learnable_rows<T, true>(W, EbT, dH, lr, eps, dE, b0, b1);
     else
@@ -198,6 +191,7 @@ TrainResult train_model(const ModelProblem<T>& pr, const ModelOptimizer& opt, co
                         const std::int64_t* given_tokens, const TrainParams& tp, const TrainRecord<T>& rec) {
   const index_t N = pr.E.rows, d = pr.E.cols, M = pr.U.rows;
   FASTMEM_CHECK_ARG(pr.U.cols == d, "U must have d columns");
+  const simd::FlushDenormals<T> ftz;
   FASTMEM_CHECK_ARG(pr.kind == ModelKind::Exponential || (pr.W.rows == d && pr.W.cols == d), "W must be d x d");
   BatchSource<T> batches(N, tp.batch_size, pr.p, cdf, given_tokens, tp.seed);
   // The learnable model trains W in a padded copy, for learnable_W_pass.
@@ -231,7 +225,7 @@ TrainResult train_model(const ModelProblem<T>& pr, const ModelOptimizer& opt, co
     const index_t gt = tp.start_step + t;
     const std::int64_t* tokens;
     const index_t rows = batches.next(t, gt, tokens, weights);
-    const double loss = model_pass<T>(prw, tokens, rows, weights.data(), nullptr, true, ws, !learnable);
+    const double loss = model_pass<T>(prw, tokens, rows, weights.data(), nullptr, true, ws);
     if (!std::isfinite(loss)) return false;
     detail::model_update(pr.U.ptr, ws.dU.data(), M * d, opt.lr_U, opt);  // U is contiguous (checked by caller)
     if (learnable) {  // dE and the W update in one pass, from E's rows before their update

@@ -12,6 +12,9 @@
 #if defined(__AVX512F__) || defined(__AVX__)
 #include <immintrin.h>
 #endif
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
 
 // The register tiles are written as small functions that must be inlined to stay in registers.
 #if defined(__GNUC__)
@@ -134,5 +137,27 @@ inline vec<T> normalized(vec<T> g, T eps) {
   else
     return g * reciprocal(abs<T>(g) + eps);
 }
+
+// For float32, flush-to-zero and denormals-are-zero in this thread while in scope. A value
+// below FLT_MIN (the probability of a wrong class in a confident model, 1e-40) would make
+// every multiply-add it enters ~100x slower (a trained learnable model at lr 0.1 ran 7x
+// slower per step); such values are far below float32's resolution of what they are added to.
+template <class T>
+struct FlushDenormals {
+#if defined(__SSE__)
+  unsigned int saved = 0;
+  FlushDenormals() {
+    if constexpr (sizeof(T) == 4) {
+      saved = _mm_getcsr();
+      _mm_setcsr(saved | 0x8040u);  // FTZ | DAZ
+    }
+  }
+  ~FlushDenormals() {
+    if constexpr (sizeof(T) == 4) _mm_setcsr(saved);
+  }
+  FlushDenormals(const FlushDenormals&) = delete;
+  FlushDenormals& operator=(const FlushDenormals&) = delete;
+#endif
+};
 
 }  // namespace fastmem::simd
