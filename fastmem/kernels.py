@@ -79,7 +79,7 @@ def normal(shape, seed=0, scale=1.0, dtype=np.float32, backend=None):
         v.fail("dtype", "float32 or float64", repr(dtype))
     dtype = np.dtype(dtype)
     out = np.empty(shape, dtype=dtype)
-    get(backend, device=False).normal_fill(int(seed), 0, scale, out)
+    get(backend, device=False).normal_fill(int(seed), scale, out)
     return out
 
 

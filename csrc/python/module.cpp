@@ -163,14 +163,14 @@ void py_sample_tokens(py::array cdf, std::uint64_t seed, index_t start_step, py:
   sample_tokens(c, n, seed, start_step, o);
 }
 
-void py_normal_fill(std::uint64_t seed, index_t first, double scale, py::array out) {
+void py_normal_fill(std::uint64_t seed, double scale, py::array out) {
   FASTMEM_CHECK_ARG(out.flags() & py::array::c_style, "out must be C-contiguous");
   dispatch(out, [&](auto tag) {
     using T = decltype(tag);
     T* o = static_cast<T*>(out.mutable_data());
     const index_t n = out.size();
     py::gil_scoped_release nogil;
-    normal_fill(o, n, seed, first, scale);
+    normal_fill(o, n, seed, 0, scale);
   });
 }
 

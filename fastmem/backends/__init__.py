@@ -25,7 +25,7 @@ SIGNATURES = {
     "softmax_xent_grad": ("q", "u", "y", "w", "h", "lse", "zy", "zother", "chunk"),
     "sgd_rank_update": ("W", "Eb", "H", "alpha"),
     "sample_tokens": ("cdf", "seed", "start_step", "out"),
-    "normal_fill": ("seed", "first", "scale", "out"),
+    "normal_fill": ("seed", "scale", "out"),
     "population_metrics": ("E", "onehot_col", "onehot_scale", "U", "W", "p", "y", "layernorm", "chunk",
                            "margins", "grad"),
     "sharpness": ("E", "onehot_col", "onehot_scale", "U", "W", "p", "y", "chunk", "iters", "tol", "seed"),

@@ -28,8 +28,8 @@ def sample_tokens(cdf, seed, start_step, out):
     _core.sample_tokens(cdf, seed, start_step, out)
 
 
-def normal_fill(seed, first, scale, out):
-    _core.normal_fill(seed, first, scale, out)
+def normal_fill(seed, scale, out):
+    _core.normal_fill(seed, scale, out)
 
 
 def population_metrics(E, onehot_col, onehot_scale, U, W, p, y, layernorm, chunk, margins, grad):

@@ -52,12 +52,10 @@ _NORMAL_STREAM = np.uint64(0x4E4F524D414C5354)  # normal.hpp's kNormalStream
 
 
 @njit(cache=True)
-def _normal_into(seed, first, scale, flat):
+def _normal_into(seed, scale, flat):
     key = _splitmix64(np.uint64(seed) ^ _NORMAL_STREAM)
-    n = flat.size
-    for i in range(n):
-        j = first + i
-        k, l = j // 16, j % 16
+    for i in range(flat.size):
+        k, l = i // 16, i % 16
         w = _splitmix64(key ^ _splitmix64(np.uint64(8 * k + l % 8)))
         u1 = (np.float64(w >> np.uint64(32)) + 0.5) * 2.0**-32
         u2 = np.float64(w & np.uint64(0xFFFFFFFF)) * 2.0**-32
@@ -65,8 +63,8 @@ def _normal_into(seed, first, scale, flat):
         flat[i] = scale * (r * math.cos(2 * math.pi * u2) if l < 8 else r * math.sin(2 * math.pi * u2))
 
 
-def normal_fill(seed, first, scale, out):
-    _normal_into(np.uint64(seed), first, scale, out.reshape(-1))
+def normal_fill(seed, scale, out):
+    _normal_into(np.uint64(seed), scale, out.reshape(-1))
 
 
 # --- the fused kernel (softmax_xent_grad.hpp) -----------------------------------------

@@ -42,13 +42,13 @@ def sample_tokens(cdf, seed, start_step, out):
 _NORMAL_STREAM = 0x4E4F524D414C5354  # normal.hpp's kNormalStream
 
 
-def normal_fill(seed, first, scale, out):
+def normal_fill(seed, scale, out):
     """normal.hpp's stream: block k holds the Box-Muller pairs of the words bits(8 k + l)."""
     flat = out.reshape(-1)
     n = flat.size
     if n == 0:
         return
-    k = np.arange(first // 16, (first + n + 15) // 16, dtype=np.uint64)
+    k = np.arange((n + 15) // 16, dtype=np.uint64)
     counters = (8 * k[:, None] + np.arange(8, dtype=np.uint64)).ravel()
     key = _splitmix64(np.array([seed ^ _NORMAL_STREAM], dtype=np.uint64))
     w = _splitmix64(key ^ _splitmix64(counters)).reshape(-1, 8)
@@ -56,8 +56,7 @@ def normal_fill(seed, first, scale, out):
     u2 = (w & np.uint64(0xFFFFFFFF)).astype(_F) * 2.0**-32
     r = np.sqrt(-2.0 * np.log(u1))
     block = np.concatenate([r * np.cos(2 * np.pi * u2), r * np.sin(2 * np.pi * u2)], axis=1).ravel()
-    start = first - 16 * (first // 16)
-    flat[...] = scale * block[start:start + n]
+    flat[...] = scale * block[:n]
 
 
 # --- kernels -----------------------------------------------------------------------

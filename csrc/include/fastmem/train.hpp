@@ -165,7 +165,8 @@ TrainResult train(const Problem<T>& prob, MatrixView<T> W_io, const double* cdf,
   const bool fused_update = plain_sgd || normalized;
   std::vector<T> ebt, ent, q_next, w_next;
   std::vector<std::int64_t> tokens_next;
-  bool read_ahead = false;  // pass.q holds this step's read-outs, taken by the last update
+  // pass.q holds this step's read-outs and ent its E columns, taken by the last update
+  bool read_ahead = false;
   // The fused pass works on whole aligned vectors: W is trained in a padded copy, and H and
   // the next read-outs pass through padded buffers.
   std::optional<simd::PaddedRows<T>> W_padded;
@@ -201,6 +202,7 @@ TrainResult train(const Problem<T>& prob, MatrixView<T> W_io, const double* cdf,
       rows = batches.next(t, gt, tokens, pass.w);
     }
     const double loss = forward_backward(prob, MatrixView<const T>(W), tokens, rows, pass, nullptr, read_ahead);
+    const bool columns_ready = read_ahead;
     read_ahead = false;
     if (!std::isfinite(loss)) return false;
     MatrixView<const T> H(pass.h.data(), rows, d);
@@ -208,10 +210,12 @@ TrainResult train(const Problem<T>& prob, MatrixView<T> W_io, const double* cdf,
       embed_write(prob.emb, tokens, pass.Eb, H, static_cast<T>(-lr), W);
     } else if (normalized) {
       state.t += 1;
-      const MatrixView<const T> EbT = gather_columns(prob.emb.E, tokens, rows, ebt);
+      if (columns_ready) ebt.swap(ent);
+      const MatrixView<const T> EbT =
+          columns_ready ? MatrixView<const T>(ebt.data(), d, rows) : gather_columns(prob.emb.E, tokens, rows, ebt);
       MatrixView<const T> EnT;
       MatrixView<T> Qn;
-      if (t + 1 < tp.steps) {  // tokens point into the batch source: gathered above, before next()
+      if (t + 1 < tp.steps) {  // tokens point into the batch source or tokens_next: EbT is taken above
         const std::int64_t* tn;
         const index_t rn = batches.next(t + 1, gt + 1, tn, w_next);
         tokens_next.resize(std::size_t(rn));
