@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _validate as v
+from .train import Record
 
 # key: (type check, human description). A grid value may be a scalar or a list.
 KEYS = {
@@ -92,36 +93,106 @@ def run_one(config, backend=None, trajectory=0):
     and U; error = sum of p(x) over tokens whose argmax score is wrong. Returns the result row
     (a dict) and, with ``trajectory`` K > 0, the run's (step, loss, error) at about K log-spaced
     steps (else None)."""
-    import fastmem as fm
-    from .models import train_model
+    return run_group([config], backend, trajectory)[0]
 
-    c = config
+
+def run_group(configs, backend=None, trajectory=0):
+    """Runs that differ only in ntrain, from one trajectory; [(row, trajectory)] as run_one
+    gives each, in the order of ``configs``.
+
+    The tokens come from a counter-based stream, so the run of ntrain tokens is the first
+    ntrain / batch_size steps of a longer run of the same seed: one run to the longest, recording
+    at every member's own steps, gives each member's records and status exactly. SGD runs that
+    the cost model would give another representation at their own length run apart.
+    """
+    lengths = [c["ntrain"] // c["batch_size"] for c in configs]
+    if len({json.dumps({**c, "ntrain": 0}, sort_keys=True) for c in configs}) != 1:
+        v.fail("configs", "configurations that differ only in ntrain", [c["ntrain"] for c in configs])
     t0 = time.perf_counter()
-    task = fm.Task.zipf(c["N"], c["M"], c["alpha"])
-    E, U = fm.embeddings.gaussian(c["N"], c["M"], c["d"], seed=c["seed"])
-    W = fm.kernels.normal((c["d"], c["d"]), seed=c["seed"], scale=c["d"] ** -0.5, dtype=E.dtype, backend=backend)
-    steps = c["ntrain"] // c["batch_size"]
-    adam = c["optimizer"] == "adam"
-    rec = fm.Record(steps="log" if trajectory else "last", metrics=("loss", "accuracy"), num=max(trajectory, 1))
-    if c["model"] == "matrix":
-        opt = fm.Adam(lr=c["lr"] / c["d"], betas=(0.0, 0.0)) if adam else fm.SGD(lr=c["lr"])
-        # Adam(0, 0) without LayerNorm: train W U^T (d x M), not W (the grid needs no W)
-        rep = "projected" if adam and not c["layernorm"] else "auto"
-        run = fm.train(fm.AssociativeMemory(E, U, W=W, layernorm=c["layernorm"]), task, opt, steps,
-                       batch_size=c["batch_size"], seed=c["seed"], record=rec, backend=backend, representation=rep)
-        rep = run.representation
-    else:
-        opt = fm.Adam(lr=c["lr"], betas=(0.0, 0.0)) if adam else fm.SGD(lr=c["lr"])
-        scale = {"W": 1 / c["d"], "E": c["d"] ** -0.5, "U": c["d"] ** -0.5} if adam else None
-        run = train_model(c["model"], E, U, task, opt, steps, batch_size=c["batch_size"], seed=c["seed"], W=W,
-                          layernorm=c["layernorm"], lr_scale=scale, record=rec, backend=backend)
-        rep = "primal"
-    done = len(run.loss) > 0
-    row = {**c, "run_id": run_id(c), "status": run.status, "error": float(1 - run.accuracy[-1]) if done else np.nan,
-           "loss": float(run.loss[-1]) if done else np.nan, "steps": int(run.steps_done),
-           "seconds": time.perf_counter() - t0, "representation": rep, "message": ""}
-    traj = {"step": run.steps, "loss": run.loss, "error": 1 - run.accuracy} if trajectory else None
+    start = _start(configs[0], backend)
+    out = [None] * len(configs)
+    reps = [start.representation(n) for n in lengths]
+    for rep in dict.fromkeys(reps):
+        members = [i for i, r in enumerate(reps) if r == rep]
+        own = [_record(trajectory).resolve(lengths[i]) for i in members]
+        run = start.train(max(lengths[i] for i in members), Record(np.unique(np.concatenate(own))), rep)
+        for i, pts in zip(members, own):
+            out[i] = _member(configs[i], lengths[i], pts, run, rep, trajectory)
+    seconds = time.perf_counter() - t0
+    for i, n in enumerate(lengths):  # the shared time split by steps; a rerun adds its own
+        if out[i] is None:
+            out[i] = run_group([configs[i]], backend, trajectory)[0]
+        else:
+            out[i][0]["seconds"] = seconds * max(n, 1) / sum(max(m, 1) for m in lengths)
+    return out
+
+
+def _record(trajectory):
+    return Record(steps="log" if trajectory else "last", num=max(trajectory, 1))
+
+
+def _member(c, n, pts, run, rep, trajectory):
+    """A member's (row, trajectory) from the run of its group, or None where they cannot be
+    told apart from it: the run stopped at a record of another member, which a run of n steps
+    would not have taken (it would have gone on to its next step)."""
+    steps, s = np.asarray(run.steps), int(run.steps_done)
+    diverged = run.status != "ok"
+    # a non-finite population loss at a record stopped the run; else the loss of a batch
+    at_record = diverged and len(steps) > 0 and steps[-1] == s and not np.isfinite(run.loss[-1])
+    if diverged and at_record and n > s and s not in pts:
+        return None
+    keep = np.isin(steps, pts) & (steps <= n)
+    loss, error = np.asarray(run.loss)[keep], 1 - np.asarray(run.accuracy)[keep]
+    status = "diverged" if diverged and (n > s or (n == s and at_record)) else "ok"
+    row = {**c, "run_id": run_id(c), "status": status, "error": float(error[-1]) if keep.any() else np.nan,
+           "loss": float(loss[-1]) if keep.any() else np.nan, "steps": min(n, s), "seconds": 0.0,
+           "representation": rep, "message": ""}
+    traj = {"step": steps[keep], "loss": loss, "error": error} if trajectory else None
     return row, traj
+
+
+class _start:
+    """The initial state of a grid configuration: task, embeddings, W and optimizer."""
+
+    def __init__(self, c, backend):
+        import fastmem as fm
+
+        self.c, self.backend = c, backend
+        self.task = fm.Task.zipf(c["N"], c["M"], c["alpha"])
+        self.E, self.U = fm.embeddings.gaussian(c["N"], c["M"], c["d"], seed=c["seed"])
+        self.W = fm.kernels.normal((c["d"], c["d"]), seed=c["seed"], scale=c["d"] ** -0.5, dtype=self.E.dtype,
+                                   backend=backend)
+        adam = c["optimizer"] == "adam"
+        if c["model"] == "matrix":
+            self.opt = fm.Adam(lr=c["lr"] / c["d"], betas=(0.0, 0.0)) if adam else fm.SGD(lr=c["lr"])
+            self.memory = fm.AssociativeMemory(self.E, self.U, W=self.W, layernorm=c["layernorm"])
+        else:
+            self.opt = fm.Adam(lr=c["lr"], betas=(0.0, 0.0)) if adam else fm.SGD(lr=c["lr"])
+            self.scale = {"W": 1 / c["d"], "E": c["d"] ** -0.5, "U": c["d"] ** -0.5} if adam else None
+
+    def representation(self, steps):
+        """What fm.train would take for a run of this many steps (the models: "primal")."""
+        from .dual import choose
+
+        c = self.c
+        if c["model"] != "matrix":
+            return "primal"
+        if c["optimizer"] == "adam" and not c["layernorm"]:
+            return "projected"  # Adam(0, 0) without LayerNorm: train W U^T (d x M); the grid needs no W
+        return choose(self.memory, self.task, self.opt, steps, c["batch_size"], "auto")[0]
+
+    def train(self, steps, record, representation):
+        import fastmem as fm
+
+        from .models import train_model
+
+        c = self.c
+        if c["model"] == "matrix":
+            return fm.train(self.memory, self.task, self.opt, steps, batch_size=c["batch_size"], seed=c["seed"],
+                            record=record, backend=self.backend, representation=representation)
+        return train_model(c["model"], self.E, self.U, self.task, self.opt, steps, batch_size=c["batch_size"],
+                           seed=c["seed"], W=self.W, layernorm=c["layernorm"], lr_scale=self.scale, record=record,
+                           backend=self.backend)
 
 
 @contextlib.contextmanager
@@ -143,28 +214,39 @@ def _single_threaded():
 
 
 def run_chunk(configs, out, backend=None, trajectory=0):
-    """Run the configurations one after the other, single-threaded, retrying a failing run
-    once, then write them all atomically (trajectories first: a runs file marks a chunk done)."""
+    """Run the configurations one group after the other (runs that differ only in ntrain:
+    run_group), single-threaded, retrying a failing group once, then write them all atomically
+    (trajectories first: a runs file marks a chunk done)."""
     rows, trajs = [], []
     with _single_threaded():
-        for c in configs:
+        for group in _groups(configs):
             for attempt in (1, 2):
                 try:
-                    row, traj = run_one(c, backend, trajectory)
-                    rows.append(row)
-                    if traj is not None:
-                        trajs.append((row["run_id"], traj))
+                    results = run_group(group, backend, trajectory)
                     break
                 except Exception:  # noqa: BLE001 - a failed run is recorded, the sweep goes on
                     if attempt == 2:
-                        rows.append({**c, "run_id": run_id(c), "status": "failed", "error": np.nan, "loss": np.nan,
-                                     "steps": 0, "seconds": 0.0, "representation": "",
-                                     "message": traceback.format_exc(limit=3)})
+                        message = traceback.format_exc(limit=3)
+                        results = [({**c, "run_id": run_id(c), "status": "failed", "error": np.nan, "loss": np.nan,
+                                     "steps": 0, "seconds": 0.0, "representation": "", "message": message}, None)
+                                   for c in group]
+            for row, traj in results:
+                rows.append(row)
+                if traj is not None:
+                    trajs.append((row["run_id"], traj))
     name = "chunk-" + hashlib.sha1("".join(r["run_id"] for r in rows).encode()).hexdigest()[:16]
     if trajs:
         _write_atomic(_trajectory_frame(trajs), Path(out) / "trajectories", name)
     _write_atomic(_frame(rows), Path(out) / "runs", name)
     return [r["run_id"] for r in rows]
+
+
+def _groups(configs):
+    """The configurations in groups that differ only in ntrain (run_group), in order."""
+    groups = {}
+    for c in configs:
+        groups.setdefault(json.dumps({**c, "ntrain": 0}, sort_keys=True), []).append(c)
+    return list(groups.values())
 
 
 def _frame(rows):
@@ -209,13 +291,18 @@ def load_sweep(out, trajectories=False):
 
 
 def _chunks(configs, size):
-    """Runs of the same shapes together (model, d, layernorm, optimizer), in chunks of ``size``."""
+    """Runs of the same shapes together (model, d, layernorm, optimizer), in chunks of about
+    ``size`` that keep each group of run_group whole."""
     key = lambda c: (c["model"], c["d"], c["layernorm"], c["optimizer"], c["N"], c["M"])  # noqa: E731
     ordered = sorted(configs, key=lambda c: (key(c), c["seed"], c["lr"], c["batch_size"], c["ntrain"]))
-    for _, group in itertools.groupby(ordered, key=key):
-        group = list(group)
-        for i in range(0, len(group), size):
-            yield group[i:i + size]
+    for _, same in itertools.groupby(ordered, key=key):
+        chunk = []
+        for group in _groups(list(same)):
+            if chunk and len(chunk) + len(group) > size:
+                yield chunk
+                chunk = []
+            chunk += group
+        yield chunk
 
 
 def _cost(c):
@@ -229,7 +316,8 @@ def sweep(grid_or_configs, out, executor=None, workers=None, chunk_size=16, quie
 
     executor : any concurrent.futures.Executor (``distributed.Client(...).get_executor()``
         for a Dask cluster); default a local process pool of ``workers`` (default: CPU count)
-    chunk_size : runs per task and per file (what a kill can lose)
+    chunk_size : about this many runs per task and per file (what a kill can lose); runs that
+        differ only in ntrain stay together (one trajectory gives them all, see run_group)
     backend : the backend every run uses (default: the workers' own choice, see fm.backends)
     trajectory : K > 0 also records each run's loss and error at about K log-spaced steps
         (``load_sweep(out, trajectories=True)``); runs already on disk keep what they recorded
@@ -252,7 +340,7 @@ def sweep(grid_or_configs, out, executor=None, workers=None, chunk_size=16, quie
                disable=quiet or not sys.stderr.isatty())
     try:
         # the costliest chunks first, so that the last ones to finish are short (no idle worker)
-        chunks = sorted(_chunks(todo, chunk_size), key=lambda chunk: -sum(map(_cost, chunk)))
+        chunks = sorted(_chunks(todo, chunk_size), key=lambda chunk: -sum(max(map(_cost, g)) for g in _groups(chunk)))
         futures = [executor.submit(run_chunk, chunk, str(out), backend, trajectory) for chunk in chunks]
         for f in cf.as_completed(futures):
             bar.update(len(f.result()))

@@ -53,6 +53,49 @@ def test_sweep_equals_separate_runs(tmp_path):
     assert sum(len(pd.read_parquet(f)) for f in files) == 64
 
 
+PREFIXES = {"d": [8, 40], "seed": 3, "lr": [1.0, 30.0, 1e4, 3e38], "batch_size": [1, 4], "ntrain": [16, 64, 256],
+            "layernorm": [False, True], "optimizer": ["sgd", "adam"], "model": ["matrix", "learnable", "exponential"],
+            "N": 30, "M": 3}
+
+
+@pytest.mark.parametrize("model", ["matrix", "learnable", "exponential"])
+def test_runs_differing_in_ntrain_share_one_trajectory_exactly(model):
+    # every representation (primal, dual, projected); short runs ok where the longest diverged
+    seen, mixed = set(), 0
+    for group in sw._groups(sw.expand({**PREFIXES, "model": model})):
+        assert [c["ntrain"] for c in group] == [16, 64, 256]
+        results = sw.run_group(group, trajectory=5)
+        mixed += len({row["status"] for row, _ in results}) == 2
+        for c, (row, traj) in zip(group, results):
+            want, want_traj = sw.run_group([c], trajectory=5)[0]  # alone, as run_one
+            for k in ("status", "steps", "representation", "error", "loss"):
+                assert row[k] == want[k] or (np.isnan(row[k]) and np.isnan(want[k])), (k, c)
+            for k in ("step", "loss", "error"):
+                np.testing.assert_array_equal(traj[k], want_traj[k])
+            seen.add((row["status"], row["representation"]))
+    assert mixed > 0
+    assert {rep for _, rep in seen} == ({"primal", "dual", "projected"} if model == "matrix" else {"primal"}), seen
+
+
+@pytest.mark.parametrize("n, s, at_record, pts, want", [
+    (10, 40, False, [10], ("ok", 10)),         # finished before the group's run diverged
+    (40, 40, False, [40], ("ok", 40)),         # a batch loss after its last record: its run ends first
+    (40, 40, True, [40], ("diverged", 40)),    # its own last record is non-finite
+    (90, 40, False, [90], ("diverged", 40)),   # a batch loss: the same step stops it
+    (90, 40, True, [40, 90], ("diverged", 40)),
+    (90, 40, True, [90], None),                # stopped at another member's record: run it alone
+])
+def test_member_status_from_the_group_run(n, s, at_record, pts, want):
+    from types import SimpleNamespace
+
+    # records at 0, 10 and 40, then the run stopped at 40: at its record there, or at the batch of step 40
+    steps, loss = np.array([0, 10, 40]), np.array([1.0, 0.5, np.inf if at_record else 0.4])
+    run = SimpleNamespace(steps=steps, steps_done=s, status="diverged", loss=loss, accuracy=np.ones(3))
+    c = {**dict.fromkeys(sw.KEYS, 0), "ntrain": n}
+    got = sw._member(c, n, np.array(pts), run, "primal", 0)
+    assert (got if got is None else (got[0]["status"], got[0]["steps"])) == want
+
+
 def test_trajectories_are_written_and_read_as_xarray(tmp_path):
     grid = {**SMALL, "model": ["matrix", "learnable"], "d": 4, "seed": [1, 2], "layernorm": False,
             "batch_size": [4, 16], "optimizer": ["sgd", "adam"]}
@@ -82,8 +125,8 @@ def test_trajectories_are_written_and_read_as_xarray(tmp_path):
 
 def test_kill_and_resume(tmp_path):
     grid = tmp_path / "grid.toml"
-    grid.write_text('[grid]\nN = 50\nd = [16, 32, 64]\nseed = [1, 2, 3, 4, 5, 6]\nlr = [1.0, 10.0]\n'
-                    'batch_size = [4]\nntrain = [4096]\noptimizer = ["adam"]\nlayernorm = [false, true]\n')
+    grid.write_text('[grid]\nN = 50\nd = [16, 32, 64]\nseed = [1, 2, 3]\nlr = [1.0, 10.0]\n'
+                    'batch_size = [4]\nntrain = [1024, 4096]\noptimizer = ["adam"]\nlayernorm = [false, true]\n')
     cmd = [sys.executable, "-m", "fastmem", "sweep", str(grid), "--out", str(tmp_path / "out"), "--workers", "1",
            "--chunk-size", "3", "--quiet", "--trajectory", "4"]
     proc = subprocess.Popen(cmd, start_new_session=True)
@@ -136,14 +179,14 @@ def test_diverged_and_failed_runs_are_recorded(tmp_path, monkeypatch):
     grid = {**SMALL, "model": "matrix", "optimizer": "sgd", "layernorm": False, "lr": [1.0, 3e38], "d": 4,
             "seed": 1, "batch_size": 4}
     calls = []
-    real = sw.run_one
+    real = sw.run_group
 
-    def flaky(c, backend=None, trajectory=0):
-        calls.append(c["lr"])
-        if c["lr"] == 1.0:
+    def flaky(group, backend=None, trajectory=0):
+        calls.append(group[0]["lr"])
+        if group[0]["lr"] == 1.0:
             raise RuntimeError("worker crashed")
-        return real(c, backend, trajectory)
-    monkeypatch.setattr(sw, "run_one", flaky)
+        return real(group, backend, trajectory)
+    monkeypatch.setattr(sw, "run_group", flaky)
     with cf.ThreadPoolExecutor(1) as ex:  # in-process, so that the patch applies
         df = fm.sweep(grid, tmp_path, executor=ex, quiet=True).set_index("lr")
     assert calls.count(1.0) == 2  # retried once
