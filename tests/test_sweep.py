@@ -273,3 +273,15 @@ def test_grid_cells_agree_with_pytorch_over_10_seeds(model, optimizer):
         theirs.append(torch_models.error(model, Et, Ut, Wt, task.p, task.y, False))
     se = np.sqrt(np.var(ours, ddof=1) / 10 + np.var(theirs, ddof=1) / 10)
     assert abs(np.mean(ours) - np.mean(theirs)) <= 3 * se + 0.01
+
+
+def test_sweep_runs_hold_one_thread_in_blas_and_the_core():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = [p["num_threads"] for p in threadpoolctl.threadpool_info()]
+    with sw._single_threaded():
+        assert all(p["num_threads"] == 1 for p in threadpoolctl.threadpool_info())
+        if fm.backends()["cpp"]["available"]:
+            from fastmem import _core
+
+            assert _core.get_num_threads() == 1
+    assert [p["num_threads"] for p in threadpoolctl.threadpool_info()] == before
