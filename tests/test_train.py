@@ -65,8 +65,8 @@ def test_sign_like_updates_float32_track_the_loss(compiled, rng, opt):
 
 
 # The stateless normalised updates (Adam(0, 0), sign descent) take one pass over W per step
-# that also reads the next batch's rows, in register tiles of 4 rows x 16 or 32 columns:
-# d = 75 has whole tiles, a row tail and a column tail in either dtype, d = 33 one tile row.
+# that also reads the next batch's rows, in register tiles of 6 rows (10 for GD's 20 rows) x
+# 16 or 32 columns: d = 33 and 75 have whole tiles, a row tail and a column tail in either dtype.
 # Normal(0, 1/d) embeddings keep the scores O(1); sign descent flips on the rounding of a
 # vanishing gradient entry, so it is compared over the first steps only.
 @pytest.mark.parametrize("layernorm", [False, True])
@@ -179,6 +179,30 @@ def test_run_to_xarray(rng):
     assert ds["margins"].dims == ("step", "token") and ds["W"].shape == (5, 4, 4)
     np.testing.assert_array_equal(ds["step"].values, [0, 5, 10, 15, 20])
     np.testing.assert_array_equal(ds["loss"].values, run.loss)
+
+
+# A batch's few read-outs E_b W of a large W stream W once (blas::gemm_few_rows: at most 12 rows,
+# W of 512 KB or more): the learnable model's forward pass and the matrix model's primal step,
+# at d = 403 (a column tail; a last block of fewer than 6 rows of W).
+@pytest.mark.parametrize("batch_size", [1, 16])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_few_row_reads_of_a_large_W(compiled, dtype, batch_size):
+    from fastmem.models import train_model
+
+    d = 403
+    E, U = fm.embeddings.gaussian(20, 5, d, seed=1, dtype=dtype)
+    W = fm.kernels.normal((d, d), seed=1, scale=d**-0.5, dtype=dtype)
+    task, rec = fm.Task.zipf(20, 5, 1.0), fm.Record(steps="all")
+    kw = dict(batch_size=batch_size, seed=3, W=W, record=rec)
+    got = train_model("learnable", E, U, task, fm.SGD(lr=0.5), 8, backend=compiled, **kw)
+    want = train_model("learnable", E, U, task, fm.SGD(lr=0.5), 8, backend="numpy", **kw)
+    for name in ("loss", "W", "E", "U"):
+        assert_close(getattr(got, name), getattr(want, name), dtype, scale=1.0, factor=20)
+    mem, opt = fm.AssociativeMemory(E, U, W=W), fm.SGD(lr=0.5, momentum=0.9)
+    kw = dict(batch_size=batch_size, seed=3, record=rec, representation="primal")
+    got, want = (fm.train(mem, task, opt, 8, backend=be, **kw) for be in (compiled, "numpy"))
+    assert_close(got.loss, want.loss, dtype, scale=1.0, factor=20)
+    assert_close(got.W, want.W, dtype, factor=20)
 
 
 # The learnable model's W step is one pass over W (learnable_W_pass: dE = dH W^T and the update,
