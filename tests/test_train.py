@@ -72,7 +72,8 @@ def test_sign_like_updates_float32_track_the_loss(compiled, rng, opt):
 @pytest.mark.parametrize("layernorm", [False, True])
 @pytest.mark.parametrize("batch_size", [None, 1, 16], ids=["gd", "b1", "b16"])
 @pytest.mark.parametrize("opt, steps", [(fm.Adam(lr=0.01, betas=(0.0, 0.0), eps=1e-4, weight_decay=0.1), 25),
-                                        (fm.SignGD(lr=0.01), 4)], ids=["adam00-wd", "sign"])
+                                        (fm.Adam(lr=0.01, betas=(0.0, 0.0), eps=1e-4), 25),
+                                        (fm.SignGD(lr=0.01), 4)], ids=["adam00-wd", "adam00", "sign"])
 @pytest.mark.parametrize("d", [33, 75])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_normalized_updates_at_vector_widths(compiled, dtype, d, opt, steps, batch_size, layernorm):

@@ -27,13 +27,20 @@ inline T normalized_update(T g, T eps, bool sign) {
 
 namespace detail {
 
+// The step's scalars: decay = 1 - lr wd.
+template <class T>
+struct StepScalars {
+  T lr, eps, decay;
+};
+
 // One tile: w (R rows, stride ldw) x NV vectors; ebt / ent: the R rows of EbT / EnT (row
 // strides lde, ldn); hs (b x NV L, stride ldh) and qs (bn x NV L, stride ldq): the same
-// columns of H and Qn.
-template <class T, int R, int NV, bool Sign>
+// columns of H and Qn. Decay false: decay is 1 (no weight decay), its multiply skipped.
+
+template <class T, int R, int NV, bool Sign, bool Decay>
 FASTMEM_ALWAYS_INLINE void normalized_tile(T* w, index_t ldw, const T* ebt, index_t lde, index_t b, const T* hs,
                                            index_t ldh, const T* ent, index_t ldn, index_t bn, T* qs, index_t ldq,
-                                           T lr, T eps, T decay) {
+                                           const StepScalars<T>& k) {
   using vt = simd::vec<T>;
   constexpr index_t L = simd::lanes<T>;
   vt g[R][NV] = {};
@@ -48,7 +55,9 @@ FASTMEM_ALWAYS_INLINE void normalized_tile(T* w, index_t ldw, const T* ebt, inde
   for (int i = 0; i < R; ++i)
     for (int v = 0; v < NV; ++v) {
       T* p = w + i * ldw + v * L;
-      g[i][v] = decay * simd::load(p) - lr * simd::normalized<Sign>(g[i][v], eps);  // g now holds W's tile
+      const vt old = Decay ? k.decay * simd::load(p) : simd::load(p);
+      // g now holds W's tile
+      g[i][v] = old - k.lr * simd::normalized<Sign>(g[i][v], k.eps);
       simd::store(p, g[i][v]);
     }
   for (index_t r = 0; r < bn; ++r)
@@ -61,17 +70,17 @@ FASTMEM_ALWAYS_INLINE void normalized_tile(T* w, index_t ldw, const T* ebt, inde
 
 // Rows [i0, i0 + R * n) of columns [c0, c1) in tiles of R rows, n as many as fit; returns
 // the first row left.
-template <class T, int R, int NV, bool Sign>
+template <class T, int R, int NV, bool Sign, bool Decay>
 index_t normalized_rows(MatrixView<T> W, MatrixView<const T> EbT, MatrixView<const T> H, MatrixView<const T> EnT,
-                        MatrixView<T> Qn, index_t i0, index_t c0, index_t c1, T lr, T eps, T decay) {
+                        MatrixView<T> Qn, index_t i0, index_t c0, index_t c1, const StepScalars<T>& k) {
   constexpr index_t S = NV * simd::lanes<T>;
   const index_t b = H.rows, bn = Qn.rows;
   index_t i = i0;
   for (; i + R <= W.rows; i += R)
     for (index_t c = c0; c < c1; c += S)
-      normalized_tile<T, R, NV, Sign>(W.row(i) + c, W.stride, EbT.row(i), EbT.stride, b, H.ptr + c, H.stride,
-                                      bn ? EnT.row(i) : nullptr, EnT.stride, bn, Qn.ptr + c, Qn.stride, lr, eps,
-                                      decay);
+      normalized_tile<T, R, NV, Sign, Decay>(W.row(i) + c, W.stride, EbT.row(i), EbT.stride, b, H.ptr + c,
+                                             H.stride, bn ? EnT.row(i) : nullptr, EnT.stride, bn, Qn.ptr + c,
+                                             Qn.stride, k);
   return i;
 }
 
@@ -79,13 +88,26 @@ index_t normalized_rows(MatrixView<T> W, MatrixView<const T> EbT, MatrixView<con
 // W streams; H's and Qn's columns stay in cache (b d and bn d elements). Taller tiles for
 // more batch rows: a tile loads each vector of H and Qn once for its R rows (one thread,
 // AVX-512, d = 1000: 6 rows best at b + bn = 10 and 20, 10 rows at 40 and 76).
-template <class T, int NV, bool Sign>
+template <class T, int NV, bool Sign, bool Decay>
 void normalized_columns(MatrixView<T> W, MatrixView<const T> EbT, MatrixView<const T> H, MatrixView<const T> EnT,
-                        MatrixView<T> Qn, index_t c0, index_t c1, T lr, T eps, T decay) {
+                        MatrixView<T> Qn, index_t c0, index_t c1, const StepScalars<T>& k) {
   const index_t i = H.rows + Qn.rows <= 24
-                        ? normalized_rows<T, 6, NV, Sign>(W, EbT, H, EnT, Qn, 0, c0, c1, lr, eps, decay)
-                        : normalized_rows<T, 10, NV, Sign>(W, EbT, H, EnT, Qn, 0, c0, c1, lr, eps, decay);
-  normalized_rows<T, 1, NV, Sign>(W, EbT, H, EnT, Qn, i, c0, c1, lr, eps, decay);
+                        ? normalized_rows<T, 6, NV, Sign, Decay>(W, EbT, H, EnT, Qn, 0, c0, c1, k)
+                        : normalized_rows<T, 10, NV, Sign, Decay>(W, EbT, H, EnT, Qn, 0, c0, c1, k);
+  normalized_rows<T, 1, NV, Sign, Decay>(W, EbT, H, EnT, Qn, i, c0, c1, k);
+}
+
+// Sign descent or Adam(0, 0); a decay of exactly 1 (no weight decay) skips its multiply.
+template <class T, int NV>
+void normalized_columns(bool sign, MatrixView<T> W, MatrixView<const T> EbT, MatrixView<const T> H,
+                        MatrixView<const T> EnT, MatrixView<T> Qn, index_t c0, index_t c1, const StepScalars<T>& k) {
+  const bool decay = k.decay != T(1);
+  if (sign)
+    decay ? normalized_columns<T, NV, true, true>(W, EbT, H, EnT, Qn, c0, c1, k)
+          : normalized_columns<T, NV, true, false>(W, EbT, H, EnT, Qn, c0, c1, k);
+  else
+    decay ? normalized_columns<T, NV, false, true>(W, EbT, H, EnT, Qn, c0, c1, k)
+          : normalized_columns<T, NV, false, false>(W, EbT, H, EnT, Qn, c0, c1, k);
 }
 
 }  // namespace detail
@@ -98,27 +120,19 @@ void normalized_rank_update(MatrixView<T> W, MatrixView<const T> EbT, MatrixView
   constexpr index_t kStrip = kVecs * simd::lanes<T>;
   const index_t d = W.rows, cols = W.cols, b = H.rows, bn = EnT.empty() ? 0 : EnT.cols;
   const index_t strips = cols / kStrip, vec_cols = strips * kStrip;
+  const detail::StepScalars<T> k{lr, eps, decay};
   for (index_t r = 0; r < bn; ++r) std::fill(Qn.row(r), Qn.row(r) + vec_cols, T(0));
   parallel_blocks(strips + 1, threads_for(strips + 1, d * kStrip * (b + bn + 4)), [&](int, index_t s0, index_t s1) {
     const index_t c0 = s0 * kStrip, c1 = std::min(s1, strips) * kStrip;
-    if (c1 > c0) {
-      if (sign)
-        detail::normalized_columns<T, kVecs, true>(W, EbT, H, EnT, Qn, c0, c1, lr, eps, decay);
-      else
-        detail::normalized_columns<T, kVecs, false>(W, EbT, H, EnT, Qn, c0, c1, lr, eps, decay);
-    }
+    if (c1 > c0) detail::normalized_columns<T, kVecs>(sign, W, EbT, H, EnT, Qn, c0, c1, k);
     if (s1 == strips + 1 && vec_cols < cols) {  // the last cols % kStrip columns, in a zero-padded strip
       const index_t tail = cols - vec_cols;
       std::vector<T> wt(std::size_t(d * kStrip)), ht(std::size_t(b * kStrip)), qt(std::size_t(bn * kStrip));
       for (index_t i = 0; i < d; ++i) std::copy(W.row(i) + vec_cols, W.row(i) + cols, wt.data() + i * kStrip);
       for (index_t r = 0; r < b; ++r) std::copy(H.row(r) + vec_cols, H.row(r) + cols, ht.data() + r * kStrip);
       const MatrixView<T> Wt(wt.data(), d, kStrip), Qt(qt.data(), bn, kStrip);
-      if (sign)
-        detail::normalized_columns<T, kVecs, true>(Wt, EbT, MatrixView<const T>(ht.data(), b, kStrip), EnT, Qt, 0,
-                                                   kStrip, lr, eps, decay);
-      else
-        detail::normalized_columns<T, kVecs, false>(Wt, EbT, MatrixView<const T>(ht.data(), b, kStrip), EnT, Qt, 0,
-                                                    kStrip, lr, eps, decay);
+      detail::normalized_columns<T, kVecs>(sign, Wt, EbT, MatrixView<const T>(ht.data(), b, kStrip), EnT, Qt, 0,
+                                           kStrip, k);
       for (index_t i = 0; i < d; ++i)
         std::copy(wt.data() + i * kStrip, wt.data() + i * kStrip + tail, W.row(i) + vec_cols);
       for (index_t r = 0; r < bn; ++r)
