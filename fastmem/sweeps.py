@@ -109,7 +109,7 @@ def run_group(configs, backend=None, trajectory=0):
     if len({json.dumps({**c, "ntrain": 0}, sort_keys=True) for c in configs}) != 1:
         v.fail("configs", "configurations that differ only in ntrain", [c["ntrain"] for c in configs])
     t0 = time.perf_counter()
-    start = _start(configs[0], backend)
+    start = _Setup(configs[0], backend)
     out = [None] * len(configs)
     reps = [start.representation(n) for n in lengths]
     for rep in dict.fromkeys(reps):
@@ -151,7 +151,7 @@ def _member(c, n, pts, run, rep, trajectory):
     return row, traj
 
 
-class _start:
+class _Setup:
     """The initial state of a grid configuration: task, embeddings, W and optimizer."""
 
     def __init__(self, c, backend):

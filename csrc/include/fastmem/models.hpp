@@ -291,7 +291,7 @@ TrainResult train_model(const ModelProblem<T>& pr, const ModelOptimizer& opt, co
   };
   // A learnable minibatch step with W beyond L2 (1 MiB or more) reads the next batch's rows
   // out of W in its W pass, and its batch rows of E take their step there (learnable_W_pass):
-  // W streams from memory once a step, not twice (d = 1000, batch 16: 0.47 -> 0.42 ms a step).
+  // W streams from memory once a step, not twice (d = 1000, batch 16: 0.48 -> 0.43 ms a step).
   // Where W stays in cache, and for a full batch, the read-out is a GEMM.
   constexpr index_t kMaxReadAhead = 16;
   const bool fuse_read = learnable && tp.batch_size > 0 && d * d * index_t(sizeof(T)) >= (index_t(1) << 20);
