@@ -64,6 +64,39 @@ class Adam00LayerNorm:
     track_steps_per_second.unit = "steps/s"
 
 
+class LearnableAdam00:
+    """The grid's learnable model (E, U and W trained) with Adam(0, 0): one pass over W per step
+    (dE, the W update, and with W of 1 MiB or more the next batch's read-outs)."""
+
+    params = ([500, 1000], [16, 256], BACKENDS)
+    param_names = ["d", "batch_size", "backend"]
+    timeout = 300
+
+    def setup(self, d, batch_size, backend):
+        require(backend)
+        if backend == "numpy":
+            raise NotImplementedError("too slow to time here")
+        self.E, self.U = fm.embeddings.gaussian(100, 5, d, seed=0)
+        self.W = fm.kernels.normal((d, d), seed=0, scale=d**-0.5)
+        self.task, self.opt = fm.Task.zipf(100, 5, 2.0), fm.Adam(lr=1.0, betas=(0.0, 0.0))
+        self.steps = 10240 // batch_size
+        self.args = dict(batch_size=batch_size, seed=42, W=self.W, lr_scale={"W": 1 / d, "E": d**-0.5, "U": d**-0.5},
+                         backend=backend)
+
+    def run(self):
+        from fastmem.models import train_model
+
+        train_model("learnable", self.E, self.U, self.task, self.opt, self.steps, **self.args)
+
+    def time_learnable_adam00_run(self, d, batch_size, backend):
+        self.run()
+
+    def track_steps_per_second(self, d, batch_size, backend):
+        return self.steps / median_seconds(self.run, 3)
+
+    track_steps_per_second.unit = "steps/s"
+
+
 class NormalInit:
     """A d x d initial memory: fm.kernels.normal's counter-based stream against numpy's generator."""
 
