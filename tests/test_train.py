@@ -226,3 +226,27 @@ def test_learnable_model_at_vector_widths(compiled, dtype, d, opt, batch_size, l
     assert got.status == want.status == "ok"
     for name in ("loss", "W", "E", "U"):
         assert_close(getattr(got, name), getattr(want, name), dtype, scale=1.0, factor=20)
+
+
+def test_learnable_results_do_not_depend_on_the_thread_count():
+    # the fused read-out of the next batch sums 64-row groups of W in group order, whatever the threads
+    if not fm.backends()["cpp"]["available"]:
+        pytest.skip("the compiled core is not built")
+    from fastmem import _core
+    from fastmem.models import train_model
+
+    d = 600
+    E, U = fm.embeddings.gaussian(100, 5, d, seed=0)
+    W = fm.kernels.normal((d, d), seed=0, scale=d**-0.5)
+    kw = dict(batch_size=16, seed=3, W=W, lr_scale={"W": 1 / d, "E": d**-0.5, "U": d**-0.5}, backend="cpp",
+              record=fm.Record(steps=10))
+    before, runs = _core.get_num_threads(), []
+    try:
+        for threads in (1, 2):
+            _core.set_num_threads(threads)
+            runs.append(train_model("learnable", E, U, fm.Task.zipf(100, 5, 2.0), fm.Adam(lr=1.0, betas=(0, 0)), 40,
+                                    **kw))
+    finally:
+        _core.set_num_threads(before)
+    for name in ("W", "E", "U", "loss"):
+        np.testing.assert_array_equal(getattr(runs[0], name), getattr(runs[1], name))
