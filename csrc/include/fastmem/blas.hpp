@@ -1,7 +1,8 @@
 // Dense products. Large GEMMs go to a CBLAS when the embedder provides one
 // (define FASTMEM_USE_CBLAS, and FASTMEM_CBLAS_PREFIX for a prefixed build such
 // as scipy-openblas's "scipy_"); small ones, and every product when no BLAS is
-// configured, use the plain loops below, which are exact but untuned.
+// configured, use the plain loops below, which are exact but untuned. Products of a
+// few rows with a large B (a batch's read-outs E_b W) stream B once: gemm_few_rows.
 #pragma once
 #include <algorithm>
 #include <cstdint>

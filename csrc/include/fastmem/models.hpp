@@ -316,38 +316,35 @@ TrainResult train_model(const ModelProblem<T>& pr, const ModelOptimizer& opt, co
     read_ahead = false;
     if (!std::isfinite(loss)) return false;
     detail::model_update(pr.U.ptr, ws.dU.data(), M * d, opt.lr_U, opt);  // U is contiguous (checked by caller)
-    if (fuse_read) {
-      if (tokens != current.data()) current.assign(tokens, tokens + rows);  // the source's buffer is reused
-      LearnableEmbeddings<T> emb{pr.E, current.data(), nullptr, static_cast<T>(opt.lr_E)};
+    if (learnable) {  // dE and the W update in one pass over W; fused: E's batch rows and the next read-outs
+      LearnableEmbeddings<T> emb;
       MatrixView<T> Q;
-      if (t + 1 < tp.steps) {
-        const std::int64_t* tn;
-        const index_t rn = batches.next(t + 1, gt + 1, tn, w_next);
-        if (rn <= kMaxReadAhead) {
-          next.assign(tn, tn + rn);
-          emb.next = next.data();
-          q_padded.reset(rn, d);
-          Q = q_padded.view();
-          read_ahead = true;
+      if (fuse_read) {
+        if (tokens != current.data()) current.assign(tokens, tokens + rows);  // the source's buffer is reused
+        tokens = current.data();
+        emb = {pr.E, tokens, nullptr, static_cast<T>(opt.lr_E)};
+        if (t + 1 < tp.steps) {
+          const std::int64_t* tn;
+          const index_t rn = batches.next(t + 1, gt + 1, tn, w_next);
+          if (rn <= kMaxReadAhead) {
+            next.assign(tn, tn + rn);
+            emb.next = next.data();
+            q_padded.reset(rn, d);
+            Q = q_padded.view();
+            read_ahead = true;
+          }
         }
       }
       dh_padded.assign(MatrixView<const T>(ws.dh.data(), rows, d));
       ws.dE.resize(std::size_t(rows * d));
-      learnable_W_pass(prw.W, gather_columns(MatrixView<const T>(pr.E), current.data(), rows, ebt),
+      learnable_W_pass(prw.W, gather_columns(MatrixView<const T>(pr.E), tokens, rows, ebt),
                        MatrixView<const T>(dh_padded.view()), static_cast<T>(opt.lr_W), static_cast<T>(opt.eps),
                        opt.adam00, MatrixView<T>(ws.dE.data(), rows, d), emb, Q);
       if (read_ahead) {
         q_next.resize(std::size_t(Q.rows * d));
         q_padded.copy_to(MatrixView<T>(q_next.data(), Q.rows, d));
       }
-      return true;
-    }
-    if (learnable) {  // full batch: dE and the W update in one pass, then E's rows
-      dh_padded.assign(MatrixView<const T>(ws.dh.data(), rows, d));
-      ws.dE.resize(std::size_t(rows * d));
-      learnable_W_pass(prw.W, gather_columns(MatrixView<const T>(pr.E), tokens, rows, ebt),
-                       MatrixView<const T>(dh_padded.view()), static_cast<T>(opt.lr_W), static_cast<T>(opt.eps),
-                       opt.adam00, MatrixView<T>(ws.dE.data(), rows, d));
+      if (fuse_read) return true;
     }
     for (index_t i = 0; i < rows; ++i)  // merged draws: each row of E once
       detail::model_update(pr.E.row(token_at(tokens, i)), ws.dE.data() + i * d, d, opt.lr_E, opt);

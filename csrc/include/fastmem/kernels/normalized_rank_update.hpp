@@ -36,7 +36,6 @@ struct StepScalars {
 // One tile: w (R rows, stride ldw) x NV vectors; ebt / ent: the R rows of EbT / EnT (row
 // strides lde, ldn); hs (b x NV L, stride ldh) and qs (bn x NV L, stride ldq): the same
 // columns of H and Qn. Decay false: decay is 1 (no weight decay), its multiply skipped.
-
 template <class T, int R, int NV, bool Sign, bool Decay>
 FASTMEM_ALWAYS_INLINE void normalized_tile(T* w, index_t ldw, const T* ebt, index_t lde, index_t b, const T* hs,
                                            index_t ldh, const T* ent, index_t ldn, index_t bn, T* qs, index_t ldq,
@@ -56,8 +55,7 @@ FASTMEM_ALWAYS_INLINE void normalized_tile(T* w, index_t ldw, const T* ebt, inde
     for (int v = 0; v < NV; ++v) {
       T* p = w + i * ldw + v * L;
       const vt old = Decay ? k.decay * simd::load(p) : simd::load(p);
-      // g now holds W's tile
-      g[i][v] = old - k.lr * simd::normalized<Sign>(g[i][v], k.eps);
+      g[i][v] = old - k.lr * simd::normalized<Sign>(g[i][v], k.eps);  // g now holds W's tile
       simd::store(p, g[i][v]);
     }
   for (index_t r = 0; r < bn; ++r)
