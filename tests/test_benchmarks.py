@@ -23,7 +23,8 @@ def _suite_modules():
 def _cases():
     for mod in _suite_modules():
         for cls in vars(mod).values():
-            if isinstance(cls, type) and hasattr(cls, "params") and cls.__module__ == mod.__name__:
+            if (isinstance(cls, type) and hasattr(cls, "params") and cls.__module__ == mod.__name__
+                    and not cls.__name__.startswith("_")):  # a shared base, no benchmark of its own
                 yield pytest.param(cls, id=f"{mod.__name__.split('.')[-1]}.{cls.__name__}")
 
 
