@@ -54,10 +54,10 @@ struct ModelWorkspace {
 // sum_i w_i l_i, writes margins (nullable) and, when `grads`, the gradient of U and dH (the
 // gradient of the read-outs) into the workspace, and for the exponential model that of the
 // E rows (the learnable model's W and E rows: learnable_W_pass).
-// read_out: the learnable model's E[tokens] W when already taken (rows x d), else null.
+// read_out: the learnable model's E[tokens] W when already taken (rows x d), else empty.
 template <class T>
 double model_pass(const ModelProblem<T>& pr, const std::int64_t* tokens, index_t rows, const T* w, T* margins,
-                  bool grads, ModelWorkspace<T>& ws, const T* read_out = nullptr) {
+                  bool grads, ModelWorkspace<T>& ws, MatrixView<const T> read_out = {}) {
   const index_t d = pr.E.cols, M = pr.U.rows;
   ws.eb.resize(std::size_t(rows * d));
   ws.h.resize(std::size_t(rows * d));
@@ -65,8 +65,8 @@ double model_pass(const ModelProblem<T>& pr, const std::int64_t* tokens, index_t
   ws.z.resize(std::size_t(rows * M));
   MatrixView<T> Eb(ws.eb.data(), rows, d), H(ws.h.data(), rows, d), Z(ws.z.data(), rows, M);
   for (index_t i = 0; i < rows; ++i) std::copy(pr.E.row(token_at(tokens, i)), pr.E.row(token_at(tokens, i)) + d, Eb.row(i));
-  if (pr.kind == ModelKind::Learnable && read_out) {
-    std::copy(read_out, read_out + rows * d, ws.h.begin());
+  if (pr.kind == ModelKind::Learnable && read_out.rows) {
+    for (index_t i = 0; i < rows; ++i) std::copy(read_out.row(i), read_out.row(i) + d, H.row(i));
   } else if (pr.kind == ModelKind::Learnable) {
     blas::gemm<T>(false, false, T(1), MatrixView<const T>(Eb), MatrixView<const T>(pr.W), T(0), H);
   } else {
@@ -296,7 +296,7 @@ TrainResult train_model(const ModelProblem<T>& pr, const ModelOptimizer& opt, co
   constexpr index_t kMaxReadAhead = 16;
   const bool fuse_read = learnable && tp.batch_size > 0 && d * d * index_t(sizeof(T)) >= (index_t(1) << 20);
   std::vector<std::int64_t> current, next;
-  std::vector<T> w_next, q_next;
+  std::vector<T> w_next;
   simd::PaddedRows<T> q_padded;
   bool read_ahead = false;
   auto step = [&](index_t t) {
@@ -311,8 +311,8 @@ TrainResult train_model(const ModelProblem<T>& pr, const ModelOptimizer& opt, co
     } else {
       rows = batches.next(t, gt, tokens, weights);
     }
-    const double loss =
-        model_pass<T>(prw, tokens, rows, weights.data(), nullptr, true, ws, read_ahead ? q_next.data() : nullptr);
+    const double loss = model_pass<T>(prw, tokens, rows, weights.data(), nullptr, true, ws,
+                                      read_ahead ? MatrixView<const T>(q_padded.view()) : MatrixView<const T>());
     read_ahead = false;
     if (!std::isfinite(loss)) return false;
     detail::model_update(pr.U.ptr, ws.dU.data(), M * d, opt.lr_U, opt);  // U is contiguous (checked by caller)
@@ -340,11 +340,7 @@ TrainResult train_model(const ModelProblem<T>& pr, const ModelOptimizer& opt, co
       learnable_W_pass(prw.W, gather_columns(MatrixView<const T>(pr.E), tokens, rows, ebt),
                        MatrixView<const T>(dh_padded.view()), static_cast<T>(opt.lr_W), static_cast<T>(opt.eps),
                        opt.adam00, MatrixView<T>(ws.dE.data(), rows, d), emb, Q);
-      if (read_ahead) {
-        q_next.resize(std::size_t(Q.rows * d));
-        q_padded.copy_to(MatrixView<T>(q_next.data(), Q.rows, d));
-      }
-      if (fuse_read) return true;
+      if (fuse_read) return true;  // q_padded holds the next read-outs
     }
     for (index_t i = 0; i < rows; ++i)  // merged draws: each row of E once
       detail::model_update(pr.E.row(token_at(tokens, i)), ws.dE.data() + i * d, d, opt.lr_E, opt);
