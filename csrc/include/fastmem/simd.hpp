@@ -76,6 +76,26 @@ inline T dot(const T* a, const T* b, index_t n) {
   return s;
 }
 
+// sum_i a[i] b[i] accumulated in double (float inputs widened lane by lane), in vector
+// lanes: a scalar double loop waits on each addition's latency (1,000 of them a row).
+template <class T>
+inline double dot_double(const T* a, const T* b, index_t n) {
+  constexpr int W = kBytes / int(sizeof(double));  // double lanes
+  typedef T narrow __attribute__((vector_size(W * sizeof(T))));
+  vec<double> acc[2] = {};
+  index_t i = 0;
+  for (; i + 2 * W <= n; i += 2 * W)
+    for (int c = 0; c < 2; ++c) {
+      narrow x, y;
+      std::memcpy(&x, a + i + c * W, sizeof x);
+      std::memcpy(&y, b + i + c * W, sizeof y);
+      acc[c] += __builtin_convertvector(x, vec<double>) * __builtin_convertvector(y, vec<double>);
+    }
+  double s = sum<double>(acc[0] + acc[1]);
+  for (; i < n; ++i) s += double(a[i]) * double(b[i]);
+  return s;
+}
+
 // A copy of a matrix whose rows are whole aligned vectors, zero-padded on the right: a
 // kernel whose zero columns contribute nothing needs no scalar tail, and no load of a row
 // splits a cache line.

@@ -4,6 +4,7 @@
 #pragma once
 #include <cmath>
 
+#include "../simd.hpp"
 #include "../views.hpp"
 
 namespace fastmem {
@@ -16,9 +17,7 @@ void layernorm_forward(MatrixView<T> Q, T* r) {
   const index_t d = Q.cols;
   for (index_t i = 0; i < Q.rows; ++i) {
     T* q = Q.row(i);
-    double ss = 0.0;
-    for (index_t k = 0; k < d; ++k) ss += double(q[k]) * double(q[k]);
-    const double ri = std::sqrt(ss + kLayerNormEps);
+    const double ri = std::sqrt(simd::dot_double(q, q, d) + kLayerNormEps);
     r[i] = static_cast<T>(ri);
     const T inv = static_cast<T>(1.0 / ri);
     for (index_t k = 0; k < d; ++k) q[k] *= inv;
@@ -32,9 +31,7 @@ void layernorm_backward(MatrixView<const T> Hn, const T* r, MatrixView<T> G) {
   for (index_t i = 0; i < G.rows; ++i) {
     const T* h = Hn.row(i);
     T* g = G.row(i);
-    double dot = 0.0;
-    for (index_t k = 0; k < d; ++k) dot += double(h[k]) * double(g[k]);
-    const T hg = static_cast<T>(dot), inv = T(1) / r[i];
+    const T hg = static_cast<T>(simd::dot_double(h, g, d)), inv = T(1) / r[i];
     for (index_t k = 0; k < d; ++k) g[k] = (g[k] - h[k] * hg) * inv;
   }
 }
