@@ -119,6 +119,7 @@ struct PaddedRows {
   }
   const vec<T>* row(index_t i) const { return data.data() + i * vecs; }
   MatrixView<T> view() { return {reinterpret_cast<T*>(data.data()), rows, cols, vecs * lanes<T>}; }
+  MatrixView<T> padded_view() { return {reinterpret_cast<T*>(data.data()), rows, vecs * lanes<T>}; }
   void copy_to(MatrixView<T> A) const {
     for (index_t i = 0; i < rows; ++i) std::memcpy(A.row(i), row(i), sizeof(T) * std::size_t(cols));
   }

@@ -222,12 +222,13 @@ TrainResult train(const Problem<T>& prob, MatrixView<T> W_io, const double* cdf,
         for (index_t r = 0; r < rn; ++r) tokens_next[r] = token_at(tn, r);
         EnT = gather_columns(prob.emb.E, tokens_next.data(), rn, ent);
         q_padded.reset(rn, d);
-        Qn = q_padded.view();
+        Qn = q_padded.padded_view();
         read_ahead = true;
       }
       h_padded.assign(H);
-      normalized_rank_update(W, EbT, MatrixView<const T>(h_padded.view()), static_cast<T>(lr),
-                             static_cast<T>(opt.eps), static_cast<T>(1.0 - lr * opt.weight_decay), sign, EnT, Qn);
+      normalized_rank_update(W_padded->padded_view(), EbT, MatrixView<const T>(h_padded.padded_view()),
+                             static_cast<T>(lr), static_cast<T>(opt.eps),
+                             static_cast<T>(1.0 - lr * opt.weight_decay), sign, EnT, Qn);
       if (read_ahead) {
         q_next.resize(std::size_t(Qn.rows * d));
         q_padded.copy_to(MatrixView<T>(q_next.data(), Qn.rows, d));

@@ -11,8 +11,8 @@
 #pragma once
 #include <algorithm>
 #include <cmath>
-#include <vector>
 
+#include "../errors.hpp"
 #include "../parallel.hpp"
 #include "../simd.hpp"
 #include "../views.hpp"
@@ -110,35 +110,24 @@ void normalized_columns(bool sign, MatrixView<T> W, MatrixView<const T> EbT, Mat
 
 }  // namespace detail
 
-// EnT (d x bn) and Qn (bn x d) may be empty: no read-out. sign: sign descent. Columns go
-// in strips of two vectors, then one vector; a last part-vector (W not padded to whole
-// vectors) passes through a zero-padded copy.
+// EnT (d x bn) and Qn (bn x d) may be empty: no read-out. sign: sign descent. W, H and Qn
+// hold whole vectors of columns (pad them with zero columns: those of W stay zero, those
+// of Qn read zero), in strips of two vectors and then one.
 template <class T>
 void normalized_rank_update(MatrixView<T> W, MatrixView<const T> EbT, MatrixView<const T> H, T lr, T eps, T decay,
                             bool sign, MatrixView<const T> EnT, MatrixView<T> Qn) {
-  constexpr index_t L = simd::lanes<T>;
   constexpr int kVecs = simd::kBytes == 64 ? 2 : 1;
-  constexpr index_t kStrip = kVecs * L;
+  constexpr index_t kStrip = kVecs * simd::lanes<T>;
   const index_t d = W.rows, cols = W.cols, b = H.rows, bn = EnT.empty() ? 0 : EnT.cols;
-  const index_t strips = cols / kStrip, vec_cols = cols / L * L;
+  FASTMEM_CHECK_ARG(cols % simd::lanes<T> == 0, "W's columns must be whole vectors (zero-padded)");
+  const index_t strips = cols / kStrip;
   const detail::StepScalars<T> k{lr, eps, decay};
-  for (index_t r = 0; r < bn; ++r) std::fill(Qn.row(r), Qn.row(r) + vec_cols, T(0));
+  for (index_t r = 0; r < bn; ++r) std::fill(Qn.row(r), Qn.row(r) + cols, T(0));
   parallel_blocks(strips + 1, threads_for(strips + 1, d * kStrip * (b + bn + 4)), [&](int, index_t s0, index_t s1) {
     const index_t c0 = s0 * kStrip, c1 = std::min(s1, strips) * kStrip;
     if (c1 > c0) detail::normalized_columns<T, kVecs>(sign, W, EbT, H, EnT, Qn, c0, c1, k);
-    if (s1 < strips + 1) return;  // the block with the columns after the last strip
-    if (vec_cols > strips * kStrip)
-      detail::normalized_columns<T, 1>(sign, W, EbT, H, EnT, Qn, strips * kStrip, vec_cols, k);
-    if (vec_cols < cols) {
-      const index_t tail = cols - vec_cols;
-      std::vector<T> wt(std::size_t(d * L)), ht(std::size_t(b * L)), qt(std::size_t(bn * L));
-      for (index_t i = 0; i < d; ++i) std::copy(W.row(i) + vec_cols, W.row(i) + cols, wt.data() + i * L);
-      for (index_t r = 0; r < b; ++r) std::copy(H.row(r) + vec_cols, H.row(r) + cols, ht.data() + r * L);
-      const MatrixView<T> Wt(wt.data(), d, L), Qt(qt.data(), bn, L);
-      detail::normalized_columns<T, 1>(sign, Wt, EbT, MatrixView<const T>(ht.data(), b, L), EnT, Qt, 0, L, k);
-      for (index_t i = 0; i < d; ++i) std::copy(wt.data() + i * L, wt.data() + i * L + tail, W.row(i) + vec_cols);
-      for (index_t r = 0; r < bn; ++r) std::copy(qt.data() + r * L, qt.data() + r * L + tail, Qn.row(r) + vec_cols);
-    }
+    if (s1 == strips + 1 && cols > strips * kStrip)  // one vector after the last strip
+      detail::normalized_columns<T, 1>(sign, W, EbT, H, EnT, Qn, strips * kStrip, cols, k);
   });
 }
 
