@@ -12,8 +12,10 @@ dependency; pandas reads it as it is and ``load_sweep(OUT, trajectories=True)`` 
 into an xarray Dataset over (run_id, point) with the grid's keys as coordinates.
 """
 
+import collections
 import concurrent.futures as cf
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -229,14 +231,21 @@ def run_chunk(configs, out, backend=None, trajectory=0):
                     break
                 except Exception:  # noqa: BLE001 - a failed run is recorded, the sweep goes on
                     if attempt == 2:
-                        message = traceback.format_exc(limit=3)
-                        results = [({**c, "run_id": run_id(c), "status": "failed", "error": np.nan, "loss": np.nan,
-                                     "steps": 0, "seconds": 0.0, "representation": "", "message": message}, None)
-                                   for c in group]
+                        results = [(row, None) for row in _failed_rows(group, traceback.format_exc(limit=3))]
             for row, traj in results:
                 rows.append(row)
                 if traj is not None:
                     trajs.append((row["run_id"], traj))
+    return _write_chunk(out, rows, trajs)
+
+
+def _failed_rows(configs, message):
+    return [{**c, "run_id": run_id(c), "status": "failed", "error": np.nan, "loss": np.nan, "steps": 0,
+             "seconds": 0.0, "representation": "", "message": message} for c in configs]
+
+
+def _write_chunk(out, rows, trajs=()):
+    """The chunk's files (trajectories first: a runs file marks a chunk done); its run ids."""
     name = "chunk-" + hashlib.sha1("".join(r["run_id"] for r in rows).encode()).hexdigest()[:16]
     if trajs:
         _write_atomic(_trajectory_frame(trajs), Path(out) / "trajectories", name)
@@ -318,7 +327,9 @@ def sweep(grid_or_configs, out, executor=None, workers=None, chunk_size=16, quie
     under ``out``; return ``load_sweep(out)``.
 
     executor : any concurrent.futures.Executor (``distributed.Client(...).get_executor()``
-        for a Dask cluster); default a local process pool of ``workers`` (default: CPU count)
+        for a Dask cluster); default a local process pool of ``workers`` (default: CPU count),
+        replaced if a worker process dies (see _schedule: what was in flight runs again alone,
+        and a group of runs that kills its worker twice is recorded as "failed")
     chunk_size : about this many runs per task and per file (what a kill can lose); runs that
         differ only in ntrain stay together (one trajectory gives them all, see run_group)
     backend : the backend every run uses (default: the workers' own choice, see fm.backends)
@@ -332,23 +343,72 @@ def sweep(grid_or_configs, out, executor=None, workers=None, chunk_size=16, quie
     todo = [c for c in configs if run_id(c) not in done]
     chunk_size = v.positive_int("chunk_size", chunk_size)
     trajectory = v.positive_int("trajectory", trajectory, allow_zero=True)
-    own = executor is None
-    if own:
+    if executor is None:
         workers = os.cpu_count() if workers is None else v.positive_int("workers", workers)
-        # forkserver: forking a process that runs OpenMP / numba / XLA threads can deadlock
-        executor = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver"))
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(configs), initial=len(configs) - len(todo), unit="run", desc="sweep",
                disable=quiet or not sys.stderr.isatty())
-    try:
-        # the costliest chunks first, so that the last ones to finish are short (no idle worker)
-        chunks = sorted(_chunks(todo, chunk_size), key=lambda chunk: -sum(max(map(_cost, g)) for g in _groups(chunk)))
-        futures = [executor.submit(run_chunk, chunk, str(out), backend, trajectory) for chunk in chunks]
-        for f in cf.as_completed(futures):
-            bar.update(len(f.result()))
-    finally:
-        bar.close()
-        if own:
-            executor.shutdown()
+    # the costliest chunks first, so that the last ones to finish are short (no idle worker)
+    chunks = sorted(_chunks(todo, chunk_size), key=lambda chunk: -sum(max(map(_cost, g)) for g in _groups(chunk)))
+    with bar:
+        _schedule(chunks, functools.partial(run_chunk, out=str(out), backend=backend, trajectory=trajectory),
+                  executor, workers, done=lambda ids: bar.update(len(ids)),
+                  failed=lambda chunk, message: bar.update(len(_write_chunk(out, _failed_rows(chunk, message)))))
     return load_sweep(out)
+
+
+def _local_pool(workers):
+    # forkserver: forking a process that runs OpenMP / numba / XLA threads can deadlock
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver"))
+
+
+def _schedule(chunks, run, executor=None, workers=1, done=None, failed=None, new_pool=_local_pool):
+    """run(chunk) for every chunk on the executor (None: a pool of ``workers`` processes from
+    new_pool, ``workers`` chunks in flight), then done(result). A chunk whose task raised, or
+    that was in flight when a worker process died, runs again alone; a second failure goes
+    to failed(chunk, message). A chunk of several groups that kills its worker when alone is
+    split into its groups, each run alone, so that only the group that kills the worker is
+    failed. The caller's own executor broken cannot be replaced: its error is raised."""
+    own = executor is None
+    pool = new_pool(workers) if own else executor
+    todo = collections.deque(chunks)
+    suspects = collections.deque()  # (chunk, failures so far), run alone
+    running = {}  # future -> (chunk, failures so far)
+
+    def failure(chunk, failures, error, alone):
+        died = isinstance(error, cf.BrokenExecutor)
+        if died and not own:
+            raise error
+        message = f"{type(error).__name__}: {error}"
+        if died and alone and len(_groups(chunk)) > 1:
+            suspects.extend((group, 1) for group in _groups(chunk))
+        elif failures == 0:
+            suspects.append((chunk, 1))
+        elif failed:
+            failed(chunk, f"the worker process died running it ({message})" if died else message)
+
+    def finish(f, alone):
+        chunk, failures = running.pop(f)
+        if f.exception() is not None:
+            failure(chunk, failures, f.exception(), alone)
+        elif done:
+            done(f.result())
+
+    try:
+        while todo or suspects or running:
+            while suspects and not running or todo and not suspects and (not own or len(running) < workers):
+                chunk, failures = suspects.popleft() if suspects else (todo.popleft(), 0)
+                running[pool.submit(run, chunk)] = chunk, failures
+            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            alone = len(running) == 1
+            for f in finished:
+                finish(f, alone)
+            if own and any(isinstance(f.exception(), cf.BrokenExecutor) for f in finished):
+                for f in cf.wait(running).done:  # the other chunks in flight, most of them dead with the pool
+                    finish(f, False)
+                pool.shutdown(wait=True)
+                pool = new_pool(workers)
+    finally:
+        if own:
+            pool.shutdown(wait=True, cancel_futures=True)

@@ -194,6 +194,32 @@ def test_diverged_and_failed_runs_are_recorded(tmp_path, monkeypatch):
     assert df.loc[3e38, "status"] == "diverged"  # float32 overflow: inf scores
 
 
+@pytest.mark.parametrize("seeds, failed_seeds, message, calls", [
+    # seed 7's chunk raises: run again alone, then failed with the error
+    ([1, 2, 3, 7], (3, 7), "ValueError: seed 7 is refused", {"3 7": 2}),
+    # seed 13's chunk kills its worker: the pool is replaced, the chunk split, 20 run alone, 13 failed
+    ([1, 2, 13, 20], (13,), "the worker process died running it (BrokenProcessPool: ", {"13": 1, "20": 1}),
+], ids=["raises", "dies"])
+def test_a_failing_chunk_is_retried_alone_and_a_dead_worker_replaced(tmp_path, seeds, failed_seeds, message, calls):
+    import functools
+    import multiprocessing
+
+    import sweep_tasks
+
+    configs = sw.expand({**SMALL, "d": 4, "model": "matrix", "optimizer": "sgd", "layernorm": False, "batch_size": 4,
+                         "seed": seeds, "ntrain": [4, 8]})
+    chunks = list(sw._chunks(configs, 4))  # two groups (ntrain 4 and 8) a chunk
+    log, done, failed = tmp_path / "log", [], {}
+    sw._schedule(chunks, functools.partial(sweep_tasks.die_on_seed_13, log=str(log)), None, 2, done=done.extend,
+                 failed=lambda chunk, text: failed.setdefault(tuple(sorted({c["seed"] for c in chunk})), text),
+                 new_pool=lambda n: cf.ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")))
+    ok = [c for c in configs if c["seed"] not in failed_seeds]
+    assert sorted(done) == sorted((c["seed"], c["ntrain"]) for c in ok)  # each once
+    assert list(failed) == [failed_seeds] and failed[failed_seeds].startswith(message)
+    runs = log.read_text().splitlines()  # the seeds of each chunk run
+    assert {k: runs.count(k) for k in calls} == calls
+
+
 def test_published_grid_file_expands_to_the_authors_grid():
     import tomllib
     from pathlib import Path
