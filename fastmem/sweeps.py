@@ -329,7 +329,8 @@ def sweep(grid_or_configs, out, executor=None, workers=None, chunk_size=16, quie
     executor : any concurrent.futures.Executor (``distributed.Client(...).get_executor()``
         for a Dask cluster); default a local process pool of ``workers`` (default: CPU count),
         replaced if a worker process dies (see _schedule: what was in flight runs again alone,
-        and a group of runs that kills its worker twice is recorded as "failed")
+        and a group of runs that kills its worker twice is recorded as "failed"; where every
+        chunk fails, the cheapest included, the sweep stops with RuntimeError instead)
     chunk_size : about this many runs per task and per file (what a kill can lose); runs that
         differ only in ntrain stay together (one trajectory gives them all, see run_group)
     backend : the backend every run uses (default: the workers' own choice, see fm.backends)
@@ -364,35 +365,60 @@ def _local_pool(workers):
 
 
 def _schedule(chunks, run, executor=None, workers=1, done=None, failed=None, new_pool=_local_pool):
-    """run(chunk) for every chunk on the executor (None: a pool of ``workers`` processes from
-    new_pool, ``workers`` chunks in flight), then done(result). A chunk whose task raised, or
-    that was in flight when a worker process died, runs again alone; a second failure goes
-    to failed(chunk, message). A chunk of several groups that kills its worker when alone is
-    split into its groups, each run alone, so that only the group that kills the worker is
-    failed. The caller's own executor broken cannot be replaced: its error is raised."""
+    """run(chunk) for every chunk (in order of decreasing cost) on the executor (None: a pool of
+    ``workers`` processes from new_pool, ``workers`` chunks in flight), then done(result).
+
+    A chunk whose task raised, or that was in flight when a worker process died, runs again
+    alone; a second failure makes it failed. A chunk of several groups that kills its worker
+    when alone is split into its groups, each run alone, so that only the group that kills the
+    worker is failed. failed(chunk, message) is called once a later chunk has finished (or at
+    the end): after two failures with no success between them, the cheapest chunk left runs
+    alone first, and if it fails too, nothing works here (a worker that cannot start, a full
+    disk): RuntimeError, nothing of the failures recorded. The caller's own executor broken
+    cannot be replaced: its error is raised."""
     own = executor is None
     pool = new_pool(workers) if own else executor
     todo = collections.deque(chunks)
     suspects = collections.deque()  # (chunk, failures so far), run alone
     running = {}  # future -> (chunk, failures so far)
+    pending = []  # (chunk, message) failed since the last chunk finished
+    canary = None  # the cheapest chunk left, run alone to tell failing runs from a failing machine
 
     def failure(chunk, failures, error, alone):
+        nonlocal canary
         died = isinstance(error, cf.BrokenExecutor)
         if died and not own:
             raise error
         message = f"{type(error).__name__}: {error}"
+        if died:
+            message = f"the worker process died running it ({message})"
+        if chunk is canary:
+            raise RuntimeError(f"the sweep stops: {len(pending) + 1} chunks in a row failed, the cheapest one left "
+                               f"included ({message}); the chunks finished are kept") from error
         if died and alone and len(_groups(chunk)) > 1:
             suspects.extend((group, 1) for group in _groups(chunk))
         elif failures == 0:
             suspects.append((chunk, 1))
-        elif failed:
-            failed(chunk, f"the worker process died running it ({message})" if died else message)
+        else:
+            pending.append((chunk, message))
+            if len(pending) >= 2 and canary is None and todo:
+                canary = todo.pop()
+                suspects.appendleft((canary, 0))
+
+    def flush():
+        for chunk, message in pending:
+            if failed:
+                failed(chunk, message)
+        pending.clear()
 
     def finish(f, alone):
+        nonlocal canary
         chunk, failures = running.pop(f)
         if f.exception() is not None:
-            failure(chunk, failures, f.exception(), alone)
-        elif done:
+            return failure(chunk, failures, f.exception(), alone)
+        canary = None
+        flush()
+        if done:
             done(f.result())
 
     try:
@@ -409,6 +435,7 @@ def _schedule(chunks, run, executor=None, workers=1, done=None, failed=None, new
                     finish(f, False)
                 pool.shutdown(wait=True)
                 pool = new_pool(workers)
+        flush()
     finally:
         if own:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -4,13 +4,13 @@ import os
 import signal
 
 
-def die_on_seed_13(chunk, log):
-    """The chunk's (seed, ntrain) pairs; a chunk holding seed 13 kills its worker process
-    (SIGKILL, as the OOM killer would), one holding seed 7 raises. Each call is logged."""
+def die_on_large_seeds(chunk, log):
+    """The chunk's (seed, ntrain) pairs; a chunk holding a seed of 13 or more kills its worker
+    process (SIGKILL, as the OOM killer would), one holding seed 7 raises. Each call is logged."""
     seeds = sorted({c["seed"] for c in chunk})
     with open(log, "a") as f:
         f.write(" ".join(map(str, seeds)) + "\n")
-    if 13 in seeds:
+    if max(seeds) >= 13:
         os.kill(os.getpid(), signal.SIGKILL)
     if 7 in seeds:
         raise ValueError("seed 7 is refused")

@@ -194,13 +194,18 @@ def test_diverged_and_failed_runs_are_recorded(tmp_path, monkeypatch):
     assert df.loc[3e38, "status"] == "diverged"  # float32 overflow: inf scores
 
 
-@pytest.mark.parametrize("seeds, failed_seeds, message, calls", [
+@pytest.mark.parametrize("seeds, reverse, failed_seeds, message, calls", [
     # seed 7's chunk raises: run again alone, then failed with the error
-    ([1, 2, 3, 7], (3, 7), "ValueError: seed 7 is refused", {"3 7": 2}),
-    # seed 13's chunk kills its worker: the pool is replaced, the chunk split, 20 run alone, 13 failed
-    ([1, 2, 13, 20], (13,), "the worker process died running it (BrokenProcessPool: ", {"13": 1, "20": 1}),
-], ids=["raises", "dies"])
-def test_a_failing_chunk_is_retried_alone_and_a_dead_worker_replaced(tmp_path, seeds, failed_seeds, message, calls):
+    ([1, 2, 3, 7], False, [(3, 7)], "ValueError: seed 7 is refused", {"3 7": 2}),
+    # seed 13's chunk kills its worker: the pool is replaced, the chunk split, 5 run alone, 13 failed
+    ([1, 2, 5, 13], False, [(13,)], "the worker process died running it (BrokenProcessPool: ", {"13": 1, "5": 1}),
+    # two groups that kill their workers, then one that works: both failed, the sweep goes on
+    ([1, 2, 13, 14], True, [(13,), (14,)], "the worker process died running it (", {"13": 1, "14": 1}),
+    # every chunk kills its worker: after two failures the cheapest chunk left fails too, the sweep stops
+    ([13, 14, 15, 16, 17, 18], False, [], "the sweep stops: 3 chunks in a row failed", {"17 18": 1}),
+], ids=["raises", "dies", "two-die", "all-die"])
+def test_a_failing_chunk_is_retried_alone_and_a_dead_worker_replaced(tmp_path, seeds, reverse, failed_seeds, message,
+                                                                     calls):
     import functools
     import multiprocessing
 
@@ -208,14 +213,21 @@ def test_a_failing_chunk_is_retried_alone_and_a_dead_worker_replaced(tmp_path, s
 
     configs = sw.expand({**SMALL, "d": 4, "model": "matrix", "optimizer": "sgd", "layernorm": False, "batch_size": 4,
                          "seed": seeds, "ntrain": [4, 8]})
-    chunks = list(sw._chunks(configs, 4))  # two groups (ntrain 4 and 8) a chunk
+    chunks = list(sw._chunks(configs, 4))[::-1 if reverse else 1]  # two groups (ntrain 4 and 8) a chunk
     log, done, failed = tmp_path / "log", [], {}
-    sw._schedule(chunks, functools.partial(sweep_tasks.die_on_seed_13, log=str(log)), None, 2, done=done.extend,
-                 failed=lambda chunk, text: failed.setdefault(tuple(sorted({c["seed"] for c in chunk})), text),
-                 new_pool=lambda n: cf.ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")))
-    ok = [c for c in configs if c["seed"] not in failed_seeds]
+    schedule = functools.partial(
+        sw._schedule, chunks, functools.partial(sweep_tasks.die_on_large_seeds, log=str(log)), None, 2,
+        done=done.extend, failed=lambda chunk, text: failed.setdefault(tuple(sorted({c["seed"] for c in chunk})), text),
+        new_pool=lambda n: cf.ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")))
+    if not failed_seeds:
+        with pytest.raises(RuntimeError, match=message):
+            schedule()
+    else:
+        schedule()
+        assert all(text.startswith(message) for text in failed.values())
+    ok = [c for c in configs if not any(c["seed"] in f for f in failed_seeds) and c["seed"] < 13]
     assert sorted(done) == sorted((c["seed"], c["ntrain"]) for c in ok)  # each once
-    assert list(failed) == [failed_seeds] and failed[failed_seeds].startswith(message)
+    assert sorted(failed) == sorted(failed_seeds)  # nothing recorded when the sweep stops
     runs = log.read_text().splitlines()  # the seeds of each chunk run
     assert {k: runs.count(k) for k in calls} == calls
 
