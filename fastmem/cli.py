@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InvalidArgumentError
+
 EMBEDDINGS = ("gaussian", "sphere", "orthogonal")
 
 
@@ -105,13 +107,18 @@ def _cmd_reproduce(a):
 def _cmd_sweep(a):
     import tomllib
 
-    from .sweeps import expand, sweep
+    from .sweeps import count, sweep
 
-    with open(a.grid, "rb") as f:
-        spec = tomllib.load(f)
+    try:
+        with open(a.grid, "rb") as f:
+            spec = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise InvalidArgumentError(f"grid: expected a readable TOML file, got {str(a.grid)!r} "
+                                   f"({getattr(exc, 'strerror', None) or exc})") from None
     grids = spec["grid"] if isinstance(spec.get("grid"), list) else [spec.get("grid", spec)]
-    total = sum(len(expand(g)) for g in grids)  # validates every grid before any run
-    df = sweep(grids, a.out, workers=a.workers, quiet=a.quiet, chunk_size=a.chunk_size, trajectory=a.trajectory)
+    total = sum(count(g) for g in grids)  # validates every grid before any run
+    df = sweep(grids, a.out, workers=a.workers, quiet=a.quiet, chunk_size=a.chunk_size, trajectory=a.trajectory,
+               max_runs=a.max_runs, extend=a.extend)
     counts = df["status"].value_counts().to_dict()
     print(f"fastmem sweep: {len(df)} of {total} runs on disk in {a.out} {counts}")
     return 0
@@ -146,6 +153,8 @@ def main(argv=None):
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.add_argument("--trajectory", type=int, default=0, metavar="K",
                     help="also record each run's loss and error at ~K log-spaced steps (Parquet under OUT/trajectories)")
+    sp.add_argument("--max-runs", type=int, default=10**6, help="refuse grids of more runs")
+    sp.add_argument("--extend", action="store_true", help="add this grid's runs to an OUT that holds another grid's")
     sub.add_parser("info", help="version, backends built, threads, compiler flags")
     a = parser.parse_args(argv)
     try:

@@ -19,6 +19,7 @@ import functools
 import hashlib
 import itertools
 import json
+import math
 import multiprocessing
 import os
 import sys
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _sweep_store as store
 from . import _validate as v
 from .train import Record
 
@@ -46,6 +48,7 @@ KEYS = {
     "layernorm": (lambda x: isinstance(x, bool), "true or false"),
 }
 DEFAULTS = {"model": "matrix", "optimizer": "sgd", "N": 100, "M": 5, "alpha": 2.0, "layernorm": False}
+EXPERIMENT = "scaling-law"  # what sweep.json records: the grid keys above, run by run_group
 COLUMNS = list(KEYS) + ["run_id", "status", "error", "loss", "steps", "seconds", "representation", "message"]
 
 
@@ -57,29 +60,44 @@ def _is_num(x):
     return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and np.isfinite(x)
 
 
-def expand(grid):
-    """The run configurations of a grid (a dict of values or lists), validated before any run."""
+def axes(grid):
+    """The validated axes of a grid (a dict of values or lists): every key, defaults filled in,
+    each a non-empty list; nothing expanded."""
     if not isinstance(grid, dict):
         v.fail("grid", "a dict of keys to values or lists of values", type(grid).__name__)
     unknown = sorted(set(grid) - set(KEYS))
     if unknown:
         v.fail(f"grid[{unknown[0]!r}]", f"one of the keys {sorted(KEYS)}", repr(unknown[0]))
-    axes = {k: (grid[k] if isinstance(grid[k], list) else [grid[k]]) for k in grid}
-    axes = {**{k: [val] for k, val in DEFAULTS.items() if k not in axes}, **axes}
-    missing = sorted(set(KEYS) - set(axes))
+    ax = {k: (grid[k] if isinstance(grid[k], list) else [grid[k]]) for k in grid}
+    ax = {**{k: [val] for k, val in DEFAULTS.items() if k not in ax}, **ax}
+    missing = sorted(set(KEYS) - set(ax))
     if missing:
-        v.fail("grid", f"a value for every key; missing {missing}", sorted(axes))
-    for k, values in axes.items():
+        v.fail("grid", f"a value for every key; missing {missing}", sorted(ax))
+    for k, values in ax.items():
+        if not values:
+            v.fail(f"grid[{k!r}]", "a value or a non-empty list of values", "[]")
         ok, what = KEYS[k]
         for x in values:
             if not ok(x):
                 v.fail(f"grid[{k!r}]", what, repr(x))
+    for b in ax["batch_size"]:
+        for n in ax["ntrain"]:
+            if n % b:
+                v.fail("grid['ntrain']", f"a multiple of batch_size {b}", n)
+    return {k: [float(x) if k in ("lr", "alpha") else (x.item() if isinstance(x, np.generic) else x) for x in ax[k]]
+            for k in KEYS}
+
+
+def count(grid):
+    """The number of runs of a grid, without expanding it."""
+    return math.prod(len(values) for values in axes(grid).values())
+
+
+def expand(grid):
+    """The run configurations of a grid (a dict of values or lists), validated before any run."""
+    ax = axes(grid)
     names = list(KEYS)
-    configs = [dict(zip(names, combo)) for combo in itertools.product(*(axes[k] for k in names))]
-    for c in configs:
-        if c["ntrain"] % c["batch_size"]:
-            v.fail("grid['ntrain']", f"a multiple of batch_size {c['batch_size']}", c["ntrain"])
-    return configs
+    return [dict(zip(names, combo)) for combo in itertools.product(*(ax[k] for k in names))]
 
 
 def run_id(config):
@@ -248,8 +266,8 @@ def _write_chunk(out, rows, trajs=()):
     """The chunk's files (trajectories first: a runs file marks a chunk done); its run ids."""
     name = "chunk-" + hashlib.sha1("".join(r["run_id"] for r in rows).encode()).hexdigest()[:16]
     if trajs:
-        _write_atomic(_trajectory_frame(trajs), Path(out) / "trajectories", name)
-    _write_atomic(_frame(rows), Path(out) / "runs", name)
+        store.write_atomic(_trajectory_frame(trajs), Path(out) / "trajectories", name)
+    store.write_atomic(_frame(rows), Path(out) / "runs", name)
     return [r["run_id"] for r in rows]
 
 
@@ -274,27 +292,21 @@ def _trajectory_frame(trajs):
                      ignore_index=True)
 
 
-def _write_atomic(df, folder, name):
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{name}.{os.getpid()}.tmp"
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, folder / f"{name}.parquet")  # atomic: a reader sees the whole chunk or nothing
-
-
 def load_sweep(out, trajectories=False):
     """All finished runs under ``out`` as a pandas DataFrame (one row per run); with
     ``trajectories``, also an xarray Dataset of the recorded trajectories: variables step, loss,
-    error over (run_id, point), NaN past a run's last point, the grid's keys as coordinates."""
+    error over (run_id, point), NaN past a run's last point, the grid's keys as coordinates.
+
+    A chunk that cannot be read is skipped and named in a ``SweepStoreWarning`` (running the
+    sweep again moves it aside and redoes its runs); a path that is not a sweep's folder raises
+    InvalidArgumentError."""
     import pandas as pd
 
-    files = sorted((Path(out) / "runs").glob("chunk-*.parquet"))
-    runs = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame(columns=COLUMNS)
+    runs, parts = store.load(out, COLUMNS, trajectories)
     if not trajectories:
         return runs
     import xarray as xr
 
-    done = [Path(out) / "trajectories" / f.name for f in files]
-    parts = [pd.read_parquet(f) for f in done if f.exists()]
     if not parts:
         return runs, xr.Dataset()
     ds = pd.concat(parts, ignore_index=True).set_index(["run_id", "point"]).to_xarray()
@@ -322,46 +334,106 @@ def _cost(c):
     return c["ntrain"] // c["batch_size"] * c["d"] * (c["d"] + c["N"])
 
 
-def sweep(grid_or_configs, out, executor=None, workers=None, chunk_size=16, quiet=False, backend=None, trajectory=0):
-    """Run every configuration of a grid (dict) or list of configurations not already on disk
-    under ``out``; return ``load_sweep(out)``.
+def sweep(grid_or_configs, out, executor=None, workers=None, chunk_size=16, quiet=False, backend=None, trajectory=0,
+          max_runs=10**6, extend=False):
+    """Run every configuration of a grid (dict), or of a list of grids, not already on disk
+    under ``out``; return the sweep's own runs (a DataFrame, one row per run, from disk).
 
     executor : any concurrent.futures.Executor (``distributed.Client(...).get_executor()``
         for a Dask cluster); default a local process pool of ``workers`` (default: CPU count),
         replaced if a worker process dies (see _schedule: what was in flight runs again alone,
         and a group of runs that kills its worker twice is recorded as "failed"; where every
-        chunk fails, the cheapest included, the sweep stops with RuntimeError instead)
+        chunk fails, the cheapest included, the sweep stops with RuntimeError instead). Local
+        workers exit when the sweeping process dies (kill -9 included).
     chunk_size : about this many runs per task and per file (what a kill can lose); runs that
         differ only in ntrain stay together (one trajectory gives them all, see run_group)
     backend : the backend every run uses (default: the workers' own choice, see fm.backends)
     trajectory : K > 0 also records each run's loss and error at about K log-spaced steps
         (``load_sweep(out, trajectories=True)``); runs already on disk keep what they recorded
+    max_runs : refuse grids of more runs than this (counted without expanding them)
+    extend : allow ``out`` to hold other grids' runs already (its sweep.json records every grid
+        it holds); without it, a folder of another grid is refused
+
+    The folder is checked and locked before any run: one sweep at a time writes to it, so each
+    run is on disk once. Damaged chunks are moved to ``out/damaged/`` and redone; runs recorded
+    "failed" are retried once per call ("diverged" is final). Unless ``quiet``, a line on
+    standard error says how many runs start.
     """
-    configs = expand(grid_or_configs) if isinstance(grid_or_configs, dict) else \
-        [c for g in grid_or_configs for c in expand(g)]
-    out = Path(out)
-    done = set(load_sweep(out)["run_id"])
-    todo = [c for c in configs if run_id(c) not in done]
+    grids = [grid_or_configs] if isinstance(grid_or_configs, dict) else list(grid_or_configs)
+    if not grids:
+        v.fail("grid_or_configs", "a grid (dict) or a non-empty list of grids", "[]")
+    grids = [axes(g) for g in grids]
+    max_runs = v.positive_int("max_runs", max_runs)
+    total = sum(math.prod(map(len, g.values())) for g in grids)
+    if total > max_runs:
+        v.fail("grid", f"at most max_runs = {max_runs:,} runs (raise max_runs, or --max-runs, to run more)",
+               f"{total:,} runs")
     chunk_size = v.positive_int("chunk_size", chunk_size)
     trajectory = v.positive_int("trajectory", trajectory, allow_zero=True)
     if executor is None:
         workers = os.cpu_count() if workers is None else v.positive_int("workers", workers)
-    from tqdm.auto import tqdm
+    with store.Store(out, EXPERIMENT, grids, extend=extend) as st:
+        st.quarantine_damaged()
+        configs = list({run_id(c): c for g in grids for c in expand(g)}.items())
+        ids = {rid for rid, _ in configs}
+        on_disk = store.load(out, COLUMNS)[0]
+        failed = set(on_disk["run_id"][(on_disk["status"] == "failed") & on_disk["run_id"].isin(ids)])
+        if failed:
+            st.drop_runs(failed)
+        done = set(on_disk["run_id"]) - failed
+        todo = [c for rid, c in configs if rid not in done]
+        if not quiet:
+            retry = f", {len(failed)} of them recorded failed before and retried" if failed else ""
+            print(f"fastmem sweep: {len(configs):,} runs, {len(configs) - len(todo):,} on disk in {out}, "
+                  f"{len(todo):,} to run{retry}", file=sys.stderr)
+        from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(configs), initial=len(configs) - len(todo), unit="run", desc="sweep",
-               disable=quiet or not sys.stderr.isatty())
-    # the costliest chunks first, so that the last ones to finish are short (no idle worker)
-    chunks = sorted(_chunks(todo, chunk_size), key=lambda chunk: -sum(max(map(_cost, g)) for g in _groups(chunk)))
-    with bar:
-        _schedule(chunks, functools.partial(run_chunk, out=str(out), backend=backend, trajectory=trajectory),
-                  executor, workers, done=lambda ids: bar.update(len(ids)),
-                  failed=lambda chunk, message: bar.update(len(_write_chunk(out, _failed_rows(chunk, message)))))
-    return load_sweep(out)
+        bar = tqdm(total=len(configs), initial=len(configs) - len(todo), unit="run", desc="sweep",
+                   disable=quiet or not sys.stderr.isatty())
+        # the costliest chunks first, so that the last ones to finish are short (no idle worker)
+        chunks = sorted(_chunks(todo, chunk_size), key=lambda chunk: -sum(max(map(_cost, g)) for g in _groups(chunk)))
+        with bar:
+            _schedule(chunks, functools.partial(run_chunk, out=str(out), backend=backend, trajectory=trajectory),
+                      executor, workers, done=lambda ids: bar.update(len(ids)),
+                      failed=lambda chunk, message: bar.update(len(_write_chunk(out, _failed_rows(chunk, message)))))
+        runs = load_sweep(out)
+    return runs[runs["run_id"].isin(ids)].reset_index(drop=True)
+
+
+def _exit_with_parent(pid):
+    """In a worker process: exit as soon as process ``pid`` (the sweep's) is gone, so that a
+    sweep killed with SIGKILL leaves no worker behind (their parent is the forkserver, which
+    outlives it while they run); the forkserver and resource tracker then exit by themselves."""
+    import threading
+
+    def gone():
+        try:  # Linux: a killed process stays a zombie until its parent reaps it
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+        except FileNotFoundError:
+            return True
+        except OSError:
+            pass
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        return False
+
+    def watch():
+        while not gone():
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="fastmem-parent-watch", daemon=True).start()
 
 
 def _local_pool(workers):
     # forkserver: forking a process that runs OpenMP / numba / XLA threads can deadlock
-    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver"))
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver"),
+                                  initializer=_exit_with_parent, initargs=(os.getpid(),))
 
 
 def _schedule(chunks, run, executor=None, workers=1, done=None, failed=None, new_pool=_local_pool):
