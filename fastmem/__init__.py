@@ -10,7 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import cmd, embeddings, kernels, models, sweeps
 from .backends import backends, use_backend
-from .errors import BackendUnavailableError, InvalidArgumentError
+from .errors import BackendUnavailableError, InvalidArgumentError, InvalidStateError
 from .many import ManyRuns, train_many
 from .memory import AssociativeMemory
 from .metrics import accuracy, evaluate, gradient, loss, margins, sharpness
@@ -27,7 +27,8 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
 __all__ = [
-    "Adam", "AssociativeMemory", "BackendUnavailableError", "Constant", "Cosine", "InvalidArgumentError", "ManyRuns", "Record",
+    "Adam", "AssociativeMemory", "BackendUnavailableError", "Constant", "Cosine", "InvalidArgumentError", "InvalidStateError",
+    "ManyRuns", "Record",
     "Run", "SGD", "SignGD", "StepDecay", "Task", "TrainState", "accuracy", "backends", "cmd", "embeddings",
     "evaluate", "gradient", "kernels", "load_sweep", "loss", "margins", "models", "sharpness", "step", "sweep",
     "sweeps", "train", "train_many", "use_backend",

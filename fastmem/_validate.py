@@ -13,6 +13,21 @@ def fail(name, expected, got):
     raise InvalidArgumentError(f"{name}: expected {expected}, got {got}")
 
 
+def all_finite(a, xp=np):
+    """Whether every entry of a float array is finite: its sum first (NaN and Inf propagate
+    through it; no temporary array), the entrywise test only where the sum overflowed."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if bool(xp.isfinite(xp.sum(a))):
+            return True
+    return bool(xp.isfinite(a).all())
+
+
+def finite(name, a, xp=np):
+    if a.dtype.kind in "fc" and not all_finite(a, xp):
+        fail(name, "finite values", "NaN or Inf")
+    return a
+
+
 def float_matrix(name, a, shape=None, dtype=None, device=False):
     """A finite 2-D float32/float64 array, C-contiguous (copied only if it is not). With
     ``device``, arrays on a CUDA device come back as CuPy arrays on their device; otherwise
@@ -40,17 +55,30 @@ def float_matrix(name, a, shape=None, dtype=None, device=False):
         want = tuple(s if s is not None else a.shape[i] for i, s in enumerate(shape))
         if a.shape != want:
             fail(name, f"shape {want}", f"shape {a.shape}")
-    if not bool(xp.isfinite(a).all()):
-        fail(name, "finite values", "NaN or Inf")
+    if min(a.shape) == 0:
+        fail(name, "a non-empty array", f"shape {a.shape}")
+    finite(name, a, xp)
     return xp.ascontiguousarray(a)
 
 
-def positive_int(name, v, allow_zero=False):
+def positive_int(name, v, allow_zero=False, below=None):
+    """An int > 0 (>= 0 with ``allow_zero``), and < ``below`` where given (the C++ core's
+    counters are int64, its seeds uint64)."""
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
         fail(name, "an integer", repr(v))
     if v < 0 or (v == 0 and not allow_zero):
         fail(name, "an integer >= 0" if allow_zero else "an integer > 0", repr(v))
+    if below is not None and v >= below:
+        fail(name, f"an integer below {below}", repr(v))
     return int(v)
+
+
+def real_array(name, a):
+    """A numpy array of real numbers (bool, int or float; never complex or strings) as float64."""
+    a = np.asarray(a)
+    if a.dtype.kind not in "iuf":
+        fail(name, "real numbers", f"dtype {a.dtype}")
+    return a.astype(np.float64)
 
 
 def positive_float(name, v, allow_zero=False):

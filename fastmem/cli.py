@@ -24,9 +24,9 @@ def _run_parser(sub):
     p.add_argument("--embeddings", choices=EMBEDDINGS, default="gaussian")
     p.add_argument("--optimizer", choices=("sgd", "gd", "adam", "sign"), default="sgd")
     p.add_argument("--lr", type=float, default=1.0)
-    p.add_argument("--momentum", type=float, default=0.0, help="sgd only")
+    p.add_argument("--momentum", type=float, default=None, help="sgd and gd only (default 0)")
     p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999), help="adam only")
+    p.add_argument("--betas", type=float, nargs=2, default=None, help="adam only (default 0.9 0.999)")
     p.add_argument("--batch-size", type=int, default=0, help="0: full-batch GD on the population loss")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0, help="embeddings and sampling")
@@ -38,10 +38,35 @@ def _run_parser(sub):
     p.add_argument("--plot", type=Path, help="save loss and error curves (.png, .pdf)")
 
 
+def _writable(name, path):
+    """Check before the run that ``path`` can be written (its folder made), so that a run's
+    results are never lost to a bad --out or --plot after the work."""
+    if path is None:
+        return
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        raise InvalidArgumentError(f"{name}: expected a file that can be written, got {str(path)!r} "
+                                   f"({exc.strerror or exc})") from None
+    if not existed:
+        path.unlink()
+
+
 def _cmd_run(a):
     import fastmem as fm
+    from fastmem import _validate as v
     from fastmem import optim
 
+    v.positive_int("--seed", a.seed, allow_zero=True, below=2**64)
+    if a.momentum is not None and a.optimizer not in ("sgd", "gd"):
+        v.fail("--momentum", f"no momentum with --optimizer {a.optimizer} (sgd and gd only)", a.momentum)
+    if a.betas is not None and a.optimizer != "adam":
+        v.fail("--betas", f"no betas with --optimizer {a.optimizer} (adam only)", a.betas)
+    _writable("--out", a.out)
+    _writable("--plot", a.plot)
     dtype = np.dtype(a.dtype)
     if a.embeddings == "orthogonal":
         E, U = fm.embeddings.orthogonal(a.N, a.M, a.d, dtype=dtype)
@@ -49,9 +74,9 @@ def _cmd_run(a):
         E, U = getattr(fm.embeddings, a.embeddings)(a.N, a.M, a.d, seed=a.seed, dtype=dtype)
     kw = {}
     if a.optimizer in ("sgd", "gd"):
-        kw["momentum"] = a.momentum
+        kw["momentum"] = a.momentum or 0.0
     if a.optimizer == "adam":
-        kw["betas"] = tuple(a.betas)
+        kw["betas"] = (0.9, 0.999) if a.betas is None else tuple(a.betas)
     opt = optim.make(a.optimizer, a.lr, weight_decay=a.weight_decay, **kw)
     record = fm.Record(steps=int(a.record) if a.record.isdigit() else a.record, metrics=("loss", "accuracy"))
     mem = fm.AssociativeMemory(E, U, layernorm=a.layernorm)

@@ -75,7 +75,7 @@ def _cluster(series, n_modes):
     from scipy.cluster.hierarchy import fcluster, linkage
 
     with np.errstate(divide="ignore", invalid="ignore"):
-        C = np.abs(np.corrcoef(series, rowvar=False))
+        C = np.atleast_2d(np.abs(np.corrcoef(series, rowvar=False)))  # one series: corrcoef gives a 0-d array
     C = np.nan_to_num(C, nan=0.0)  # constant series
     if C.shape[0] == 1:
         return C, np.zeros(1, dtype=np.int64)
@@ -89,8 +89,8 @@ def _cluster(series, n_modes):
 
 def _check_trajectory(trajectory):
     X = np.asarray(trajectory)
-    if X.ndim != 2 or X.shape[0] < 2:
-        v.fail("trajectory", "a (T, P) array with T >= 2 steps", f"shape {X.shape}")
+    if X.ndim != 2 or X.shape[0] < 2 or X.shape[1] < 1:
+        v.fail("trajectory", "a (T, P) array with T >= 2 steps and P >= 1 parameters", f"shape {X.shape}")
     if X.dtype not in v.FLOAT_DTYPES:
         X = X.astype(np.float64)
     if not np.isfinite(X).all():
@@ -104,7 +104,13 @@ def fit(trajectory, n_modes, n_samples=1000, seed=0, groups=None, backend=None):
     X = _check_trajectory(trajectory)
     n_modes = v.positive_int("n_modes", n_modes)
     sample = sample_indices(X.shape[1], v.positive_int("n_samples", n_samples), seed, groups)
-    C, labels = _cluster(X[:, sample].astype(np.float64), n_modes)
+    # correlations and least squares square the values: at |theta| ~ 1e160 they overflow. A
+    # power of two (exact) brings large values to ~1 (a is scale-free, b scales back)
+    amax = float(np.abs(X).max())
+    shift = min(int(np.ceil(np.log2(amax))), 64 if X.dtype == np.float32 else 1000) if amax > 1 else 0
+    scale = 2.0 ** shift
+    Xs = X * X.dtype.type(2.0 ** -shift) if shift else X
+    C, labels = _cluster(Xs[:, sample].astype(np.float64), n_modes)
     refs = []
     for m in range(labels.max() + 1):
         members = np.flatnonzero(labels == m)
@@ -112,9 +118,10 @@ def fit(trajectory, n_modes, n_samples=1000, seed=0, groups=None, backend=None):
         score = (inner.sum(axis=1) - np.diag(inner)) / max(len(members) - 1, 1)
         refs.append(sample[members[np.argmax(score)]])
     references = np.array(refs, dtype=np.int64)
+    assignment, a, b = _assign_fit(np.ascontiguousarray(Xs), np.ascontiguousarray(Xs[:, references], dtype=np.float64),
+                                   backend)
     ref_series = np.ascontiguousarray(X[:, references], dtype=np.float64)
-    assignment, a, b = _assign_fit(X, ref_series, backend)
-    return CMDResult(references, assignment, a, b, ref_series, sample, labels)
+    return CMDResult(references, assignment, a, b * scale, ref_series, sample, labels)
 
 
 def _assign_fit(X, ref_series, backend):

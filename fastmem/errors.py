@@ -10,3 +10,7 @@ class InvalidArgumentError(ValueError):
 
 class BackendUnavailableError(RuntimeError):
     """A backend that was asked for by name cannot run here; the message says why."""
+
+
+class InvalidStateError(InvalidArgumentError):
+    """A TrainState (or a file of one) is damaged or does not fit the run it is asked to resume."""

@@ -4,6 +4,8 @@ Each takes numpy arrays (run on the host backends) or device arrays (CuPy, PyTor
 tensors: run on "cuda", results as CuPy arrays on the same device).
 """
 
+import numbers
+
 import numpy as np
 
 from . import _arrays
@@ -34,7 +36,13 @@ def softmax_xent_grad(Q, U, y, w=None, chunk=None, backend=None):
     U = v.float_matrix("U", U, shape=(None, Q.shape[1]), dtype=Q.dtype, device=device)
     b = Q.shape[0]
     y = v.tokens("y", y, U.shape[0], shape=(b,), device=device)
-    w = xp.ones(b, dtype=Q.dtype) if w is None else xp.ascontiguousarray(xp.asarray(w), dtype=Q.dtype)
+    if w is None:
+        w = xp.ones(b, dtype=Q.dtype)
+    else:
+        w = _arrays.as_cupy(w) if device and _arrays.is_device(w) else xp.asarray(w)
+        if w.dtype.kind not in "iuf":
+            v.fail("w", "real row weights", f"dtype {w.dtype}")
+        w = v.finite("w", xp.ascontiguousarray(w, dtype=Q.dtype), xp)
     if w.shape != (b,):
         v.fail("w", f"shape ({b},)", f"shape {w.shape}")
     H = xp.empty_like(Q)
@@ -55,6 +63,8 @@ def sgd_rank_update(W, Eb, H, alpha, backend=None):
         v.fail("W", "a square float32/float64 matrix", f"{Wd.dtype} {Wd.shape}")
     Eb = v.float_matrix("Eb", Eb, shape=(None, Wd.shape[0]), dtype=Wd.dtype, device=device)
     H = v.float_matrix("H", H, shape=(Eb.shape[0], Wd.shape[1]), dtype=Wd.dtype, device=device)
+    if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, numbers.Real) or not np.isfinite(alpha):
+        v.fail("alpha", "a finite real number", repr(alpha))
     get(backend, device=device).sgd_rank_update(Wd, Eb, H, float(alpha))
     return W
 
@@ -72,8 +82,7 @@ def normal(shape, seed=0, scale=1.0, dtype=np.float32, backend=None):
     """
     shape = (shape,) if np.ndim(shape) == 0 else tuple(shape)
     shape = tuple(v.positive_int("shape", n, allow_zero=True) for n in shape)
-    if v.positive_int("seed", seed, allow_zero=True) >= 2**64:
-        v.fail("seed", "an int in [0, 2**64)", repr(seed))
+    seed = v.positive_int("seed", seed, allow_zero=True, below=2**64)
     scale = v.positive_float("scale", scale, allow_zero=True)
     if dtype not in v.FLOAT_DTYPES:
         v.fail("dtype", "float32 or float64", repr(dtype))
@@ -92,5 +101,7 @@ def sample_tokens(task, steps, batch_size, seed=0, start_step=0, backend=None):
     be = get(backend, device=None)
     xp = _arrays.xp_for(be.name == "cuda")
     out = xp.empty((steps, b), dtype=np.int64)
-    be.sample_tokens(xp.asarray(task.cdf), int(seed), v.positive_int("start_step", start_step, allow_zero=True), out)
+    seed = v.positive_int("seed", seed, allow_zero=True, below=2**64)
+    start_step = v.positive_int("start_step", start_step, allow_zero=True, below=2**63 - steps)
+    be.sample_tokens(xp.asarray(task.cdf), seed, start_step, out)
     return out

@@ -40,6 +40,8 @@ def _array(name, a, xp, dtype=None):
     a = xp.asarray(a)
     if dtype == "float" and a.dtype not in v.FLOAT_DTYPES:
         v.fail(name, "dtype float32 or float64", f"dtype {a.dtype}")
+    if dtype == "real" and a.dtype.kind not in "iuf":
+        v.fail(name, "real numbers", f"dtype {a.dtype}")
     if dtype == "int" and a.dtype.kind not in "iu":
         v.fail(name, "an integer array", f"dtype {a.dtype}")
     if a.dtype.kind == "f" and not bool(xp.isfinite(a).all()):
@@ -100,7 +102,7 @@ def train_many(E, U, W, p, y, lr, steps, backend=None):
     y = _per_run("y", _array("y", y, xp, "int"), R, (N,), xp, np.int64)
     if y.size and (int(y.min()) < 0 or int(y.max()) >= M):
         v.fail("y", f"values in [0, {M})", f"values in [{int(y.min())}, {int(y.max())}]")
-    lr = _per_run("lr", _array("lr", lr, xp), R, (), xp, np.float64)
+    lr = _per_run("lr", _array("lr", lr, xp, "real"), R, (), xp, np.float64)
     if bool((lr <= 0).any()):
         v.fail("lr", "values > 0", f"min {float(lr.min())}")
     steps = v.positive_int("steps", steps, allow_zero=True)

@@ -11,6 +11,9 @@ from . import _validate as v
 class AssociativeMemory:
     """E, U and W of one dtype (float32 or float64).
 
+    The memory owns read-only copies of E and U (and a copy of W): what it knows about them
+    (finite, E one-hot) stays true whatever the caller later does to the arrays it passed.
+
     Parameters
     ----------
     E : array (N, d)
@@ -21,18 +24,23 @@ class AssociativeMemory:
         Normalise the read-out h = e_x^T W to h / sqrt(|h|^2 + 1e-6) before the scores.
     """
 
-    def __init__(self, E, U, W=None, layernorm=False):
-        self.E = v.float_matrix("E", E)
-        d = self.E.shape[1]
-        self.U = v.float_matrix("U", U, shape=(None, d), dtype=self.E.dtype)
-        if self.U.shape[0] < 2:
-            v.fail("U", "at least 2 rows (M >= 2 output tokens)", f"shape {self.U.shape}")
+    def __init__(self, E, U, W=None, layernorm=False, _owned=None):
+        if _owned is None:
+            E = _read_only_copy(v.float_matrix("E", E))
+            U = _read_only_copy(v.float_matrix("U", U, shape=(None, E.shape[1]), dtype=E.dtype))
+            if U.shape[0] < 2:
+                v.fail("U", "at least 2 rows (M >= 2 output tokens)", f"shape {U.shape}")
+            onehot = _detect_onehot(E)
+        else:
+            onehot = _owned
+        self.E, self.U = E, U
+        d = E.shape[1]
         if W is None:
             self.W = np.zeros((d, d), dtype=self.E.dtype)
         else:
             self.W = v.float_matrix("W", W, shape=(d, d), dtype=self.E.dtype).copy()
         self.layernorm = bool(layernorm)
-        self._onehot = _detect_onehot(self.E)
+        self._onehot = onehot
 
     @property
     def N(self):
@@ -57,11 +65,17 @@ class AssociativeMemory:
 
     def with_W(self, W):
         """The same embeddings with another memory W (d, d)."""
-        return AssociativeMemory(self.E, self.U, W=W, layernorm=self.layernorm)
+        return AssociativeMemory(self.E, self.U, W=W, layernorm=self.layernorm, _owned=self._onehot)
 
     def __repr__(self):
         kind = ", one-hot E" if self._onehot is not None else ""
         return f"AssociativeMemory(N={self.N}, M={self.M}, d={self.d}, dtype={self.dtype}{kind}, layernorm={self.layernorm})"
+
+
+def _read_only_copy(a):
+    a = a.copy()
+    a.flags.writeable = False
+    return a
 
 
 def _detect_onehot(E):

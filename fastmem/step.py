@@ -46,6 +46,8 @@ def step(W, E, U, x, y, lr, out=None, layernorm=False, backend=None):
     Ev, Uv = _host_view(E, "E"), _host_view(U, "U")
     Ov = Wv if out is None else _host_view(out, "out")
     d = Ev.shape[1] if Ev.ndim == 2 else -1
+    if Ev.dtype not in v.FLOAT_DTYPES:
+        v.fail("E", "dtype float32 or float64", f"dtype {Ev.dtype}")
     for name, a, shape in (("W", Wv, (d, d)), ("E", Ev, None), ("U", Uv, (None, d)), ("out", Ov, (d, d))):
         if a.ndim != 2 or a.dtype not in v.FLOAT_DTYPES or a.dtype != Ev.dtype:
             v.fail(name, f"a 2-D float32/float64 array of E's dtype {Ev.dtype}", f"{a.dtype} {a.shape}")
@@ -53,6 +55,8 @@ def step(W, E, U, x, y, lr, out=None, layernorm=False, backend=None):
             v.fail(name, f"shape {shape}", f"shape {a.shape}")
         if not a.flags.c_contiguous:
             v.fail(name, "a C-contiguous array", "a strided view")
+    for name, a in (("W", Wv), ("E", Ev), ("U", Uv)):  # read whole by the step anyway
+        v.finite(name, a)
     if not Ov.flags.writeable:
         v.fail("out", "a writeable array (W is read-only, e.g. a JAX array: pass out=)", "a read-only array")
     x = v.tokens("x", _host_view(np.asarray(x), "x"), Ev.shape[0])

@@ -21,7 +21,7 @@ class Task:
     __slots__ = ("p", "y", "M", "cdf")
 
     def __init__(self, p, y, M=None):
-        p = np.asarray(p, dtype=np.float64)
+        p = v.real_array("p", p)
         if p.ndim != 1 or p.size == 0:
             v.fail("p", "a non-empty 1-D array", f"shape {p.shape}")
         if not np.isfinite(p).all():

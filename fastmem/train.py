@@ -10,7 +10,7 @@ from ._problem import chunk_arg, problem_args
 from .backends import get
 from .errors import InvalidArgumentError
 from .memory import AssociativeMemory
-from .state import TrainState
+from .state import TrainState, optimizer_kind
 
 METRICS = ("loss", "accuracy", "margins", "W", "sharpness")
 
@@ -176,6 +176,7 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=None, tokens=Non
     if not isinstance(memory, AssociativeMemory):
         v.fail("memory", "an AssociativeMemory", type(memory).__name__)
     E, oc, os_, U, p, y = problem_args(memory, task)
+    v.finite("memory.W", memory.W)  # W is the caller's to change; E and U are read-only copies
     if not hasattr(optimizer, "_params"):
         v.fail("optimizer", "fm.SGD, fm.Adam or fm.SignGD", repr(optimizer))
     steps = v.positive_int("steps", steps, allow_zero=True)
@@ -183,12 +184,17 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=None, tokens=Non
     if resume is not None:
         if not isinstance(resume, TrainState):
             v.fail("resume", "a TrainState (run.state or TrainState.load(path))", type(resume).__name__)
+        resume.validate("resume")
+        if resume.optimizer != optimizer_kind(optimizer):
+            v.fail("resume", f"a state of {optimizer_kind(optimizer)} (the optimizer given)",
+                   f"a state of {resume.optimizer}")
         if seed is not None and seed != resume.seed:
             v.fail("seed", f"{resume.seed} (the seed of the run being resumed) or None", seed)
         if representation not in ("auto", resume.representation):
             v.fail("representation", f"'{resume.representation}' (that of the state) or 'auto'", repr(representation))
         seed, start_step, representation = resume.seed, resume.step, resume.representation
-    seed = v.positive_int("seed", 0 if seed is None else seed, allow_zero=True)
+    seed = v.positive_int("seed", 0 if seed is None else seed, allow_zero=True, below=2**64)
+    start_step = v.positive_int("start_step", start_step, allow_zero=True, below=2**63 - steps)  # int64 step counts
     if tokens is not None:
         tokens = np.asarray(tokens)
         if tokens.ndim != 2 or tokens.shape[0] != steps:
@@ -223,6 +229,8 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=None, tokens=Non
         """The state array to continue from (a copy), zeros for a new run, or None."""
         if not needed:
             return None
+        if resume is not None and name not in prev:
+            v.fail("resume", f"a state holding {name}", f"a {resume.representation} state without it")
         if name in prev:
             if prev[name].shape != shape or prev[name].dtype != dt:
                 v.fail("resume", f"{name} of shape {shape} and dtype {dt}", f"{prev[name].dtype} {prev[name].shape}")
@@ -248,7 +256,7 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=None, tokens=Non
             arrays["B"], arrays["V"], resume.c if resume else 1.0, resume is None)
         dual_state, opt_t = (arrays["Z"], arrays["A"], c), 0
     else:
-        W = prev["W"].copy() if "W" in prev else memory.W.copy()
+        W = buffer("W", (d, d)) if resume is not None else memory.W.copy()
         arrays = {"W": W, "m": buffer("m", (d, d), opt["kind"] == 1 or momentum),
                   "v": buffer("v", (d, d), opt["kind"] == 1)}
         status, steps_done, n_rec, opt_t = be.train(E, oc, os_, U, W, p, y, task.cdf, tokens, opt, tp, rec,
@@ -256,7 +264,7 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=None, tokens=Non
         c = 1.0
     state = None if arrays is None else TrainState(  # a projected run keeps no W to resume from
         rep, start_step + int(steps_done), seed, {k: a for k, a in arrays.items() if a is not None}, float(c),
-        int(opt_t))
+        int(opt_t), optimizer_kind(optimizer))
     records = {name: arr[:n_rec] for name, arr in rec.items() if name != "steps" and arr is not None}
     return Run(memory, task, start_step + rec_steps[:n_rec], records, W, "ok" if status == 0 else "diverged",
                int(steps_done), be.name, optimizer, rep, reason, dual_state, state, V)
