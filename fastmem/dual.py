@@ -21,6 +21,8 @@ the batch. It keeps no W (records of W or sharpness, run.W and resuming need the
 "auto" never picks it: ask for it (the scaling-law sweep does).
 """
 
+import os
+
 import numpy as np
 
 from . import _validate as v
@@ -39,16 +41,52 @@ def expected_distinct(p, b):
     return float(np.sum(-np.expm1(b * np.log1p(-np.minimum(p, 1.0 - 1e-16)))))
 
 
-def costs(memory, task, steps, batch_size):
-    """(primal, dual) multiply-add counts of a run, by the model above."""
+def rows_orthogonal(A, probes=4):
+    """Whether A A^T is diagonal (to rounding), in O(rows x cols) time and memory, never
+    forming A A^T: more non-zero rows than columns cannot be orthogonal; else, for random x,
+    |A^T x|^2 = sum_i |a_i|^2 x_i^2 holds for every x only when the rows are orthogonal. An
+    estimate for the cost model: the backends detect a diagonal Gram exactly when they build it."""
+    rows, cols = A.shape
+    if np.count_nonzero(np.any(A != 0, axis=1)) > cols:
+        return False
+    x = np.random.default_rng(0).standard_normal((rows, probes))
+    lhs = np.square(A.T.astype(np.float64) @ x).sum(axis=0)
+    rhs = np.einsum("ij,ij->i", A, A, dtype=np.float64) @ np.square(x)
+    return bool(np.allclose(lhs, rhs, rtol=1e-9 if A.dtype == np.float64 else 1e-5, atol=0))
+
+
+def _shape_facts(memory):
+    """(K_E diagonal, K_U diagonal): from the one-hot columns and an O(M d) test, no Gram."""
+    KE_diag = memory.onehot is not None and len(np.unique(memory.onehot[0])) == memory.N
+    return KE_diag, memory.layernorm or rows_orthogonal(memory.U)
+
+
+def dual_bytes(memory, optimizer, facts=None):
+    """Memory the dual engine allocates: the Grams it keeps (none where diagonal), the state
+    Z and A (and B, V with momentum), N x R each."""
+    N, M, R = memory.N, memory.M, memory.d if memory.layernorm else memory.M
+    KE_diag, KU_diag = facts or _shape_facts(memory)
+    states = 4 if optimizer._params()["momentum"] != 0.0 else 2
+    return memory.dtype.itemsize * ((0 if KE_diag else N * N) + (0 if KU_diag else M * M) + states * N * R)
+
+
+def _memory_budget():
+    """Half the machine's physical memory (a dual that needs more is not chosen by "auto")."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def costs(memory, task, steps, batch_size, facts=None):
+    """(primal, dual) multiply-add counts of a run, by the model above (from shapes and an
+    O((N + M) d) orthogonality test: no Gram matrix is formed)."""
     N, M, d = memory.N, memory.M, memory.d
     b = N if batch_size is None else expected_distinct(task.p, batch_size)
     d_read = 1 if memory.onehot is not None else d
     primal = steps * (4 * b * d * (d_read + M) + d * d)
-    KE_diag = memory.onehot is not None and len(np.unique(memory.onehot[0])) == N
+    KE_diag, KU_diag = facts or _shape_facts(memory)
     R = d if memory.layernorm else M
-    KU = memory.U @ memory.U.T
-    KU_diag = memory.layernorm or np.count_nonzero(KU - np.diag(np.diag(KU))) == 0
     per_row = (R if KE_diag else N * R) + (R if KU_diag else M * R)
     once = N * N * d + M * M * d + (N * d * d + N * d * M if np.any(memory.W) else 0)
     dual = once + steps * (2 * b * (per_row + (M * d if memory.layernorm else 0)) + N * R)
@@ -82,7 +120,11 @@ def choose(memory, task, optimizer, steps, batch_size, requested):
         return requested, "requested"
     if why_not:
         return "primal", f"dual not exact: {why_not}"
-    primal, dual = costs(memory, task, steps, batch_size)
+    facts = _shape_facts(memory)
+    need, budget = dual_bytes(memory, optimizer, facts), _memory_budget()
+    if need > budget:
+        return "primal", f"the dual would allocate {need / 2**30:.3g} GiB (over half this machine's memory)"
+    primal, dual = costs(memory, task, steps, batch_size, facts)
     if dual < primal:
         return "dual", f"cost model: dual {dual:.3g} < primal {primal:.3g} multiply-adds"
     return "primal", f"cost model: primal {primal:.3g} <= dual {dual:.3g} multiply-adds"

@@ -7,6 +7,7 @@ from conftest import random_problem
 from test_train import ALL, LINEAR
 
 import fastmem as fm
+import fastmem.dual
 
 
 def _compare(got, want, dtype, factor):
@@ -89,3 +90,40 @@ def test_unknown_representation_is_refused():
     E, U = fm.embeddings.gaussian(4, 2, 3, seed=0)
     with pytest.raises(ValueError, match="^representation: expected one of"):
         fm.train(fm.AssociativeMemory(E, U), fm.Task.zipf(4, 2), fm.SGD(lr=1.0), 3, representation="particle")
+
+
+def test_the_representation_choice_forms_no_gram_at_large_M():
+    # M = 131,072 outputs: U U^T would be 64 GiB in float32; the choice works from shapes
+    import tracemalloc
+
+    N, M, d = 64, 131072, 8
+    rng = np.random.default_rng(0)
+    mem = fm.AssociativeMemory(rng.standard_normal((N, d)).astype(np.float32),
+                               rng.standard_normal((M, d)).astype(np.float32))
+    task = fm.Task.zipf(N, M, 1.0)
+    tracemalloc.start()
+    try:
+        for b in (None, 16):
+            rep, reason = fm.dual.choose(mem, task, fm.SGD(lr=1.0), 100, b, "auto")
+            assert rep == "primal", reason
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * M * d, peak  # a few O(M d) temporaries, not M x M
+
+
+@pytest.mark.parametrize("make, want", [
+    (lambda rng: np.eye(5, 8), True),
+    (lambda rng: np.eye(5, 8) * rng.uniform(0.5, 2, (5, 1)), True),
+    (lambda rng: np.vstack([np.eye(3, 8), np.zeros((4, 8))]), True),
+    (lambda rng: np.linalg.qr(rng.standard_normal((8, 8)))[0][:5], True),
+    (lambda rng: rng.standard_normal((5, 8)), False),
+    (lambda rng: np.vstack([np.eye(8), np.ones((1, 8))]), False),  # more non-zero rows than columns
+    (lambda rng: np.eye(5, 8) + 1e-3 * np.eye(5, 8, k=1), False),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rows_orthogonal_agrees_with_the_gram(make, want, dtype):
+    A = make(np.random.default_rng(3)).astype(dtype)
+    G = A.astype(np.float64) @ A.T
+    assert (np.abs(G - np.diag(np.diag(G))).max() < 1e-6) == want
+    assert fm.dual.rows_orthogonal(A) == want
