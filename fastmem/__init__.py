@@ -9,7 +9,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from . import cmd, embeddings, kernels, models, sweeps
-from .backends import backends, use_backend
+from .backends import backends, get_num_threads, set_num_threads, use_backend
 from .errors import BackendUnavailableError, InvalidArgumentError, InvalidStateError
 from .many import ManyRuns, train_many
 from .memory import AssociativeMemory
@@ -30,6 +30,6 @@ __all__ = [
     "Adam", "AssociativeMemory", "BackendUnavailableError", "Constant", "Cosine", "InvalidArgumentError", "InvalidStateError",
     "ManyRuns", "Record",
     "Run", "SGD", "SignGD", "StepDecay", "Task", "TrainState", "accuracy", "backends", "cmd", "embeddings",
-    "evaluate", "gradient", "kernels", "load_sweep", "loss", "margins", "models", "sharpness", "step", "sweep",
+    "evaluate", "get_num_threads", "gradient", "kernels", "load_sweep", "loss", "margins", "models", "set_num_threads", "sharpness", "step", "sweep",
     "sweeps", "train", "train_many", "use_backend",
 ]

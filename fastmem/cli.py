@@ -187,3 +187,8 @@ def main(argv=None):
     except ValueError as exc:
         print(f"fastmem {a.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        run = getattr(exc, "run", None)
+        done = f" after {run.steps_done:,} steps" if run is not None else ""
+        print(f"fastmem {a.command}: interrupted{done}", file=sys.stderr)
+        return 130

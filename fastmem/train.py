@@ -75,7 +75,9 @@ class Run:
     V : (d, M), W U^T of a projected run (which keeps no W), else None
     state : TrainState to save, or to continue the run from (``fm.train(..., resume=run.state)``);
         None for a projected run
-    status : "ok" or "diverged" (a non-finite loss stopped the run; records before it stay)
+    status : "ok" or "diverged" (a non-finite loss stopped the run; records before it stay);
+        "interrupted" only on the ``run`` attribute of the KeyboardInterrupt that Ctrl-C raises
+        in a compiled run (its records so far, and W for a primal run; no state)
     steps_done : int, updates done
     representation : "primal", "dual" or "projected", and representation_reason: why
     """
@@ -105,6 +107,8 @@ class Run:
         if self.representation == "projected":
             raise InvalidArgumentError("run.W: a 'projected' run keeps V = W U^T (run.V), not W; train with "
                                        "representation='primal' to get W")
+        if self._W is None and self.A is None:
+            raise InvalidArgumentError(f"run.W: this {self.status} {self.representation} run keeps its records only")
         if self._W is None:  # dual run: W = c W0 - E^T A U, built once on request
             m = self._memory
             E, oc, os_, U, _, _ = problem_args(m, self._task)
@@ -239,29 +243,38 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=None, tokens=Non
 
     dual_state, V = None, None
     momentum = opt["kind"] == 0 and opt["momentum"] != 0.0
-    if rep == "projected":
-        if resume is not None:
-            v.fail("resume", "None: a 'projected' run keeps no W to resume from", "a TrainState")
-        bad = [m for m in ("W", "sharpness") if m in record.metrics]
-        if bad:
-            v.fail("record", "no 'W' or 'sharpness' metrics with representation 'projected' (it keeps W U^T)", bad)
-        V = np.ascontiguousarray(memory.W @ memory.U.T)
-        status, steps_done, n_rec = be.train_projected(E, U, V, p, y, task.cdf, tokens, opt, tp, rec)
-        W, arrays = None, None
-    elif rep == "dual":
-        W, NR = None, (N, d if memory.layernorm else memory.M)
-        arrays = {k: buffer(k, NR, k in "ZA" or momentum) for k in "ZABV"}
-        status, steps_done, n_rec, c = be.train_dual(
-            E, oc, os_, U, memory.W, p, y, task.cdf, tokens, opt, tp, rec, arrays["Z"], arrays["A"],
-            arrays["B"], arrays["V"], resume.c if resume else 1.0, resume is None)
-        dual_state, opt_t = (arrays["Z"], arrays["A"], c), 0
-    else:
-        W = buffer("W", (d, d)) if resume is not None else memory.W.copy()
-        arrays = {"W": W, "m": buffer("m", (d, d), opt["kind"] == 1 or momentum),
-                  "v": buffer("v", (d, d), opt["kind"] == 1)}
-        status, steps_done, n_rec, opt_t = be.train(E, oc, os_, U, W, p, y, task.cdf, tokens, opt, tp, rec,
-                                                    arrays["m"], arrays["v"], resume.opt_t if resume else 0)
-        c = 1.0
+    W = None
+    try:
+        if rep == "projected":
+            if resume is not None:
+                v.fail("resume", "None: a 'projected' run keeps no W to resume from", "a TrainState")
+            bad = [m for m in ("W", "sharpness") if m in record.metrics]
+            if bad:
+                v.fail("record", "no 'W' or 'sharpness' metrics with representation 'projected' (it keeps W U^T)", bad)
+            V = np.ascontiguousarray(memory.W @ memory.U.T)
+            status, steps_done, n_rec = be.train_projected(E, U, V, p, y, task.cdf, tokens, opt, tp, rec)
+            W, arrays = None, None
+        elif rep == "dual":
+            W, NR = None, (N, d if memory.layernorm else memory.M)
+            arrays = {k: buffer(k, NR, k in "ZA" or momentum) for k in "ZABV"}
+            status, steps_done, n_rec, c = be.train_dual(
+                E, oc, os_, U, memory.W, p, y, task.cdf, tokens, opt, tp, rec, arrays["Z"], arrays["A"],
+                arrays["B"], arrays["V"], resume.c if resume else 1.0, resume is None)
+            dual_state, opt_t = (arrays["Z"], arrays["A"], c), 0
+        else:
+            W = buffer("W", (d, d)) if resume is not None else memory.W.copy()
+            arrays = {"W": W, "m": buffer("m", (d, d), opt["kind"] == 1 or momentum),
+                      "v": buffer("v", (d, d), opt["kind"] == 1)}
+            status, steps_done, n_rec, opt_t = be.train(E, oc, os_, U, W, p, y, task.cdf, tokens, opt, tp, rec,
+                                                        arrays["m"], arrays["v"], resume.opt_t if resume else 0)
+            c = 1.0
+    except KeyboardInterrupt as exc:  # Ctrl-C in the compiled loop: what it recorded stays reachable
+        done, n_rec = getattr(exc, "fastmem_progress", (None, None))
+        if done is not None:
+            records = {name: arr[:n_rec] for name, arr in rec.items() if name != "steps" and arr is not None}
+            exc.run = Run(memory, task, start_step + rec_steps[:n_rec], records, W, "interrupted", int(done),
+                          be.name, optimizer, rep, reason)
+        raise
     state = None if arrays is None else TrainState(  # a projected run keeps no W to resume from
         rep, start_step + int(steps_done), seed, {k: a for k, a in arrays.items() if a is not None}, float(c),
         int(opt_t), optimizer_kind(optimizer))

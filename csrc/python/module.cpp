@@ -27,6 +27,36 @@ void require(bool ok, const std::string& msg) {
   if (!ok) throw py::value_error(msg);
 }
 
+// The StopProbe of the training loops (interrupt.hpp): the GIL for a moment, and Python's
+// pending signals handled; a handler that raised (Ctrl-C: KeyboardInterrupt) stops the
+// run, its exception left set for interruptible() to raise.
+bool python_signal_pending(void*) {
+  py::gil_scoped_acquire gil;
+  return PyErr_CheckSignals() != 0;
+}
+
+// Runs a training loop without the GIL, Ctrl-C polled between steps. An interrupted run
+// raises the exception of the signal handler, carrying (steps done, records written) as
+// `fastmem_progress` so that the caller can keep what the run recorded.
+template <class F>
+TrainResult interruptible(F&& run) {
+  TrainResult res;
+  {
+    py::gil_scoped_release nogil;
+    ScopedStopProbe probe({&python_signal_pending, nullptr});
+    res = run();
+  }
+  if (res.status == Status::Interrupted) {
+    py::error_already_set err;  // fetches (and clears) what the handler raised
+    try {
+      err.value().attr("fastmem_progress") = py::make_tuple(res.steps_done, res.records);
+    } catch (py::error_already_set&) {  // an exception object without attributes: raise it as it is
+    }
+    throw err;
+  }
+  return res;
+}
+
 // A 2-D array with unit column stride as a view. numpy gives a dimension of
 // size 1 any stride, so those strides are not checked.
 template <class T>
@@ -253,11 +283,7 @@ py::tuple py_train(py::array E, py::object oc, py::object os, py::array U, py::a
     require(op.kind != OptimizerKind::Adam || (!st.m.empty() && !st.v.empty()), "Adam needs m and v");
     require(op.kind != OptimizerKind::SGD || op.momentum == 0.0 || !st.m.empty(), "momentum needs m");
     const TrainRecord<T> r = train_record<T>(rec);
-    TrainResult res;
-    {
-      py::gil_scoped_release nogil;
-      res = train(pr, Wv, cdfp, tok, op, st, tp, r);
-    }
+    const TrainResult res = interruptible([&] { return train(pr, Wv, cdfp, tok, op, st, tp, r); });
     return py::make_tuple(static_cast<int>(res.status), res.steps_done, res.records, st.t);
   });
 }
@@ -284,11 +310,7 @@ py::tuple py_train_dual(py::array E, py::object oc, py::object os, py::array U, 
     }
     st.c = c;
     st.fresh = fresh;
-    TrainResult res;
-    {
-      py::gil_scoped_release nogil;
-      res = train_dual(pr, W0v, st, cdfp, tok, op, tp, r);
-    }
+    const TrainResult res = interruptible([&] { return train_dual(pr, W0v, st, cdfp, tok, op, tp, r); });
     return py::make_tuple(static_cast<int>(res.status), res.steps_done, res.records, st.c);
   });
 }
@@ -304,11 +326,7 @@ py::tuple py_train_projected(py::array E, py::array U, py::array V, py::array p,
     const OptimizerParams op = optimizer_params(opt);
     const TrainRecord<T> r = train_record<T>(rec);
     auto Vv = matrix<T>(V, "V");
-    TrainResult res;
-    {
-      py::gil_scoped_release nogil;
-      res = train_projected(pr, Vv, cdfp, tok, op, tp, r);
-    }
+    const TrainResult res = interruptible([&] { return train_projected(pr, Vv, cdfp, tok, op, tp, r); });
     return py::make_tuple(static_cast<int>(res.status), res.steps_done, res.records);
   });
 }
@@ -376,8 +394,13 @@ void py_train_many(py::array E, py::array U, py::array W, py::array p, py::array
     bool in_range = true;
     for (index_t k = 0; k < P.R * P.N; ++k) in_range &= P.y[k] >= 0 && P.y[k] < P.M;
     require(in_range && steps >= 0, "y out of range or steps < 0");
-    py::gil_scoped_release nogil;
-    train_many(P);
+    interruptible([&] {
+      train_many(P);
+      TrainResult res;
+      for (index_t r = 0; r < P.R; ++r)
+        if (P.status[r] == 2) res.status = Status::Interrupted;
+      return res;
+    });
   });
 }
 
@@ -468,28 +491,28 @@ py::tuple py_train_model(int kind, py::array E, py::array U, py::object W, py::a
     const double* cdfp = opt_ptr<double, false>(cdf, N, "cdf");
     const std::int64_t* tok = opt_ptr<std::int64_t, false>(tokens, tp.steps, "tokens");
     const TrainRecord<T> r = train_record<T>(rec);
-    TrainResult res;
-    {
-      py::gil_scoped_release nogil;
-      res = train_model(pr, mo, cdfp, tok, tp, r);
-    }
+    const TrainResult res = interruptible([&] { return train_model(pr, mo, cdfp, tok, tp, r); });
     return py::make_tuple(static_cast<int>(res.status), res.steps_done, res.records);
   });
 }
 
-int get_num_threads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
+int py_get_num_threads() { return fastmem::num_threads(); }
+
+void py_set_num_threads(int n) {
+  require(n >= 1, "n must be >= 1");
+  fastmem::set_num_threads(n);
 }
 
-void set_num_threads(int n) {
-  require(n >= 1, "n must be >= 1");
+// The threads a large parallel region of the core actually gets (tests: fastmem's
+// setting holds whatever another library did to OpenMP's).
+int parallel_team_size() {
+  int team = 1;
+  parallel_blocks(1 << 20, threads_for(1 << 20, kParallelWork), [&](int t, index_t, index_t) {
 #ifdef _OPENMP
-  omp_set_num_threads(n);
+    if (t == 0) team = omp_get_num_threads();
 #endif
+  });
+  return team;
 }
 
 py::dict info() {
@@ -503,7 +526,7 @@ py::dict info() {
 #ifdef FASTMEM_BLAS_NAME
   d["blas"] = FASTMEM_BLAS_NAME;
 #endif
-  d["threads"] = get_num_threads();
+  d["threads"] = py_get_num_threads();
 #if defined(FASTMEM_USE_CBLAS) && defined(FASTMEM_OPENBLAS_THREADS)
   d["blas_threads"] = FASTMEM_CBLAS(openblas_get_num_threads)();
 #endif
@@ -538,6 +561,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("train_model", &py_train_model);
   m.def("cmd_online_update", &py_cmd_online_update);
   m.def("info", &info);
-  m.def("get_num_threads", &get_num_threads);
-  m.def("set_num_threads", &set_num_threads);
+  m.def("get_num_threads", &py_get_num_threads);
+  m.def("set_num_threads", &py_set_num_threads);
+  m.def("parallel_team_size", &parallel_team_size);
 }

@@ -146,3 +146,30 @@ def use_backend(name):
         yield
     finally:
         _current.reset(token)
+
+
+def set_num_threads(n):
+    """fastmem's own thread count, used by every parallel region of the compiled core (and
+    numba's kernels): unaffected by what another library in the process does to OpenMP's
+    process-wide setting (``torch.set_num_threads``, say). The default is $FASTMEM_NUM_THREADS,
+    else $OMP_NUM_THREADS, else the processors this process may use."""
+    from .._validate import positive_int
+
+    n = positive_int("n", n)
+    if _get("cpp").available:
+        from .. import _core
+
+        _core.set_num_threads(n)
+    if _get("numba").available:
+        import numba
+
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+
+def get_num_threads():
+    """The thread count of the compiled core (see set_num_threads); 1 where it is not built."""
+    if _get("cpp").available:
+        from .. import _core
+
+        return _core.get_num_threads()
+    return 1

@@ -2,6 +2,7 @@
 #pragma once
 #include "blas.hpp"
 #include "errors.hpp"
+#include "interrupt.hpp"
 #include "kernels/cmd.hpp"
 #include "models.hpp"
 #include "kernels/dual_step.hpp"

@@ -4,6 +4,7 @@
 #pragma once
 #include <cmath>
 
+#include "parallel.hpp"
 #include "params.hpp"
 #include "views.hpp"
 
@@ -29,7 +30,7 @@ void optimizer_step(const OptimizerParams& o, double lr, MatrixView<const T> gra
   const T mu = static_cast<T>(o.momentum), b1 = static_cast<T>(o.beta1), b2 = static_cast<T>(o.beta2);
   const T step_size = static_cast<T>(lr / bc1), inv_sqrt_bc2 = static_cast<T>(1.0 / std::sqrt(bc2));
   const T eps = static_cast<T>(o.eps);
-#pragma omp parallel for schedule(static) if (rows * cols > 65536)
+#pragma omp parallel for schedule(static) if (rows * cols > 65536) num_threads(max_threads())
   for (index_t i = 0; i < rows; ++i) {
     const T* g = grad.row(i);
     T* w = W.row(i);

@@ -2,8 +2,15 @@
 // single-threaded BLAS. One level only, so that BLAS threads and OpenMP threads
 // never compete for cores (embedders: link a sequential BLAS, or set its
 // thread count to 1, as the Python module does).
+//
+// The thread count is fastmem's own (set_num_threads, FASTMEM_NUM_THREADS), passed to
+// every parallel region: OpenMP's process-wide setting belongs to whichever library in the
+// process changed it last (PyTorch's set_num_threads changes it), and following it would
+// let another library halve fastmem's speed.
 #pragma once
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 
 #include "views.hpp"
 
@@ -16,9 +23,40 @@ namespace fastmem {
 // Below this many multiply-adds a second thread costs more than it saves.
 constexpr index_t kParallelWork = index_t(1) << 18;
 
+// FASTMEM_NUM_THREADS, else OMP_NUM_THREADS as the environment gave it at start, else
+// the processors this process may run on.
+inline int default_threads() {
+  for (const char* name : {"FASTMEM_NUM_THREADS", "OMP_NUM_THREADS"}) {
+    const char* s = std::getenv(name);
+    if (s && std::atoi(s) >= 1) return std::atoi(s);
+  }
+#ifdef _OPENMP
+  return std::max(1, omp_get_num_procs());
+#else
+  return 1;
+#endif
+}
+
+inline std::atomic<int>& thread_setting() {
+  static std::atomic<int> n{default_threads()};
+  return n;
+}
+
+// The threads fastmem's parallel regions use (n >= 1; 1 without OpenMP).
+inline void set_num_threads(int n) { thread_setting().store(std::max(1, n)); }
+
+inline int num_threads() {
+#ifdef _OPENMP
+  return thread_setting().load();
+#else
+  return 1;
+#endif
+}
+
+// Threads for a region started here: none nested inside another region.
 inline int max_threads() {
 #ifdef _OPENMP
-  return omp_in_parallel() ? 1 : omp_get_max_threads();
+  return omp_in_parallel() ? 1 : num_threads();
 #else
   return 1;
 #endif

@@ -9,7 +9,8 @@ namespace fastmem {
 
 enum class OptimizerKind : int { SGD = 0, Adam = 1, Sign = 2 };
 enum class ScheduleKind : int { Constant = 0, Cosine = 1, Step = 2 };
-enum class Status : int { Ok = 0, Diverged = 1 };
+// Interrupted: the installed StopProbe (interrupt.hpp) asked the run to stop.
+enum class Status : int { Ok = 0, Diverged = 1, Interrupted = 2 };
 
 struct OptimizerParams {
   OptimizerKind kind = OptimizerKind::SGD;

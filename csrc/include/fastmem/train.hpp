@@ -12,6 +12,7 @@
 #include "kernels/dual_step.hpp"
 #include "kernels/metrics.hpp"
 #include "kernels/normalized_rank_update.hpp"
+#include "interrupt.hpp"
 #include "optim.hpp"
 #include "params.hpp"
 #include "rng.hpp"
@@ -110,16 +111,22 @@ struct BatchSource {
   }
 };
 
-// The loop both representations share: record at t, then take step t, until
-// `steps` or divergence. record(t, res) writes res.records / res.status;
+// The loop every representation shares: record at t, then take step t, until
+// `steps`, divergence or a stop asked through the installed StopProbe (polled between
+// steps; what was recorded stays). record(t, res) writes res.records / res.status;
 // step(t) returns false when the loss turned non-finite.
 template <class RecordFn, class StepFn>
 TrainResult drive(index_t steps, RecordFn&& record, StepFn&& step) {
   TrainResult res;
+  StopPoller poller;
   for (index_t t = 0;; ++t) {
     record(t, res);
     res.steps_done = t;
     if (t == steps || res.status != Status::Ok) break;
+    if (poller.stop()) {
+      res.status = Status::Interrupted;
+      break;
+    }
     if (!step(t)) {
       res.status = Status::Diverged;
       break;

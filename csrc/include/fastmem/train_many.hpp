@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "interrupt.hpp"
 #include "kernels/metrics.hpp"
 #include "parallel.hpp"
 
@@ -15,7 +16,8 @@ namespace fastmem {
 // run as diverged, otherwise W -= lr * grad (not after the last). Same order of
 // operations as train() with batch_size 0 and a record at the last step.
 template <class T>
-void train_one_of_many(const TrainManyParams<T>& P, index_t r, PassWorkspace<T>& ws, std::vector<T>& grad) {
+void train_one_of_many(const TrainManyParams<T>& P, index_t r, PassWorkspace<T>& ws, std::vector<T>& grad,
+                       StopPoller& poller) {
   const index_t N = P.N, M = P.M, d = P.d;
   Problem<T> prob;
   prob.emb.E = MatrixView<const T>(P.E + r * N * d, N, d);
@@ -33,6 +35,10 @@ void train_one_of_many(const TrainManyParams<T>& P, index_t r, PassWorkspace<T>&
       break;
     }
     if (t == P.steps) break;
+    if (poller.stop()) {
+      status = 2;  // Status::Interrupted
+      break;
+    }
     for (index_t k = 0; k < d * d; ++k) W.ptr[k] -= lr * G.ptr[k];
   }
   P.loss[r] = static_cast<T>(m.loss);
@@ -43,10 +49,11 @@ void train_one_of_many(const TrainManyParams<T>& P, index_t r, PassWorkspace<T>&
 template <class T>
 void train_many(const TrainManyParams<T>& P) {
   const index_t work = (P.steps + 1) * P.N * P.d * (P.d + P.M);
+  StopPoller poller;  // polled by the calling thread (OpenMP's thread 0), seen by all
   parallel_blocks(P.R, threads_for(P.R, work), [&](int, index_t r0, index_t r1) {
     PassWorkspace<T> ws;
     std::vector<T> grad(std::size_t(P.d * P.d));
-    for (index_t r = r0; r < r1; ++r) train_one_of_many(P, r, ws, grad);
+    for (index_t r = r0; r < r1; ++r) train_one_of_many(P, r, ws, grad, poller);
   });
 }
 

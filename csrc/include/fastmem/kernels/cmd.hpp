@@ -96,7 +96,7 @@ void cmd_online_update(const T* theta_t, index_t P, const double* r_t, index_t M
     r_mean[m] += dr[m] / n1;
     r_m2[m] += dr[m] * (r_t[m] - r_mean[m]);
   }
-#pragma omp parallel for schedule(static) if (P > 65536)
+#pragma omp parallel for schedule(static) if (P > 65536) num_threads(max_threads())
   for (index_t i = 0; i < P; ++i) {
     const double x = double(theta_t[i]);
     theta_mean[i] += (x - theta_mean[i]) * inv_n1;

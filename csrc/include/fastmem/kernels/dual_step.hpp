@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "../blas.hpp"
+#include "../parallel.hpp"
 #include "../views.hpp"
 #include "sgd_rank_update.hpp"
 #include "softmax_xent_grad.hpp"
@@ -64,7 +65,7 @@ double dual_residual(MatrixView<const T> Z, const std::int64_t* y, const std::in
                      const T* w, MatrixView<T> G, T* margins) {
   const index_t M = Z.cols;
   double loss = 0.0;
-#pragma omp parallel for schedule(static) reduction(+ : loss) if (b * M > 65536)
+#pragma omp parallel for schedule(static) reduction(+ : loss) if (b * M > 65536) num_threads(max_threads())
   for (index_t i = 0; i < b; ++i) {
     const std::int64_t x = token_at(tokens, i);
     const T* z = Z.row(x);

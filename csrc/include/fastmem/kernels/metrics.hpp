@@ -5,6 +5,7 @@
 #include <cmath>
 #include <vector>
 
+#include "../parallel.hpp"
 #include "../rng.hpp"
 #include "forward_backward.hpp"
 
@@ -76,7 +77,7 @@ void hvp(const Problem<T>& prob, MatrixView<const T> V, MatrixView<T> out, HvpWo
     MatrixView<T> S(ws.s.data(), N, cn), D(ws.dz.data(), N, cn);
     blas::gemm<T>(false, true, T(1), Q, Uc, T(0), S);
     blas::gemm<T>(false, true, T(1), MatrixView<const T>(R), Uc, T(0), D);
-#pragma omp parallel for schedule(static) if (N * cn > 32768)
+#pragma omp parallel for schedule(static) if (N * cn > 32768) num_threads(max_threads())
     for (index_t x = 0; x < N; ++x) {
       const T lse = ws.pass.lse[x];
       T* s = S.row(x);

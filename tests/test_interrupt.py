@@ -1,0 +1,108 @@
+"""Ctrl-C stops a compiled run, and fastmem's thread count is its own (issue 18, items 13-14)."""
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import fastmem as fm
+
+SCRIPT = textwrap.dedent("""
+    import json, sys, numpy as np, fastmem as fm
+    kind = sys.argv[1]
+    E, U = fm.embeddings.gaussian(50, 5, 40, seed=0)
+    mem, task = fm.AssociativeMemory(E, U), fm.Task.zipf(50, 5, 1.0)
+    print("started", flush=True)
+    try:
+        if kind == "many":
+            fm.train_many(E, U, np.zeros((3, 40, 40), np.float32), task.p, task.y, 0.1, 10**12, backend="cpp")
+        else:
+            opt = {"primal": fm.Adam(lr=1e-3), "dual": fm.SGD(lr=0.1), "projected": fm.SignGD(lr=1e-3)}[kind]
+            fm.train(mem, task, opt, 10**12, batch_size=8, backend="cpp", representation=kind,
+                     record=fm.Record(steps=[0, 1, 2, 10**12]))
+    except KeyboardInterrupt as exc:
+        run = getattr(exc, "run", None)
+        print(json.dumps(None if run is None else {"status": run.status, "steps": run.steps.tolist(),
+                                                   "done": run.steps_done, "loss": run.loss.tolist()}))
+        sys.exit(130)
+""")
+
+
+@pytest.mark.parametrize("kind", ["primal", "dual", "projected", "many"])
+def test_ctrl_c_stops_a_compiled_run_keeping_its_records(kind):
+    if not fm.backends()["cpp"]["available"]:
+        pytest.skip("the compiled backend is not built")
+    p = subprocess.Popen([sys.executable, "-c", SCRIPT, kind],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "started"
+    time.sleep(1.0)  # well into the 10**12 steps
+    t0 = time.perf_counter()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=20)
+    assert p.returncode == 130, err
+    assert time.perf_counter() - t0 < 5
+    if kind == "many":
+        return
+    run = json.loads(out)
+    assert run["status"] == "interrupted" and run["done"] > 2 and run["steps"] == [0, 1, 2]
+    assert np.isfinite(run["loss"]).all()
+
+
+def _openmp_runtimes():
+    with open("/proc/self/maps") as f:
+        return sorted({line.split()[-1] for line in f if "libgomp" in line or "libomp" in line or "libiomp" in line})
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="finds the OpenMP runtime in /proc/self/maps")
+def test_another_librarys_openmp_setting_leaves_fastmem_threads_alone():
+    core = pytest.importorskip("fastmem._core")
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one processor: every setting gives one thread")
+    fm.set_num_threads(2)
+    try:
+        assert core.parallel_team_size() == 2
+        runtimes = _openmp_runtimes()
+        assert runtimes, "the compiled core links an OpenMP runtime"
+        for lib in runtimes:  # what torch.set_num_threads(1) does to the runtime it shares
+            ctypes.CDLL(lib).omp_set_num_threads(1)
+        assert fm.get_num_threads() == 2 and core.parallel_team_size() == 2
+        fm.set_num_threads(1)
+        assert core.parallel_team_size() == 1
+    finally:
+        fm.set_num_threads(os.cpu_count())
+        for lib in _openmp_runtimes():
+            ctypes.CDLL(lib).omp_set_num_threads(os.cpu_count())
+
+
+def test_fastmem_num_threads_is_read_at_start_and_reported():
+    code = "import fastmem as fm; print(fm.get_num_threads())"
+    env = {**os.environ, "FASTMEM_NUM_THREADS": "3", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd="/")
+    if not fm.backends()["cpp"]["available"]:
+        pytest.skip("the compiled backend is not built")
+    assert out.stdout.strip() == "3", out.stderr
+    info = subprocess.run([sys.executable, "-m", "fastmem", "info"], env=env, capture_output=True, text=True, cwd="/")
+    assert "threads: 3" in info.stdout
+
+
+def test_set_num_threads_refuses_nonsense():
+    with pytest.raises(fm.InvalidArgumentError, match="^n: expected an integer > 0"):
+        fm.set_num_threads(0)
+
+
+def test_ctrl_c_stops_fastmem_run():
+    if not fm.backends()["cpp"]["available"]:
+        pytest.skip("the compiled backend is not built")
+    p = subprocess.Popen([sys.executable, "-m", "fastmem", "run", "--steps", str(10**12), "--batch-size", "8",
+                          "--optimizer", "adam"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.5)  # imports, then well into the run
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=20)
+    assert p.returncode == 130 and "fastmem run: interrupted after" in err, err
