@@ -531,6 +531,7 @@ py::dict info() {
   d["blas_threads"] = FASTMEM_CBLAS(openblas_get_num_threads)();
 #endif
   d["compiler"] = __VERSION__;
+  d["cpu_level"] = FASTMEM_CPU_LEVEL;
 #ifdef FASTMEM_CXX_FLAGS
   d["cxx_flags"] = FASTMEM_CXX_FLAGS;
 #endif
@@ -539,8 +540,17 @@ py::dict info() {
 
 }  // namespace
 
-PYBIND11_MODULE(_core, m) {
-  m.doc() = "fastmem compiled kernels (C++17 core)";
+// One module per CPU level (CMakeLists.txt: _core_baseline, _core_avx2, ...); fastmem/_core.py
+// loads the best one this CPU runs.
+#ifndef FASTMEM_MODULE_NAME
+#define FASTMEM_MODULE_NAME _core_baseline
+#endif
+#ifndef FASTMEM_CPU_LEVEL
+#define FASTMEM_CPU_LEVEL "baseline"
+#endif
+
+PYBIND11_MODULE(FASTMEM_MODULE_NAME, m) {
+  m.doc() = "fastmem compiled kernels (C++17 core), built for CPU level " FASTMEM_CPU_LEVEL;
 #if defined(FASTMEM_USE_CBLAS) && defined(FASTMEM_OPENBLAS_THREADS)
   // The core runs one BLAS call per OpenMP thread (parallel.hpp).
   FASTMEM_CBLAS(openblas_set_num_threads)(1);

@@ -1,17 +1,6 @@
 """The compiled C++ backend (fastmem._core): thin adapters with the registry's signatures."""
 
-import ctypes
-import os
-
-import scipy_openblas32
-
-# _core links libscipy_openblas from the scipy-openblas32 wheel; loading it here
-# first makes the import work wherever that wheel is installed (editable
-# installs, other site-packages), not only where the RPATH points.
-ctypes.CDLL(os.path.join(scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(fullname=True)),
-            mode=ctypes.RTLD_GLOBAL)
-
-from .. import _core  # noqa: E402
+from .. import _core  # the module built for this CPU (fastmem/_core.py)
 
 INFO = _core.info()
 
