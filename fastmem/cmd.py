@@ -104,10 +104,12 @@ def fit(trajectory, n_modes, n_samples=1000, seed=0, groups=None, backend=None):
     X = _check_trajectory(trajectory)
     n_modes = v.positive_int("n_modes", n_modes)
     sample = sample_indices(X.shape[1], v.positive_int("n_samples", n_samples), seed, groups)
-    # correlations and least squares square the values: at |theta| ~ 1e160 they overflow. A
-    # power of two (exact) brings large values to ~1 (a is scale-free, b scales back)
-    amax = float(np.abs(X).max())
-    shift = min(int(np.ceil(np.log2(amax))), 64 if X.dtype == np.float32 else 1000) if amax > 1 else 0
+    # correlations square products of the values (r^2 = cov^2 / (var var)): past |theta| ~ 1e77
+    # they overflow, below ~1e-77 they underflow. Such a trajectory is brought to ~1 by a power
+    # of two (exact; a is scale-free, b scales back); others are used as they are (no copy)
+    amax = max(float(X.max()), -float(X.min()))  # no |X| temporary: X may be gigabytes
+    shift = int(np.ceil(np.log2(amax))) if amax > 0 and not 2.0**-100 <= amax <= 2.0**100 else 0
+    shift = max(-100, min(100, shift)) if X.dtype == np.float32 else shift  # 2**±100 is exact in float32
     scale = 2.0 ** shift
     Xs = X * X.dtype.type(2.0 ** -shift) if shift else X
     C, labels = _cluster(Xs[:, sample].astype(np.float64), n_modes)

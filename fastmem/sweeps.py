@@ -430,6 +430,27 @@ def _exit_with_parent(pid):
     threading.Thread(target=watch, name="fastmem-parent-watch", daemon=True).start()
 
 
+@contextlib.contextmanager
+def _workers_without_main():
+    """While processes start: they need fastmem, not the caller's main module. multiprocessing
+    re-runs the parent's main script in each new process (it looks up __main__'s __spec__ and
+    __file__): a script without a ``__main__`` guard would start its sweep again in every
+    worker, and code read from standard input or a notebook has no file to re-run. Hidden for
+    the moment a process is started, the workers begin with a main module of their own."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
+
+
 def _local_pool(workers):
     # forkserver: forking a process that runs OpenMP / numba / XLA threads can deadlock
     return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver"),
@@ -497,7 +518,8 @@ def _schedule(chunks, run, executor=None, workers=1, done=None, failed=None, new
         while todo or suspects or running:
             while suspects and not running or todo and not suspects and (not own or len(running) < workers):
                 chunk, failures = suspects.popleft() if suspects else (todo.popleft(), 0)
-                running[pool.submit(run, chunk)] = chunk, failures
+                with _workers_without_main() if own else contextlib.nullcontext():  # submit starts workers
+                    running[pool.submit(run, chunk)] = chunk, failures
             finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
             alone = len(running) == 1
             for f in finished:

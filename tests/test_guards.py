@@ -223,7 +223,7 @@ def test_complex_string_and_half_inputs_are_refused_by_name(make, name):
         make()
 
 
-@pytest.mark.parametrize("scale", [1.0, 1e80, 1e160, 1e300])
+@pytest.mark.parametrize("scale", [1.0, 1e80, 1e160, 1e300, 1e-80, 1e-160])
 def test_cmd_fit_is_scale_free(scale):
     rng = np.random.default_rng(0)
     r = np.cumsum(rng.standard_normal((50, 2)), axis=0)

@@ -202,3 +202,25 @@ def test_workers_exit_when_the_sweep_is_killed(tmp_path):
     while any(map(_alive, kids)) and time.time() < deadline:
         time.sleep(0.1)
     assert not [k for k in kids if _alive(k)]
+
+
+NO_MAIN_GUARD = """
+import fastmem as fm
+df = fm.sweep({"d": [4], "seed": [1, 2, 3], "lr": 1.0, "batch_size": 4, "ntrain": [16], "N": 6, "M": 3},
+              OUT, workers=2, chunk_size=1, quiet=True)
+print(sorted(set(df["status"])), len(df))
+"""
+
+
+@pytest.mark.parametrize("how", ["script without a main guard", "standard input"])
+def test_a_sweep_runs_from_any_main_module(tmp_path, how):
+    # the workers must not re-run the caller's script (it would sweep again) or look for a
+    # file that does not exist (<stdin>)
+    code = NO_MAIN_GUARD.replace("OUT", repr(str(tmp_path / "out")))
+    if how == "standard input":
+        r = subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True, timeout=120)
+    else:
+        script = tmp_path / "sweep_script.py"
+        script.write_text(code)
+        r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "['ok'] 3", r.stderr
