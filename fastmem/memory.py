@@ -1,6 +1,6 @@
 """The associative memory: embeddings E (N x d), U (M x d) and the memory W (d x d).
 
-Scores of token x are z(x) = e_x^T W U^T (row convention, see MODEL.md).
+Scores of token x are z(x) = e_x^T W U^T (row convention, see docs/model.md).
 """
 
 import numpy as np

@@ -107,7 +107,7 @@ def run_id(config):
 
 
 def run_one(config, backend=None, trajectory=0):
-    """One run of the scaling-law grid (EXPERIMENTS.md): Normal(0, 1/d) inits (W from
+    """One run of the scaling-law grid (docs/experiments.md): Normal(0, 1/d) inits (W from
     fm.kernels.normal), training tokens drawn once and consumed in consecutive batches
     (ntrain / batch_size steps), Adam with betas (0, 0) at lr / d for W and lr / sqrt(d) for E
     and U; error = sum of p(x) over tokens whose argmax score is wrong. Returns the result row

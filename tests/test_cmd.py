@@ -1,4 +1,4 @@
-"""Correlation Mode Decomposition: the checks of CMD.md, on every backend."""
+"""Correlation Mode Decomposition: the checks of docs/cmd.md, on every backend."""
 
 import numpy as np
 import pytest

@@ -12,7 +12,7 @@ def train(model, E, U, W, p, y, tokens, optimizer, lr, d, layernorm):
     W = torch.tensor(W, requires_grad=model != "exponential")
     y = torch.from_numpy(np.array(y))  # a writeable copy of the (read-only) targets
     params = [t for t in (E, U, W) if t.requires_grad]
-    if optimizer == "adam":  # betas (0, 0); lr / d for W and lr / sqrt(d) for E and U (MODEL.md)
+    if optimizer == "adam":  # betas (0, 0); lr / d for W and lr / sqrt(d) for E and U (docs/model.md)
         groups = [{"params": [W], "lr": lr / d}] if W.requires_grad else []
         if model != "matrix":
             groups.append({"params": [E, U], "lr": lr / d ** 0.5})

@@ -49,7 +49,7 @@ def _jsonable(o):
 
 
 def plane_W(gamma0, gamma1):
-    """W of margin coordinates (EXPERIMENTS.md): W[:, 0] = gamma / 2, W[:, 1] = -gamma / 2 (d = 2, M = 2).
+    """W of margin coordinates (docs/experiments.md): W[:, 0] = gamma / 2, W[:, 1] = -gamma / 2 (d = 2, M = 2).
     GD keeps W in this plane, as every gradient E^T G has opposite columns."""
     return np.array([[gamma0 / 2, -gamma0 / 2], [gamma1 / 2, -gamma1 / 2]], dtype=np.float64)
 
