@@ -10,7 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import cmd, embeddings, kernels, models, sweeps
 from .backends import backends, get_num_threads, set_num_threads, use_backend
-from .errors import BackendUnavailableError, InvalidArgumentError, InvalidStateError
+from .errors import BackendUnavailableError, InvalidArgumentError, InvalidStateError, PerformanceWarning
 from .many import ManyRuns, train_many
 from .memory import AssociativeMemory
 from .metrics import accuracy, evaluate, gradient, loss, margins, sharpness
@@ -28,7 +28,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "Adam", "AssociativeMemory", "BackendUnavailableError", "Constant", "Cosine", "InvalidArgumentError", "InvalidStateError",
-    "ManyRuns", "Record",
+    "ManyRuns", "PerformanceWarning", "Record",
     "Run", "SGD", "SignGD", "StepDecay", "Task", "TrainState", "accuracy", "backends", "cmd", "embeddings",
     "evaluate", "get_num_threads", "gradient", "kernels", "load_sweep", "loss", "margins", "models", "set_num_threads", "sharpness", "step", "sweep",
     "sweeps", "train", "train_many", "use_backend",

@@ -59,7 +59,7 @@ def _choose():
     for level in LEVELS:
         if _built(level) and cpu_runs(level):
             return level
-    raise ImportError("fastmem._core is not built (no fastmem._core_<level> module): pip install . builds it")
+    raise ImportError("no fastmem._core_<level> module here")
 
 
 LEVEL = _choose()

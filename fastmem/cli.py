@@ -158,6 +158,8 @@ def _cmd_info(a):
         print(f"  backend {name}: {state}")
         for k, val in b["info"].items():
             print(f"    {k}: {val}")
+        for k, why in b.get("lacks", {}).items():
+            print(f"    does not run {k}: {why}")
     return 0
 
 

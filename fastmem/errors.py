@@ -8,6 +8,10 @@ class InvalidArgumentError(ValueError):
     """An argument has the wrong shape, dtype or value."""
 
 
+class PerformanceWarning(UserWarning):
+    """fastmem runs, but far slower than it could (its compiled core is not built here)."""
+
+
 class BackendUnavailableError(RuntimeError):
     """A backend that was asked for by name cannot run here; the message says why."""
 

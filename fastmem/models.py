@@ -71,9 +71,9 @@ def train_model(model, E, U, task, optimizer, steps, batch_size=None, seed=0, W=
     R = len(rec_steps)
     rec = {"steps": rec_steps, "loss": np.full(R, np.nan, E.dtype), "accuracy": np.full(R, np.nan, E.dtype),
            "margins": None, "W": None, "sharpness": None}
-    tp = {"steps": steps, "batch_size": b, "seed": v.positive_int("seed", seed, allow_zero=True), "start_step": 0,
+    tp = {"steps": steps, "batch_size": b, "seed": v.positive_int("seed", seed, allow_zero=True, below=2**64), "start_step": 0,
           "layernorm": bool(layernorm), "chunk": 0, "power_iters": 0}
-    status, done, n = get(backend).train_model(KINDS[model], E, U, W, task.p, task.y, task.cdf, tokens, opt, tp,
-                                               rec)
+    be = get(backend, kernel="train_model")
+    status, done, n = be.train_model(KINDS[model], E, U, W, task.p, task.y, task.cdf, tokens, opt, tp, rec)
     return ModelRun(E, U, W, rec_steps[:n], rec["loss"][:n], rec["accuracy"][:n],
                     "ok" if status == 0 else "diverged", int(done))

@@ -60,6 +60,19 @@ def compiled(request):
     return _require(request.param)
 
 
+def _runs(name, kernel):
+    from fastmem.backends import _get
+
+    return kernel not in _get(name).lacks
+
+
+@pytest.fixture(params=[p for p in COMPILED if _runs(p.values[0], "train_model")])
+def compiled_model(request):
+    """The compiled backends that run the learnable and exponential models (fm.backends()'s
+    "lacks" names those that do not; tests/test_backends.py checks that they refuse by name)."""
+    return _require(request.param)
+
+
 @pytest.fixture
 def rng(request):
     """A generator seeded by the test's name and parameters, so every test draws its own fixed

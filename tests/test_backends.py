@@ -3,6 +3,8 @@
 import importlib
 import inspect
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -10,10 +12,33 @@ import fastmem as fm
 from fastmem.backends import HOST, SIGNATURES, get
 
 
-def test_every_available_backend_implements_the_table(backend):
+def test_a_backend_runs_each_kernel_itself_or_says_it_lacks_it(backend):
+    # nothing delegates: a backend module never calls into another backend's module
+    from fastmem.backends import _MODULES
+
     b = get(backend)
-    for kernel, params in SIGNATURES.items():
-        assert tuple(inspect.signature(b.kernels[kernel]).parameters) == params
+    assert set(b.kernels) | set(b.lacks) == set(SIGNATURES) and not set(b.kernels) & set(b.lacks)
+    assert fm.backends()[backend]["lacks"] == b.lacks
+    source = inspect.getsource(importlib.import_module(f"fastmem.backends.{_MODULES[backend]}"))
+    others = [m for n, m in _MODULES.items() if n != backend]
+    assert not [m for m in others if f".{m} import" in source or f"backends.{m}" in source]
+    for kernel, why in b.lacks.items():
+        assert why
+        with pytest.raises(fm.BackendUnavailableError, match=f"{backend!r} does not run {kernel}: "):
+            get(backend, kernel=kernel)
+        with pytest.raises(fm.BackendUnavailableError, match=f"does not run {kernel}"):
+            getattr(b, kernel)
+
+
+def test_auto_takes_the_first_backend_that_runs_the_kernel(monkeypatch):
+    reg = importlib.import_module("fastmem.backends")
+    monkeypatch.setitem(reg._registry, "cpp", reg.Backend("cpp", False, reason="not built here"))
+    monkeypatch.setattr(reg, "_fallback_logged", {"cpp"})  # the warning: tested above
+    assert get("auto").name == "numba"
+    assert get("auto", kernel="train_model").name == "numpy"  # numba lacks it: said, not delegated
+    E, U = fm.embeddings.gaussian(6, 3, 4, seed=0)
+    with pytest.raises(fm.BackendUnavailableError, match="'numba' does not run train_model"):
+        fm.models.train_model("learnable", E, U, fm.Task.zipf(6, 3), fm.SGD(lr=1.0), 2, backend="numba")
 
 
 def test_required_backends_are_available():
@@ -41,7 +66,23 @@ def test_unavailable_backend_raises_with_its_reason(monkeypatch):
     reg = importlib.import_module("fastmem.backends")
 
     monkeypatch.setitem(reg._registry, "cpp", reg.Backend("cpp", False, reason="not built here"))
+    monkeypatch.setattr(reg, "_fallback_logged", set())
     with pytest.raises(fm.BackendUnavailableError, match="not built here"):
         get("cpp")
     fallback = next(n for n in reg.HOST if n != "cpp" and fm.backends()[n]["available"])
-    assert get("auto").name == fallback
+    with pytest.warns(fm.PerformanceWarning, match=f"not built here.*running on {fallback}"):
+        assert get("auto").name == fallback
+    assert get("auto").name == fallback  # said once
+
+
+def test_a_source_tree_without_the_compiled_module_says_so():
+    # `python` in a checkout imports ./fastmem, which holds no compiled module
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import fastmem as fm; E, U = fm.embeddings.gaussian(6, 3, 4, seed=0); "
+            "r = fm.train(fm.AssociativeMemory(E, U), fm.Task.zipf(6, 3), fm.SGD(lr=1.0), 3); print(r.backend)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                         env={k: v for k, v in os.environ.items() if k != "FASTMEM_BACKEND"})
+    if out.stdout.strip() == "cpp":
+        pytest.skip("this checkout's fastmem finds a built core (an editable install)")
+    assert out.returncode == 0 and out.stdout.strip() == "numba", out.stderr
+    assert out.stderr.count("PerformanceWarning: fastmem._core is not built") == 1

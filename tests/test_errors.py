@@ -108,9 +108,20 @@ def test_unknown_and_unavailable_backends():
 
 
 def test_compiled_core_rejects_out_of_contract_calls():
-    # C++ embedders get the cheap checks too: a mismatched U is refused, not read out of bounds.
+    # C++ embedders get the cheap checks too: a mismatched U is refused, not read out of bounds,
+    # and the core's argument errors are fm.InvalidArgumentError
     core = pytest.importorskip("fastmem._core")
     Q, U = np.zeros((2, 4)), np.zeros((3, 5))
     out = [np.zeros((2, 4)), np.zeros(2), np.zeros(2), np.zeros(2)]
-    with pytest.raises(ValueError, match="U must have d columns"):
+    with pytest.raises(fm.InvalidArgumentError, match="U must have d columns"):
         core.softmax_xent_grad(Q, U, np.zeros(2, dtype=np.int64), np.ones(2), out[0], *out[1:], 0)
+
+
+@pytest.mark.parametrize("x, y", [([0, 6], [0, 1]), ([-1, 0], [0, 1]), ([0, 1], [0, 3])])
+def test_compiled_core_range_checks_tokens_itself(x, y):
+    core = pytest.importorskip("fastmem._core")
+    E, U, _ = _setup()
+    W = np.zeros((4, 4))
+    with pytest.raises(fm.InvalidArgumentError, match="out of"):
+        core.sgd_step(W, E, None, None, U, np.array(x, dtype=np.int64), np.array(y, dtype=np.int64), 0.1, False, W)
+    assert not W.any()

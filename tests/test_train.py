@@ -188,7 +188,8 @@ def test_run_to_xarray(rng):
 # added in order). d = 523: a column tail, a last group of 11 rows, W of 1.1 MB in float32.
 @pytest.mark.parametrize("batch_size", [1, 16])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_reads_of_a_large_W(compiled, dtype, batch_size):
+def test_reads_of_a_large_W(compiled_model, dtype, batch_size):
+    compiled = compiled_model
     from fastmem.models import train_model
 
     d = 523
@@ -214,7 +215,8 @@ def test_reads_of_a_large_W(compiled, dtype, batch_size):
 @pytest.mark.parametrize("opt", [fm.SGD(lr=0.5), fm.Adam(lr=0.01, betas=(0.0, 0.0), eps=1e-4)], ids=["sgd", "adam00"])
 @pytest.mark.parametrize("d", [33, 75])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_learnable_model_at_vector_widths(compiled, dtype, d, opt, batch_size, layernorm):
+def test_learnable_model_at_vector_widths(compiled_model, dtype, d, opt, batch_size, layernorm):
+    compiled = compiled_model
     from fastmem.models import train_model
 
     E, U = fm.embeddings.gaussian(20, 5, d, seed=d, dtype=dtype)

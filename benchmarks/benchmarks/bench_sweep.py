@@ -19,7 +19,7 @@ class SweepThroughput:
     timeout = 600
 
     def setup(self, workers, backend):
-        require(backend)
+        require(backend, "train_model")  # the grid's learnable and exponential models
         self.n_runs = len(fm.sweeps.expand(GRID))
 
     def _sweep(self, workers, backend):

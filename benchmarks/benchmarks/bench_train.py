@@ -80,6 +80,7 @@ class LearnableAdam00(_GridAdam00):
     (dE, the W update, and with W of 1 MiB or more the next batch's read-outs)."""
 
     def setup(self, d, batch_size, backend):
+        require(backend, "train_model")
         super().setup(d, batch_size, backend)
         self.opt = fm.Adam(lr=1.0, betas=(0.0, 0.0))
         self.args = dict(batch_size=batch_size, seed=42, W=self.W, lr_scale={"W": 1 / d, "E": d**-0.5, "U": d**-0.5},

@@ -11,11 +11,14 @@ ALL_BACKENDS = [*BACKENDS, "cuda"]
 NO_RECORD = fm.Record(steps=[], metrics=())
 
 
-def require(backend):
-    """asv skips a benchmark whose setup raises NotImplementedError."""
+def require(backend, kernel=None):
+    """asv skips a benchmark whose setup raises NotImplementedError: an unavailable backend, or
+    one that does not run ``kernel`` (fm.backends()'s "lacks")."""
     info = fm.backends()[backend]
     if not info["available"]:
         raise NotImplementedError(f"backend {backend} unavailable: {info['reason']}")
+    if kernel in info["lacks"]:
+        raise NotImplementedError(f"backend {backend} does not run {kernel}: {info['lacks'][kernel]}")
 
 
 def synchronize(backend):

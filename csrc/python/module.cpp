@@ -23,8 +23,10 @@ using namespace fastmem;
 
 namespace {
 
+// Argument errors (here and FASTMEM_CHECK_ARG in the core) reach Python as
+// fastmem.InvalidArgumentError (the translator registered in the module init).
 void require(bool ok, const std::string& msg) {
-  if (!ok) throw py::value_error(msg);
+  if (!ok) throw std::invalid_argument(msg);
 }
 
 // The StopProbe of the training loops (interrupt.hpp): the GIL for a moment, and Python's
@@ -551,6 +553,15 @@ py::dict info() {
 
 PYBIND11_MODULE(FASTMEM_MODULE_NAME, m) {
   m.doc() = "fastmem compiled kernels (C++17 core), built for CPU level " FASTMEM_CPU_LEVEL;
+  static py::handle invalid_argument =
+      py::object(py::module_::import("fastmem.errors").attr("InvalidArgumentError")).release();
+  py::register_exception_translator([](std::exception_ptr e) {
+    try {
+      if (e) std::rethrow_exception(e);
+    } catch (const std::invalid_argument& err) {
+      PyErr_SetString(invalid_argument.ptr(), err.what());
+    }
+  });
 #if defined(FASTMEM_USE_CBLAS) && defined(FASTMEM_OPENBLAS_THREADS)
   // The core runs one BLAS call per OpenMP thread (parallel.hpp).
   FASTMEM_CBLAS(openblas_set_num_threads)(1);

@@ -3,7 +3,9 @@
 A backend is chosen by, in order: the ``backend=`` keyword, a ``with use_backend(...)``
 block, the ``FASTMEM_BACKEND`` environment variable, then "auto": cuda for arrays on a CUDA
 device, else cpp, else numba, else numpy. Asking for an unavailable backend raises with its
-reason; an automatic fallback is logged once. Arrays never move between devices silently:
+reason; an automatic fallback from the compiled backend is a PerformanceWarning, once per
+process (a source tree without the built module, a machine that could not compile it). Arrays
+never move between devices silently:
 device arrays with a host backend (or host arrays with cuda) are an error.
 """
 
@@ -11,13 +13,11 @@ import contextlib
 import contextvars
 import importlib
 import inspect
-import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 
-from ..errors import BackendUnavailableError, InvalidArgumentError
-
-log = logging.getLogger("fastmem")
+from ..errors import BackendUnavailableError, InvalidArgumentError, PerformanceWarning
 
 # Every backend implements each kernel with exactly these parameters; outputs are
 # arrays allocated by the caller, written in place.
@@ -60,11 +60,15 @@ class Backend:
     reason: str = ""
     kernels: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    lacks: dict = field(default_factory=dict)  # kernel -> why this backend does not run it
 
     def __getattr__(self, kernel):
         try:
             return self.__dict__["kernels"][kernel]
         except KeyError:
+            if kernel in self.__dict__["lacks"]:
+                raise BackendUnavailableError(f"backend {self.name!r} does not run {kernel}: "
+                                              f"{self.__dict__['lacks'][kernel]}") from None
             if kernel in SIGNATURES:
                 raise BackendUnavailableError(
                     f"backend {self.name!r} does not run {kernel} (its kernels: {sorted(self.kernels)}); "
@@ -77,16 +81,16 @@ def _load(name):
         mod = importlib.import_module(f"{__name__}.{_MODULES[name]}")
     except ImportError as exc:
         return Backend(name, False, reason=f"{type(exc).__name__}: {exc}")
-    kernels = {}
+    kernels, lacks = {}, dict(getattr(mod, "LACKS", {}))
     for kernel, params in SIGNATURES.items():
-        if name == "cuda" and kernel not in DEVICE_KERNELS:
+        if name == "cuda" and kernel not in DEVICE_KERNELS or kernel in lacks:
             continue
         fn = getattr(mod, kernel)
         got = tuple(inspect.signature(fn).parameters)
         if got != params:
             raise TypeError(f"backend {name}: {kernel}{got} does not match the signature table {params}")
         kernels[kernel] = fn
-    return Backend(name, True, kernels=kernels, info=getattr(mod, "INFO", {}))
+    return Backend(name, True, kernels=kernels, info=getattr(mod, "INFO", {}), lacks=lacks)
 
 
 _registry = {}
@@ -101,16 +105,19 @@ def _get(name):
 
 
 def backends():
-    """{name: {"available": bool, "reason": str, "info": dict}} for every backend."""
-    return {n: {"available": b.available, "reason": b.reason, "info": b.info}
+    """{name: {"available": bool, "reason": str, "info": dict, "lacks": {kernel: why}}} for every
+    backend ("lacks": the kernels of the signature table it does not run)."""
+    return {n: {"available": b.available, "reason": b.reason, "info": b.info, "lacks": dict(b.lacks)}
             for n in ORDER for b in [_get(n)]}
 
 
-def get(name=None, device=False):
+def get(name=None, device=False, kernel=None):
     """The Backend to run on: ``name``, else the context's, else $FASTMEM_BACKEND, else auto.
 
     device : True for inputs on a CUDA device, False for host arrays, None for a kernel
-        without array inputs (any backend)."""
+        without array inputs (any backend).
+    kernel : the kernel to run: "auto" then takes the first available backend that runs it; a
+        backend asked for by name that lacks it raises BackendUnavailableError naming it."""
     name = name or _current.get() or os.environ.get("FASTMEM_BACKEND") or "auto"
     if device and name == "auto":
         name = "cuda"
@@ -123,17 +130,21 @@ def get(name=None, device=False):
     if name == "auto":
         for n in HOST:
             b = _get(n)
-            if b.available:
+            if b.available and kernel not in b.lacks:
+                if n != HOST[0] and HOST[0] not in _fallback_logged and not _get(HOST[0]).available:
+                    _fallback_logged.add(HOST[0])
+                    warnings.warn(f"fastmem._core is not built ({_get(HOST[0]).reason}): running on {n}, "
+                                  f"{'about 100x' if n == 'numba' else 'far'} slower; `pip install .` builds it "
+                                  "(fastmem info says more)", PerformanceWarning, stacklevel=3)
                 return b
-            if n not in _fallback_logged:
-                _fallback_logged.add(n)
-                log.info("fastmem: backend %r unavailable (%s); falling back", n, b.reason)
         raise BackendUnavailableError("no backend is available")
     if name not in ORDER:
         raise InvalidArgumentError(f"backend: expected one of {('auto',) + ORDER}, got {name!r}")
     b = _get(name)
     if not b.available:
         raise BackendUnavailableError(f"backend {name!r} is unavailable: {b.reason}")
+    if kernel in b.lacks:
+        getattr(b, kernel)  # raises, naming the kernel and why
     return b
 
 

@@ -13,6 +13,9 @@ import numpy as np
 from numba import njit, prange
 
 INFO = {"numba": nb.__version__, "threads": nb.get_num_threads()}
+# kernels of the signature table this backend does not run, and why (the registry reports them
+# in fm.backends() and raises BackendUnavailableError naming them; nothing runs them elsewhere)
+LACKS = {"train_model": "the learnable and exponential models are not jitted for numba (cpp and numpy run them)"}
 
 _LN_EPS = 1e-6
 _BUDGET = 16 << 20  # bytes of a streamed score block, as default_chunk() in softmax_xent_grad.hpp
@@ -723,9 +726,3 @@ def _cmd_online_update(theta_t, r_t, mode, n, r_mean, r_m2, theta_mean, co):
 def cmd_online_update(theta_t, r_t, mode, n, r_mean, r_m2, theta_mean, co):
     _cmd_online_update(theta_t, r_t, mode, n, r_mean, r_m2, theta_mean, co)
 
-
-def train_model(kind, E, U, W, p, y, cdf, tokens, opt, tp, rec):
-    """The learnable and exponential models are not jitted yet: the float64 reference runs them."""
-    from .numpy_ref import train_model as reference
-
-    return reference(kind, E, U, W, p, y, cdf, tokens, opt, tp, rec)

@@ -9,10 +9,11 @@
 #include <optional>
 #include <vector>
 
+#include "errors.hpp"
+#include "interrupt.hpp"
 #include "kernels/dual_step.hpp"
 #include "kernels/metrics.hpp"
 #include "kernels/normalized_rank_update.hpp"
-#include "interrupt.hpp"
 #include "optim.hpp"
 #include "params.hpp"
 #include "rng.hpp"
@@ -54,6 +55,7 @@ struct BatchAggregator {
     count.clear();
     for (index_t i = 0; i < b; ++i) {
       const std::int64_t x = draws[i];
+      FASTMEM_CHECK_ARG(x >= 0 && x < N, "tokens: a token out of [0, N)");  // given tokens reach here too
       if (slot[x] < 0) {
         slot[x] = index_t(distinct.size());
         distinct.push_back(x);
@@ -261,6 +263,9 @@ double sgd_step(const Problem<T>& prob, MatrixView<const T> W, const std::int64_
   const index_t d = prob.d();
   FASTMEM_CHECK_ARG(W.rows == d && W.cols == d && W_out.rows == d && W_out.cols == d, "W and out must be d x d");
   FASTMEM_CHECK_ARG(b >= 1, "the batch must hold at least one token");
+  for (index_t i = 0; i < b; ++i)
+    FASTMEM_CHECK_ARG(x[i] >= 0 && x[i] < prob.N() && yb[i] >= 0 && yb[i] < prob.M(),
+                      "x, y: a token out of [0, N) or a target out of [0, M)");
   ws.w.assign(std::size_t(b), static_cast<T>(1.0 / double(b)));
   const double loss = forward_backward(prob, W, x, b, ws, yb);
   if (W_out.ptr != W.ptr)
