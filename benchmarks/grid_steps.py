@@ -10,7 +10,8 @@ Two builds compared: alternate the two commands (the machine is shared and noisy
 import json
 import time
 
-from fastmem.sweeps import _single_threaded, run_one
+from fastmem.sweeps import run_one
+from fastmem.sweeps.runner import _single_threaded
 
 # (d, layernorm, batch_size, ntrain); ntrain = batch_size: a one-step run, i.e. the set-up
 CONFIGS = [(1000, ln, b, 102400) for ln in (False, True) for b in (16, 256)] + \

@@ -132,7 +132,7 @@ def _cmd_reproduce(a):
 def _cmd_sweep(a):
     import tomllib
 
-    from .sweeps import count, sweep
+    from .sweeps import DEFAULT_EXPERIMENT, count, sweep
 
     try:
         with open(a.grid, "rb") as f:
@@ -141,7 +141,10 @@ def _cmd_sweep(a):
         raise InvalidArgumentError(f"grid: expected a readable TOML file, got {str(a.grid)!r} "
                                    f"({getattr(exc, 'strerror', None) or exc})") from None
     grids = spec["grid"] if isinstance(spec.get("grid"), list) else [spec.get("grid", spec)]
-    total = sum(count(g) for g in grids)  # validates every grid before any run
+    if not all(isinstance(g, dict) for g in grids):
+        raise InvalidArgumentError(f"grid: expected TOML tables of keys, got {str(a.grid)!r}")
+    total = sum(count({k: x for k, x in g.items() if k != "experiment"}, g.get("experiment", DEFAULT_EXPERIMENT))
+                for g in grids)  # validates every grid before any run
     df = sweep(grids, a.out, workers=a.workers, quiet=a.quiet, chunk_size=a.chunk_size, trajectory=a.trajectory,
                max_runs=a.max_runs, extend=a.extend)
     counts = df["status"].value_counts().to_dict()

@@ -15,3 +15,29 @@ def die_on_large_seeds(chunk, log):
     if 7 in seeds:
         raise ValueError("seed 7 is refused")
     return [(c["seed"], c["ntrain"]) for c in chunk]
+
+
+# A toy experiment for the runner's tests: any experiment is a function from a configuration to
+# a result row (here the product of two keys, and a trajectory of its powers).
+def _toy_run_group(configs, backend=None, trajectory=0):
+    import numpy as np
+
+    out = []
+    for c in configs:
+        if c["a"] == 13:
+            raise ValueError("13 is refused")
+        value = c["a"] * c["b"]
+        traj = {"step": np.arange(trajectory), "power": value ** np.arange(trajectory)} if trajectory else None
+        out.append(({"status": "ok", "value": float(value), "message": ""}, traj))
+    return out
+
+
+def _register_toy():
+    from fastmem.sweeps import Experiment, register
+
+    is_int = (lambda x: isinstance(x, int) and not isinstance(x, bool), "an integer")
+    return register(Experiment(name="toy", keys={"a": is_int, "b": is_int}, defaults={"b": 1},
+                               columns=("status", "value", "message"), run_group=_toy_run_group, module=__name__))
+
+
+TOY = _register_toy()

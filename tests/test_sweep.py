@@ -1,6 +1,7 @@
 """Sweeps: equal to separate runs, resumable after SIGKILL, the same through a Dask cluster."""
 
 import concurrent.futures as cf
+import dataclasses
 import os
 import signal
 import subprocess
@@ -12,6 +13,8 @@ import pytest
 
 import fastmem as fm
 from fastmem import sweeps as sw
+from fastmem.sweeps import runner
+from fastmem.sweeps.scaling_law import SCALING_LAW as SL
 from fastmem.models import train_model
 
 SMALL = {"d": [4, 8], "seed": [1, 2], "lr": [1.0], "batch_size": [4, 16], "ntrain": [64],
@@ -62,7 +65,7 @@ PREFIXES = {"d": [8, 40], "seed": 3, "lr": [1.0, 30.0, 1e4, 3e38], "batch_size":
 def test_runs_differing_in_ntrain_share_one_trajectory_exactly(model):
     # every representation (primal, dual, projected); short runs ok where the longest diverged
     seen, mixed = set(), 0
-    for group in sw._groups(sw.expand({**PREFIXES, "model": model})):
+    for group in runner.groups(SL, sw.expand({**PREFIXES, "model": model})):
         assert [c["ntrain"] for c in group] == [16, 64, 256]
         results = sw.run_group(group, trajectory=5)
         mixed += len({row["status"] for row, _ in results}) == 2
@@ -91,8 +94,8 @@ def test_member_status_from_the_group_run(n, s, at_record, pts, want):
     # records at 0, 10 and 40, then the run stopped at 40: at its record there, or at the batch of step 40
     steps, loss = np.array([0, 10, 40]), np.array([1.0, 0.5, np.inf if at_record else 0.4])
     run = SimpleNamespace(steps=steps, steps_done=s, status="diverged", loss=loss, accuracy=np.ones(3))
-    c = {**dict.fromkeys(sw.KEYS, 0), "ntrain": n}
-    got = sw._member(c, n, np.array(pts), run, "primal", 0)
+    c = {**dict.fromkeys(SL.keys, 0), "ntrain": n}
+    got = sw.scaling_law._member(c, n, np.array(pts), run, "primal", 0)
     assert (got if got is None else (got[0]["status"], got[0]["steps"])) == want
 
 
@@ -105,7 +108,7 @@ def test_trajectories_are_written_and_read_as_xarray(tmp_path):
     assert {"d", "lr", "model", "seed"} <= set(ds.coords)
     for rid in runs["run_id"][::5]:
         row = runs.set_index("run_id").loc[rid]
-        c = {k: row[k] for k in sw.KEYS}
+        c = {k: row[k] for k in SL.keys}
         c = {k: (val.item() if hasattr(val, "item") else val) for k, val in c.items()}
         _, traj = sw.run_one(c, trajectory=6)  # the same run, recorded again
         got = ds.sel(run_id=rid)
@@ -186,7 +189,7 @@ def test_diverged_and_failed_runs_are_recorded(tmp_path, monkeypatch):
         if group[0]["lr"] == 1.0:
             raise RuntimeError("worker crashed")
         return real(group, backend, trajectory)
-    monkeypatch.setattr(sw, "run_group", flaky)
+    monkeypatch.setitem(sw.experiment._REGISTRY, SL.name, dataclasses.replace(SL, run_group=flaky))
     with cf.ThreadPoolExecutor(1) as ex:  # in-process, so that the patch applies
         df = fm.sweep(grid, tmp_path, executor=ex, quiet=True).set_index("lr")
     assert calls.count(1.0) == 2  # retried once
@@ -213,12 +216,13 @@ def test_a_failing_chunk_is_retried_alone_and_a_dead_worker_replaced(tmp_path, s
 
     configs = sw.expand({**SMALL, "d": 4, "model": "matrix", "optimizer": "sgd", "layernorm": False, "batch_size": 4,
                          "seed": seeds, "ntrain": [4, 8]})
-    chunks = list(sw._chunks(configs, 4))[::-1 if reverse else 1]  # two groups (ntrain 4 and 8) a chunk
+    chunks = list(runner._chunks(SL, configs, 4))[::-1 if reverse else 1]  # two groups (ntrain 4 and 8) a chunk
     log, done, failed = tmp_path / "log", [], {}
     schedule = functools.partial(
-        sw._schedule, chunks, functools.partial(sweep_tasks.die_on_large_seeds, log=str(log)), None, 2,
+        runner._schedule, chunks, functools.partial(sweep_tasks.die_on_large_seeds, log=str(log)), None, 2,
         done=done.extend, failed=lambda chunk, text: failed.setdefault(tuple(sorted({c["seed"] for c in chunk})), text),
-        new_pool=lambda n: cf.ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")))
+        new_pool=lambda n: cf.ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")),
+        split=functools.partial(runner.groups, SL))
     if not failed_seeds:
         with pytest.raises(RuntimeError, match=message):
             schedule()
@@ -316,10 +320,29 @@ def test_grid_cells_agree_with_pytorch_over_10_seeds(model, optimizer):
 def test_sweep_runs_hold_one_thread_in_blas_and_the_core():
     threadpoolctl = pytest.importorskip("threadpoolctl")
     before = [p["num_threads"] for p in threadpoolctl.threadpool_info()]
-    with sw._single_threaded():
+    with runner._single_threaded():
         assert all(p["num_threads"] == 1 for p in threadpoolctl.threadpool_info())
         if fm.backends()["cpp"]["available"]:
             from fastmem import _core
 
             assert _core.get_num_threads() == 1
     assert [p["num_threads"] for p in threadpoolctl.threadpool_info()] == before
+
+
+def test_the_runner_runs_any_registered_experiment(tmp_path):
+    # an experiment of the tests' own (tests/sweep_tasks.py), run by worker processes that import
+    # its module to find it; the store, resume and failure handling are the runner's
+    import sweep_tasks
+
+    grid = {"a": [1, 2, 13], "b": [3, 5]}
+    df = fm.sweep(grid, tmp_path, workers=2, quiet=True, experiment="toy", trajectory=3).set_index(["a", "b"])
+    assert len(df) == 6 and df.loc[(2, 5), "value"] == 10.0 and df.loc[(1, 3), "status"] == "ok"
+    assert df.loc[(13, 3), "status"] == "failed" and "13 is refused" in df.loc[(13, 3), "message"]
+    runs, ds = fm.load_sweep(tmp_path, trajectories=True)
+    assert set(ds.data_vars) == {"step", "power"} and ds.sizes["point"] == 3
+    np.testing.assert_array_equal(ds["power"].sel(run_id=sweep_tasks.TOY and
+                                                  runs.set_index(["a", "b"]).loc[(2, 5), "run_id"]), [1, 10, 100])
+    with pytest.raises(fm.InvalidArgumentError, match="out: expected a folder of 'scaling-law' sweeps"):
+        fm.sweep(SMALL, tmp_path, workers=1, quiet=True, extend=True)
+    with pytest.raises(fm.InvalidArgumentError, match=r"^experiment: expected one of the registered"):
+        fm.sweep(grid, tmp_path / "other", experiment="nope")

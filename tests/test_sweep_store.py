@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 import fastmem as fm
-from fastmem import _sweep_store as store
 from fastmem import sweeps as sw
+from fastmem.sweeps import runner, store
+from fastmem.sweeps.scaling_law import SCALING_LAW as SL
 
 TINY = {"d": [4, 6], "seed": [1, 2, 3], "lr": [1.0], "batch_size": [4], "ntrain": [16], "N": 6, "M": 3}
 
@@ -68,7 +69,7 @@ def test_another_grid_is_refused_unless_extended_and_a_sweep_returns_its_own_run
 
 
 def test_a_folder_in_use_by_another_sweep_is_refused(tmp_path):
-    with store.Store(tmp_path, sw.EXPERIMENT, [sw.axes(TINY)]):
+    with store.Store(tmp_path, SL.name, [sw.axes(TINY)]):
         with pytest.raises(fm.InvalidArgumentError, match=f"out: .*locked by pid {os.getpid()}"):
             _sweep(TINY, tmp_path)
     assert len(_sweep(TINY, tmp_path)) == 6  # released on exit
@@ -133,9 +134,9 @@ def test_failed_runs_are_retried_once_on_resume_and_diverged_stays(tmp_path, cap
     assert diverged
     # record two ok runs as failed, as a worker that kept dying would have
     victims = [c for c in sw.expand(grid) if sw.run_id(c) not in diverged][:2]
-    with store.Store(tmp_path, sw.EXPERIMENT, [sw.axes(grid)]) as st:
+    with store.Store(tmp_path, SL.name, [sw.axes(grid)]) as st:
         st.drop_runs([sw.run_id(c) for c in victims])
-        sw._write_chunk(tmp_path, sw._failed_rows(victims, "RuntimeError: the machine fell over"))
+        runner._write_chunk(tmp_path, SL, runner._failed_rows(SL, victims, "RuntimeError: the machine fell over"))
     diverged_files = {f.name: f.stat().st_mtime_ns for f in (tmp_path / "runs").glob("*.parquet")}
     again = fm.sweep(grid, tmp_path, workers=1)
     assert "2 of them recorded failed before and retried" in capsys.readouterr().err

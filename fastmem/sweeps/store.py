@@ -24,7 +24,7 @@ import time
 import warnings
 from pathlib import Path
 
-from . import _validate as v
+from .. import _validate as v
 
 FORMAT = 1
 
@@ -45,6 +45,14 @@ def _readable(path):
     except Exception:  # noqa: BLE001 - any failure to read is damage (pyarrow raises several types)
         return False
     return True
+
+
+def experiment_of(out):
+    """The experiment a sweep folder's sweep.json names (None without one)."""
+    try:
+        return json.loads((Path(out) / "sweep.json").read_text())["experiment"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def chunk_files(out):
