@@ -6,7 +6,6 @@ import concurrent.futures as cf
 import contextlib
 import functools
 import hashlib
-import json
 import multiprocessing
 import os
 import sys

@@ -67,7 +67,7 @@ def run_group(configs, backend=None, trajectory=0):
     the cost model would give another representation at their own length run apart.
     """
     lengths = [c["ntrain"] // c["batch_size"] for c in configs]
-    if len({json.dumps({**c, "ntrain": 0}, sort_keys=True) for c in configs}) != 1:
+    if len({group_key(c) for c in configs}) != 1:
         v.fail("configs", "configurations that differ only in ntrain", [c["ntrain"] for c in configs])
     t0 = time.perf_counter()
     start = _Setup(configs[0], backend)
@@ -154,8 +154,6 @@ class _Setup:
         return train_model(c["model"], self.E, self.U, self.task, self.opt, steps, batch_size=c["batch_size"],
                            seed=c["seed"], W=self.W, layernorm=c["layernorm"], lr_scale=self.scale, record=record,
                            backend=self.backend)
-
-
 
 
 def _check_axes(ax):
