@@ -498,6 +498,32 @@ py::tuple py_train_model(int kind, py::array E, py::array U, py::object W, py::a
   });
 }
 
+// groups: (n, 7) int64 rows {H, in_offset, in_row, bias_offset, out_offset, out_outer, out_inner}.
+int py_pathcond_solve(py::array weights, py::array groups, py::array z, py::object objective, double tol,
+                      std::int64_t max_sweeps, bool enorm) {
+  require(weights.ndim() == 1 && weights.dtype().is(py::dtype::of<double>()) &&
+              (weights.shape(0) <= 1 || weights.strides(0) == sizeof(double)),
+          "weights must be a contiguous float64 vector");
+  auto gv = cmatrix<std::int64_t>(groups, "groups");
+  require(gv.cols == 7 && gv.stride == 7, "groups must be a contiguous (n, 7) int64 array");
+  static_assert(sizeof(RescaleGroup) == 7 * sizeof(std::int64_t), "RescaleGroup is 7 int64");
+  PathCondParams p;
+  p.weights = static_cast<const double*>(weights.data());
+  p.P = weights.shape(0);
+  p.groups = reinterpret_cast<const RescaleGroup*>(gv.ptr);
+  p.n_groups = gv.rows;
+  index_t H = 0;
+  for (index_t k = 0; k < gv.rows; ++k) H += gv.ptr[k * 7];
+  p.z = vec<double>(z, H, "z");
+  p.tol = tol;
+  p.max_sweeps = max_sweeps;
+  p.enorm = enorm;
+  p.objective = opt_ptr<double>(objective, max_sweeps + 1, "objective");
+  std::vector<double> work;
+  py::gil_scoped_release nogil;
+  return static_cast<int>(pathcond_solve(p, work));
+}
+
 int py_get_num_threads() { return fastmem::num_threads(); }
 
 void py_set_num_threads(int n) {
@@ -581,6 +607,7 @@ PYBIND11_MODULE(FASTMEM_MODULE_NAME, m) {
   m.def("cmd_assign_fit", &py_cmd_assign_fit);
   m.def("train_model", &py_train_model);
   m.def("cmd_online_update", &py_cmd_online_update);
+  m.def("pathcond_solve", &py_pathcond_solve);
   m.def("info", &info);
   m.def("get_num_threads", &py_get_num_threads);
   m.def("set_num_threads", &py_set_num_threads);

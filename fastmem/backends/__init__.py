@@ -40,6 +40,7 @@ SIGNATURES = {
     "rebuild_W": ("E", "onehot_col", "onehot_scale", "U", "W0", "A", "c", "W_out"),
     "train_many": ("E", "U", "W", "p", "y", "lr", "steps", "loss", "accuracy", "status"),
     "train_projected": ("E", "U", "V", "p", "y", "cdf", "tokens", "opt", "tp", "rec"),
+    "pathcond_solve": ("weights", "groups", "z", "objective", "tol", "max_sweeps", "enorm"),
 }
 
 # The kernels of the table that run on device arrays: the host drivers (train, train_dual,

@@ -63,3 +63,7 @@ def train_many(E, U, W, p, y, lr, steps, loss, accuracy, status):
 
 def train_projected(E, U, V, p, y, cdf, tokens, opt, tp, rec):
     return _core.train_projected(E, U, V, p, y, cdf, tokens, opt, tp, rec)
+
+
+def pathcond_solve(weights, groups, z, objective, tol, max_sweeps, enorm):
+    return _core.pathcond_solve(weights, groups, z, objective, tol, max_sweeps, enorm)

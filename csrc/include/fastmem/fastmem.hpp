@@ -10,6 +10,7 @@
 #include "kernels/layernorm.hpp"
 #include "kernels/metrics.hpp"
 #include "kernels/normalized_rank_update.hpp"
+#include "kernels/pathcond.hpp"
 #include "kernels/sgd_rank_update.hpp"
 #include "kernels/softmax_xent_grad.hpp"
 #include "normal.hpp"

@@ -1,0 +1,195 @@
+"""diag G of the path-lifting kernel by one backward pass, the objective F, and the
+function-preserving update theta' = theta * exp(-B z / 2)."""
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .. import _validate as v
+from .network import Conv2d, Dense, Flatten, MaxPool2d, Network, _shape, _to_numpy
+
+
+def _im2col(a, kh, kw, stride, pad):
+    """(C, H, W) -> (C * kh * kw, Ho * Wo): the windows a convolution reads, as columns."""
+    C = a.shape[0]
+    ap = np.pad(a, ((0, 0), (pad[0], pad[0]), (pad[1], pad[1])))
+    win = sliding_window_view(ap, (kh, kw), axis=(1, 2))[:, ::stride[0], ::stride[1]]  # (C, Ho, Wo, kh, kw)
+    Ho, Wo = win.shape[1], win.shape[2]
+    return np.ascontiguousarray(win.transpose(0, 3, 4, 1, 2)).reshape(C * kh * kw, Ho * Wo), (Ho, Wo)
+
+
+def _col2im(cols, shape, kh, kw, stride, pad, out_hw):
+    """The adjoint of _im2col: columns (C * kh * kw, Ho * Wo) summed back into (C, H, W)."""
+    C, H, W = shape
+    Ho, Wo = out_hw
+    cols = cols.reshape(C, kh, kw, Ho, Wo)
+    g = np.zeros((C, H + 2 * pad[0], W + 2 * pad[1]))
+    for u in range(kh):
+        for w in range(kw):
+            g[:, u:u + stride[0] * (Ho - 1) + 1:stride[0], w:w + stride[1] * (Wo - 1) + 1:stride[1]] += cols[:, u, w]
+    return g[:, pad[0]:pad[0] + H, pad[1]:pad[1] + W]
+
+
+def _maxpool(a, la):
+    """Max-pooling of non-negative (C, H, W) values; the flat index of each window's maximum."""
+    (kh, kw), st, pad = la.kernel, la.stride, la.padding
+    ap = np.pad(a, ((0, 0), (pad[0], pad[0]), (pad[1], pad[1])), constant_values=-np.inf)
+    idx = np.arange(ap[0].size).reshape(ap.shape[1:])
+    win = sliding_window_view(ap, (kh, kw), axis=(1, 2))[:, ::st[0], ::st[1]]
+    iw = sliding_window_view(idx, (kh, kw))[::st[0], ::st[1]]
+    C, Ho, Wo = win.shape[:3]
+    flat = win.reshape(C, Ho, Wo, kh * kw)
+    arg = flat.argmax(axis=-1)
+    picked = np.take_along_axis(iw.reshape(1, Ho, Wo, kh * kw).repeat(C, 0), arg[..., None], -1)[..., 0]
+    return np.take_along_axis(flat, arg[..., None], -1)[..., 0], (picked, ap.shape)
+
+
+def diag_G(model, input_shape=None):
+    """diag G (P,) float64 of a ReLU network, in the flat layout (``Network.split`` gives it per
+    layer): G_ii = sum over the paths through parameter i of the product of the other parameters
+    of the path, squared. One forward pass with every parameter squared on an all-ones input
+    (every ReLU then passes its input) and one backward pass from the sum of the outputs: G_ii is
+    the derivative with respect to theta_i^2. Dense layers are matrix-vector products (BLAS),
+    convolutions im2col products; memory beyond the parameters O(P + activations)."""
+    from .network import as_network
+
+    net = as_network(model, input_shape)
+    layers = net.layers
+    a = np.ones(net.shapes[0][0])
+    saved = []  # what each layer's backward needs
+    sq = {}
+    for la, (shape_in, shape_out) in zip(layers, net.shapes):
+        if isinstance(la, (Dense, Conv2d)):
+            W2 = np.square(_to_numpy(la.weight).astype(np.float64))
+            b2 = None if la.bias is None else np.square(_to_numpy(la.bias).astype(np.float64))
+            sq[id(la)] = W2
+            if isinstance(la, Dense):
+                saved.append(a)
+                a = W2 @ a + (0.0 if b2 is None else b2)
+            else:
+                kh, kw = W2.shape[2:]
+                cols, hw = _im2col(a, kh, kw, la.stride, la.padding)
+                saved.append((cols, hw))
+                a = (W2.reshape(W2.shape[0], -1) @ cols).reshape(shape_out)
+                if b2 is not None:
+                    a += b2[:, None, None]
+        elif isinstance(la, MaxPool2d):
+            a, where = _maxpool(a, la)
+            saved.append(where)
+        elif isinstance(la, Flatten):
+            saved.append(None)
+            a = a.reshape(-1)
+        else:
+            saved.append(None)
+    g = np.ones_like(a)
+    grads = []
+    for la, (shape_in, _), s in zip(reversed(layers), reversed(net.shapes), reversed(saved)):
+        if isinstance(la, Dense):
+            W2 = sq[id(la)]
+            grads.append((np.outer(g, s), None if la.bias is None else g.copy()))
+            g = W2.T @ g
+        elif isinstance(la, Conv2d):
+            W2 = sq[id(la)]
+            cols, hw = s
+            gm = g.reshape(W2.shape[0], -1)
+            grads.append(((gm @ cols.T).reshape(W2.shape), None if la.bias is None else gm.sum(axis=1)))
+            g = _col2im(W2.reshape(W2.shape[0], -1).T @ gm, shape_in, W2.shape[2], W2.shape[3], la.stride,
+                        la.padding, hw)
+        elif isinstance(la, MaxPool2d):
+            picked, padded = s
+            gp = np.zeros((padded[0], padded[1] * padded[2]))
+            C = padded[0]
+            np.add.at(gp, (np.arange(C)[:, None], picked.reshape(C, -1)), g.reshape(C, -1))
+            pad = la.padding
+            g = gp.reshape(padded)[:, pad[0]:pad[0] + shape_in[1], pad[1]:pad[1] + shape_in[2]]
+        elif isinstance(la, Flatten):
+            g = g.reshape(shape_in)
+    parts = []
+    for gw, gb in reversed(grads):
+        parts.append(gw.ravel())
+        if gb is not None:
+            parts.append(gb.ravel())
+    return np.concatenate(parts)
+
+
+def _check_G(G):
+    G = np.ascontiguousarray(G, dtype=np.float64)
+    if G.ndim != 1 or not np.isfinite(G).all() or (G <= 0).any():
+        v.fail("G", "a 1-D vector of finite positive values (diag G of a network without all-zero rows)",
+               f"shape {G.shape}, {int((~(G > 0)).sum())} entries not > 0" if G.ndim == 1 else f"shape {G.shape}")
+    return G
+
+
+def objective(model_or_G, z=None, input_shape=None, groups=None):
+    """F(z) = P log(mean_i G'_i) - sum_i log G'_i with G' = G e^{Bz}: P times the log of the
+    ratio of the arithmetic to the geometric mean of diag G' (0 when all are equal). ``model_or_G``
+    is a network (diag G computed) or diag G itself (then ``groups`` from Network.groups());
+    z (one per hidden neuron or channel) defaults to 0."""
+    if isinstance(model_or_G, np.ndarray):
+        G = _check_G(model_or_G)
+        if groups is None and z is not None:
+            v.fail("groups", "the network's groups (Network.groups()) with diag G and z", None)
+    else:
+        from .network import as_network
+
+        net = as_network(model_or_G, input_shape)
+        G, groups = _check_G(diag_G(net)), net.groups()
+    if z is None:
+        logG = np.log(G)
+    else:
+        logG = np.log(G) + bz(groups, np.asarray(z, dtype=np.float64), G.size)
+    P = G.size
+    shift = logG.max()  # mean of e^{logG} without overflow
+    return float(P * (np.log(np.mean(np.exp(logG - shift))) + shift) - logG.sum())
+
+
+def bz(groups, z, P):
+    """The vector B z (P,): -z_h on neuron h's incoming parameters, +z_h on its outgoing ones."""
+    groups = np.asarray(groups, dtype=np.int64).reshape(-1, 7)
+    H = int(groups[:, 0].sum())
+    if z.shape != (H,):
+        v.fail("z", f"shape ({H},), one per hidden neuron or channel", f"shape {z.shape}")
+    out, start = np.zeros(P), 0
+    for Hn, ino, row, bo, oo, outer, inner in groups:
+        zl = z[start:start + Hn]
+        out[ino:ino + Hn * row] -= np.repeat(zl, row)
+        if bo >= 0:
+            out[bo:bo + Hn] -= zl
+        out[oo:oo + outer * Hn * inner] += np.tile(np.repeat(zl, inner), outer)
+        start += Hn
+    return out
+
+
+def apply_rescaling(net, z):
+    """theta' = theta * exp(-B z / 2) on the network's own arrays, in place: hidden neuron h's
+    incoming weights and bias times e^{z_h / 2}, its outgoing weights times e^{-z_h / 2}."""
+    z = np.asarray(z, dtype=np.float64)
+    params, start = net.params(), 0
+    for k, la in enumerate(params[:-1]):
+        H = _shape(la.weight)[0]
+        lam = np.exp(z[start:start + H] / 2)
+        start += H
+        nxt = params[k + 1]
+        ns = _shape(nxt.weight)
+        inv = (1.0 / lam)
+        _scale(la.weight, lam.reshape((H,) + (1,) * (len(_shape(la.weight)) - 1)))
+        if la.bias is not None:
+            _scale(la.bias, lam)
+        if isinstance(nxt, Conv2d):
+            _scale(nxt.weight, inv.reshape(1, H, 1, 1))
+        else:  # dense: its inputs are the H neurons, each over its spatial size after a flatten
+            inner = ns[1] // H
+            _scale(nxt.weight, np.repeat(inv, inner).reshape(1, ns[1]))
+
+
+def _scale(a, factor):
+    """a *= factor in place, for numpy arrays and PyTorch tensors (on their device)."""
+    if isinstance(a, np.ndarray):
+        a *= factor.astype(a.dtype)
+        return
+    import torch
+
+    with torch.no_grad():
+        a.mul_(torch.from_numpy(np.ascontiguousarray(factor)).to(device=a.device, dtype=a.dtype))
+
+
+__all__ = ["Network", "apply_rescaling", "bz", "diag_G", "objective"]

@@ -1,0 +1,288 @@
+"""The network PathCond works on: a chain of dense and convolutional layers with ReLU between
+them, described by fastmem (arrays it can read and rescale in place), built from numpy arrays or
+from a PyTorch ``nn.Sequential``.
+
+Flat layout: the parameters in layer order, each layer's weight (C order) then its bias; diag G,
+theta^2 and the solver's groups all use it.
+"""
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import _validate as v
+
+
+class PathCondWarning(UserWarning):
+    """A layer where PathCond's rescaling or its kernel is not exact (named in the message)."""
+
+
+@dataclass
+class Dense:
+    """y = W x + b; weight (out, in), bias (out,) or None."""
+
+    weight: object
+    bias: object = None
+    name: str = "dense"
+
+
+@dataclass
+class Conv2d:
+    """2-D cross-correlation; weight (C_out, C_in, kh, kw), bias (C_out,) or None; rescaled per
+    output channel."""
+
+    weight: object
+    bias: object = None
+    stride: tuple = (1, 1)
+    padding: tuple = (0, 0)
+    name: str = "conv"
+
+
+@dataclass
+class Flatten:
+    name: str = "flatten"
+
+
+@dataclass
+class MaxPool2d:
+    """Max-pooling: the function is preserved (it commutes with positive scaling), but diag G
+    through it is approximate: the all-ones forward keeps the maxima of its own values."""
+
+    kernel: tuple = (2, 2)
+    stride: tuple = (2, 2)
+    padding: tuple = (0, 0)
+    name: str = "maxpool"
+
+
+@dataclass
+class Identity:
+    """A layer diag G and the rescaling pass through unchanged (Dropout; BatchNorm, warned)."""
+
+    name: str = "identity"
+
+
+PARAM_LAYERS = (Dense, Conv2d)
+
+
+def _pair(x):
+    return (int(x), int(x)) if np.ndim(x) == 0 else tuple(int(a) for a in x)
+
+
+@dataclass
+class Network:
+    """A feed-forward ReLU network: ``layers`` in order, ReLU after every parameterised layer but
+    the last; ``input_shape`` (C, H, W) where the first parameterised layer is a convolution.
+
+    The arrays are the caller's (numpy arrays, or numpy views of PyTorch CPU parameters, or
+    PyTorch tensors on any device: ``tensors``): ``rescale`` updates them in place."""
+
+    layers: list
+    input_shape: tuple = None
+    tensors: list = field(default_factory=list)  # PyTorch parameters, by the order of params()
+
+    def __post_init__(self):
+        params = [la for la in self.layers if isinstance(la, PARAM_LAYERS)]
+        if len(params) < 2:
+            v.fail("layers", "at least two parameterised layers (one hidden layer to rescale)", len(params))
+        self._check()
+
+    @classmethod
+    def mlp(cls, weights, biases=None):
+        """A multilayer perceptron from weights [(n1, n0), (n2, n1), ...] and biases (or None)."""
+        biases = [None] * len(weights) if biases is None else list(biases)
+        if len(biases) != len(weights):
+            v.fail("biases", f"{len(weights)} biases (or None), one per weight", len(biases))
+        return cls([Dense(w, b, name=f"dense{i}") for i, (w, b) in enumerate(zip(weights, biases))])
+
+    @classmethod
+    def from_torch(cls, model, input_shape=None):
+        """From an ``nn.Sequential`` of Linear, Conv2d, ReLU, Flatten, MaxPool2d, Dropout and
+        BatchNorm layers (nested Sequentials flattened). BatchNorm and MaxPool2d are kept with a
+        PathCondWarning saying why; any other layer (a residual block among them: its skip path
+        is not a chain) is refused by name."""
+        import torch.nn as nn
+
+        layers, tensors = [], []
+
+        def walk(module, prefix):
+            for name, child in module.named_children():
+                full = f"{prefix}{name}"
+                if isinstance(child, nn.Sequential):
+                    walk(child, full + ".")
+                elif isinstance(child, nn.Linear):
+                    layers.append(Dense(child.weight, child.bias, name=full))
+                    tensors.extend([child.weight] + ([child.bias] if child.bias is not None else []))
+                elif isinstance(child, nn.Conv2d):
+                    if child.groups != 1 or _pair(child.dilation) != (1, 1) or not isinstance(child.padding, tuple) \
+                            or child.padding_mode != "zeros":
+                        v.fail(f"model.{full}", "a Conv2d with groups=1, dilation 1 and numeric zero padding",
+                               repr(child))
+                    layers.append(Conv2d(child.weight, child.bias, _pair(child.stride), _pair(child.padding), name=full))
+                    tensors.extend([child.weight] + ([child.bias] if child.bias is not None else []))
+                elif isinstance(child, (nn.ReLU, nn.Dropout)):
+                    if isinstance(child, nn.Dropout):
+                        layers.append(Identity(name=full))
+                elif isinstance(child, nn.Flatten):
+                    if child.start_dim != 1 or child.end_dim != -1:
+                        v.fail(f"model.{full}", "Flatten(start_dim=1, end_dim=-1)", repr(child))
+                    layers.append(Flatten(name=full))
+                elif isinstance(child, nn.MaxPool2d):
+                    if _pair(child.dilation) != (1, 1) or child.ceil_mode:
+                        v.fail(f"model.{full}", "a MaxPool2d with dilation 1 and ceil_mode False", repr(child))
+                    layers.append(MaxPool2d(_pair(child.kernel_size), _pair(child.stride or child.kernel_size),
+                                            _pair(child.padding), name=full))
+                elif isinstance(child, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                    warnings.warn(f"model.{full} ({type(child).__name__}): PathCond preserves the network's function "
+                                  "through BatchNorm only in eval mode at initialisation (its parameters are not "
+                                  "rescaled, and batch statistics change with the scale); diag G leaves it out",
+                                  PathCondWarning, stacklevel=3)
+                    layers.append(Identity(name=full))
+                else:
+                    v.fail(f"model.{full}", "Linear, Conv2d, ReLU, Flatten, MaxPool2d, Dropout or BatchNorm layers "
+                           "in an nn.Sequential (residual blocks are not a chain: not supported)",
+                           type(child).__name__)
+
+        if not isinstance(model, nn.Sequential):
+            v.fail("model", "an nn.Sequential (or a fastmem.pathcond.Network)", type(model).__name__)
+        walk(model, "")
+        return cls(layers, input_shape, tensors)
+
+    # --- shapes and the flat layout ------------------------------------------------------------
+
+    def params(self):
+        return [la for la in self.layers if isinstance(la, PARAM_LAYERS)]
+
+    def _check(self):
+        """Shapes agree along the chain; records each parameterised layer's input shape."""
+        first = self.params()[0]
+        if isinstance(first, Conv2d):
+            if self.input_shape is None or len(self.input_shape) != 3:
+                v.fail("input_shape", "(C, H, W) for a network that starts with a convolution", self.input_shape)
+            shape = tuple(int(s) for s in self.input_shape)
+        else:
+            shape = (int(_shape(first.weight)[1]),)
+        self.shapes = []  # (input shape, output shape) of every layer
+        for la in self.layers:
+            out = _out_shape(la, shape)
+            self.shapes.append((shape, out))
+            shape = out
+        for la in self.layers:
+            if isinstance(la, MaxPool2d):
+                warnings.warn(f"{la.name} (MaxPool2d): the rescaling preserves the function, but diag G through "
+                              "max-pooling is approximate (the all-ones forward keeps its own maxima)",
+                              PathCondWarning, stacklevel=4)
+
+    def layout(self):
+        """[(weight offset, bias offset or -1)] of the parameterised layers, and P."""
+        out, off = [], 0
+        for la in self.params():
+            w = off
+            off += int(np.prod(_shape(la.weight)))
+            b = -1
+            if la.bias is not None:
+                b = off
+                off += int(_shape(la.bias)[0])
+            out.append((w, b))
+        return out, off
+
+    @property
+    def n_params(self):
+        return self.layout()[1]
+
+    def groups(self):
+        """The solver's (n, 7) int64 rows {H, in_offset, in_row, bias_offset, out_offset,
+        out_outer, out_inner}: one per hidden parameterised layer."""
+        params, (offsets, _) = self.params(), self.layout()
+        idx = [i for i, la in enumerate(self.layers) if isinstance(la, PARAM_LAYERS)]
+        rows = []
+        for k in range(len(params) - 1):
+            la, nxt = params[k], params[k + 1]
+            ws = _shape(la.weight)
+            H, in_row = ws[0], int(np.prod(ws[1:]))
+            ns = _shape(nxt.weight)
+            if isinstance(nxt, Conv2d):
+                outer, inner = ns[0], ns[2] * ns[3]
+                if ns[1] != H:
+                    v.fail(f"layers[{nxt.name}]", f"{H} input channels", ns[1])
+            else:
+                inner = ns[1] // H  # a flatten in between: the spatial size of each channel
+                outer = ns[0]
+                if inner * H != ns[1] or self.shapes[idx[k + 1]][0] != (ns[1],):
+                    v.fail(f"layers[{nxt.name}]", f"inputs of {H} neurons (x their spatial size)", ns[1])
+            rows.append((H, offsets[k][0], in_row, offsets[k][1], offsets[k + 1][0], outer, inner))
+        return np.array(rows, dtype=np.int64).reshape(-1, 7)
+
+    def flat(self):
+        """The parameters as one float64 vector (a copy), in the flat layout."""
+        parts = []
+        for la in self.params():
+            parts.append(_to_numpy(la.weight).ravel())
+            if la.bias is not None:
+                parts.append(_to_numpy(la.bias).ravel())
+        return np.concatenate(parts).astype(np.float64)
+
+    def split(self, flat):
+        """A flat (P,) vector as [(weight-shaped, bias-shaped or None)] per parameterised layer."""
+        out, (offsets, P) = [], self.layout()
+        flat = np.asarray(flat)
+        if flat.shape != (P,):
+            v.fail("flat", f"shape ({P},)", f"shape {flat.shape}")
+        for la, (w, b) in zip(self.params(), offsets):
+            ws = _shape(la.weight)
+            out.append((flat[w:w + int(np.prod(ws))].reshape(ws),
+                        None if b < 0 else flat[b:b + ws[0]]))
+        return out
+
+    def hidden_sizes(self):
+        return [int(_shape(la.weight)[0]) for la in self.params()[:-1]]
+
+
+def _shape(a):
+    return tuple(int(s) for s in a.shape)
+
+
+def _to_numpy(a):
+    if isinstance(a, np.ndarray):
+        return a
+    if hasattr(a, "detach"):  # a PyTorch tensor, on any device
+        return a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def _out_shape(la, shape):
+    if isinstance(la, Dense):
+        ws = _shape(la.weight)
+        if len(ws) != 2 or shape != (ws[1],):
+            v.fail(f"layers[{la.name}]", f"a (out, {int(np.prod(shape))}) weight after an input of shape {shape}",
+                   f"weight {ws}")
+        _bias(la, ws[0])
+        return (ws[0],)
+    if isinstance(la, Conv2d):
+        ws = _shape(la.weight)
+        if len(ws) != 4 or len(shape) != 3 or shape[0] != ws[1]:
+            v.fail(f"layers[{la.name}]", f"a (C_out, {shape[0] if shape else '?'}, kh, kw) weight after an input of "
+                   f"shape {shape}", f"weight {ws}")
+        _bias(la, ws[0])
+        (sh, sw), (ph, pw) = la.stride, la.padding
+        return (ws[0], (shape[1] + 2 * ph - ws[2]) // sh + 1, (shape[2] + 2 * pw - ws[3]) // sw + 1)
+    if isinstance(la, Flatten):
+        return (int(np.prod(shape)),)
+    if isinstance(la, MaxPool2d):
+        (kh, kw), (sh, sw), (ph, pw) = la.kernel, la.stride, la.padding
+        return (shape[0], (shape[1] + 2 * ph - kh) // sh + 1, (shape[2] + 2 * pw - kw) // sw + 1)
+    return shape
+
+
+def _bias(la, n):
+    if la.bias is not None and _shape(la.bias) != (n,):
+        v.fail(f"layers[{la.name}].bias", f"shape ({n},)", f"shape {_shape(la.bias)}")
+
+
+def as_network(model, input_shape=None):
+    """A Network from a Network, or a PyTorch nn.Sequential."""
+    if isinstance(model, Network):
+        return model
+    if type(model).__module__.startswith("torch"):
+        return Network.from_torch(model, input_shape)
+    v.fail("model", "a fastmem.pathcond.Network or a PyTorch nn.Sequential", type(model).__name__)

@@ -1,0 +1,313 @@
+"""PathCond (issue 17): diag G against path enumeration, the function preserved, the solver's
+invariants, every backend against the float64 reference, and an independent PyTorch port."""
+
+import itertools
+import warnings
+
+import numpy as np
+import pytest
+
+import fastmem as fm
+from fastmem import pathcond as pc
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+
+def _mlp(sizes, bias=True, seed=0, first_scale=1.0):
+    torch.manual_seed(seed)
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers += [nn.Linear(a, b, bias=bias)] + ([nn.ReLU()] if i < len(sizes) - 2 else [])
+    m = nn.Sequential(*layers).double()
+    with torch.no_grad():
+        m[0].weight.mul_(first_scale)
+    return m
+
+
+def _convnet(bias=True, seed=0, pool=False):
+    torch.manual_seed(seed)
+    layers = [nn.Conv2d(2, 3, 3, padding=1, bias=bias), nn.ReLU(),
+              nn.Conv2d(3, 4, 2, stride=2, bias=bias), nn.ReLU()]
+    layers += [nn.MaxPool2d(2)] if pool else []
+    layers += [nn.Flatten(), nn.Linear(4 * (1 if pool else 4), 5, bias=bias), nn.ReLU(), nn.Linear(5, 2, bias=bias)]
+    return nn.Sequential(*layers).double()
+
+
+NETS = {
+    "mlp": (lambda: _mlp([3, 4, 5, 2]), None),
+    "mlp-no-bias": (lambda: _mlp([3, 4, 5, 2], bias=False), None),
+    "mlp-deep": (lambda: _mlp([2, 3, 3, 3, 2], seed=3), None),
+    "conv": (lambda: _convnet(), (2, 4, 4)),
+    "conv-no-bias": (lambda: _convnet(bias=False), (2, 4, 4)),
+}
+
+
+# ---- diag G ----------------------------------------------------------------------------------
+
+def _unrolled(net):
+    """Each parameterised layer as a dense map: (matrix of parameter indices or -1, bias index
+    per output unit or -1), on the flattened activations; weights shared by a convolution keep
+    their one index."""
+    (offsets, _), maps = net.layout(), []
+    k = 0
+    for la, (shape_in, shape_out) in zip(net.layers, net.shapes):
+        if isinstance(la, pc.Dense):
+            w, b = offsets[k]
+            out, inn = la.weight.shape
+            maps.append((w + np.arange(out * inn).reshape(out, inn), b + np.arange(out) if b >= 0 else -np.ones(out, int)))
+            k += 1
+        elif isinstance(la, pc.Conv2d):
+            w, b = offsets[k]
+            Co, Ci, kh, kw = la.weight.shape
+            _, H, W = shape_in
+            _, Ho, Wo = shape_out
+            M = -np.ones((Co * Ho * Wo, Ci * H * W), int)
+            for co, y, x, ci, u, v in itertools.product(range(Co), range(Ho), range(Wo), range(Ci), range(kh), range(kw)):
+                yy, xx = y * la.stride[0] + u - la.padding[0], x * la.stride[1] + v - la.padding[1]
+                if 0 <= yy < H and 0 <= xx < W:
+                    M[(co * Ho + y) * Wo + x, (ci * H + yy) * W + xx] = w + ((co * Ci + ci) * kh + u) * kw + v
+            bias = np.repeat(b + np.arange(Co), Ho * Wo) if b >= 0 else -np.ones(Co * Ho * Wo, int)
+            maps.append((M, bias))
+            k += 1
+    return maps
+
+
+def _brute_force_G(net):
+    """G_ii = sum over the paths p through parameter i of prod_{j in p, j != i} theta_j^2, every
+    path enumerated: from an input unit, or from a bias, through one unit per layer to an output."""
+    theta2 = np.square(net.flat())
+    maps = _unrolled(net)
+    G = np.zeros_like(theta2)
+
+    def walk(layer, unit, edges):
+        if layer == len(maps):
+            prod = np.prod(theta2[edges]) if edges else 1.0
+            for e in edges:
+                G[e] += prod / theta2[e]
+            return
+        M, _ = maps[layer]
+        for nxt in np.flatnonzero(M[:, unit] >= 0):
+            walk(layer + 1, nxt, edges + [M[nxt, unit]])
+
+    for unit in range(maps[0][0].shape[1]):
+        walk(0, unit, [])
+    for layer, (_, bias) in enumerate(maps):
+        for unit, b in enumerate(bias):
+            if b >= 0:
+                walk(layer + 1, unit, [b])
+    return G
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_diag_G_equals_path_enumeration(name):
+    make, shape = NETS[name]
+    net = pc.Network.from_torch(make(), shape)
+    np.testing.assert_allclose(pc.diag_G(net), _brute_force_G(net), rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_diag_G_equals_autograd(name):
+    from torch_pathcond import diag_G
+
+    make, shape = NETS[name]
+    model = make()
+    np.testing.assert_allclose(pc.diag_G(model, shape), diag_G(model, shape or (model[0].in_features,)).numpy(),
+                               rtol=1e-12)
+
+
+# ---- the rescaling ---------------------------------------------------------------------------
+
+def _inputs(shape, n=9, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn((n,) + tuple(shape), generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("name", NETS)
+def test_the_function_is_preserved(name, dtype, tol):
+    make, shape = NETS[name]
+    model = make().to(dtype)
+    x = _inputs(shape or (model[0].in_features,)).to(dtype)
+    before = model(x).detach()
+    res = pc.rescale(model, input_shape=shape)
+    after = model(x).detach()
+    assert np.abs(res.z).max() > 0.05  # something moved
+    assert float((after - before).abs().max()) <= tol * max(1.0, float(before.abs().max()))
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_G_of_the_rescaled_network_is_G_times_e_to_the_Bz(name):
+    make, shape = NETS[name]
+    model = make()
+    net = pc.Network.from_torch(model, shape)
+    G = pc.diag_G(net)
+    res = pc.rescale(net)
+    np.testing.assert_allclose(pc.diag_G(net), G * np.exp(pc.bz(net.groups(), res.z, G.size)), rtol=1e-8)
+
+
+def test_numpy_networks_are_rescaled_in_place():
+    rng = np.random.default_rng(0)
+    Ws = [rng.standard_normal((6, 3)) * 10, rng.standard_normal((4, 6)), rng.standard_normal((2, 4))]
+    bs = [rng.standard_normal(6), rng.standard_normal(4), rng.standard_normal(2)]
+    net = pc.Network.mlp(Ws, bs)
+    x = rng.standard_normal((3, 5))
+
+    def f(x):
+        h = x
+        for i, (W, b) in enumerate(zip(Ws, bs)):
+            h = W @ h + b[:, None]
+            h = np.maximum(h, 0) if i < 2 else h
+        return h
+
+    before, W0 = f(x), Ws[0].copy()
+    res = pc.rescale(net)
+    assert not np.array_equal(Ws[0], W0)  # the caller's arrays, changed
+    np.testing.assert_allclose(f(x), before, rtol=1e-12, atol=1e-12)
+    assert res.objective[-1] < res.objective[0] and len(res.z_layers) == 2 and res.z_layers[0].shape == (6,)
+    kept = pc.Network.mlp([W.copy() for W in Ws], [b.copy() for b in bs])
+    again = pc.rescale(kept, inplace=False)
+    assert np.array_equal(kept.params()[0].weight, Ws[0])  # inplace=False: nothing changed
+    pc.apply(kept, again.z)
+
+
+# ---- the solver ------------------------------------------------------------------------------
+
+def test_F_falls_every_sweep_on_the_5_16_16_3_example():
+    # docs/pathcond.md: an MLP 5-16-16-3 whose first layer is multiplied by 20
+    for seed in range(3):
+        res = pc.rescale(_mlp([5, 16, 16, 3], seed=seed, first_scale=20.0), sweeps=10, tol=0)
+        assert res.sweeps == 10 and np.all(np.diff(res.objective) <= 1e-9 * res.objective[0])
+        before, after = res.am_gm
+        assert before > 4 and after < 1.1 and res.objective[-1] < res.objective[0] / 10
+
+
+def _grad_F(G, groups, z, eps=1e-6):
+    out = np.empty_like(z)
+    for h in range(z.size):
+        e = np.zeros_like(z)
+        e[h] = eps
+        out[h] = (pc.objective(G, z + e, groups=groups) - pc.objective(G, z - e, groups=groups)) / (2 * eps)
+    return out
+
+
+@pytest.mark.parametrize("name", ["mlp", "conv"])
+def test_each_coordinate_step_zeroes_its_derivative_and_a_converged_solve_is_stationary(name):
+    make, shape = NETS[name]
+    net = pc.Network.from_torch(make(), shape)
+    G, groups = pc.diag_G(net), net.groups()
+    z1, _, _, _ = pc.solve(net, sweeps=1, tol=0)
+    assert abs(_grad_F(G, groups, z1)[-1]) < 1e-6 * net.n_params  # the last neuron updated
+    z, obj, done, _ = pc.solve(net, sweeps=500, tol=1e-13)
+    assert np.abs(_grad_F(G, groups, z)).max() < 1e-5 * net.n_params
+    # a second solve from the converged network returns z = 0
+    pc.apply(net, z)
+    again, _, _, _ = pc.solve(net, sweeps=5, tol=0)
+    assert np.abs(again).max() < 1e-6
+
+
+@pytest.mark.parametrize("method", ["pathcond", "enorm"])
+@pytest.mark.parametrize("name", NETS)
+def test_compiled_solvers_agree_with_the_reference(compiled, name, method):
+    make, shape = NETS[name]
+    net = pc.Network.from_torch(make(), shape)
+    want = pc.solve(net, sweeps=7, tol=0, method=method, backend="numpy")
+    got = pc.solve(net, sweeps=7, tol=0, method=method, backend=compiled)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-10)
+
+
+def test_enorm_balances_in_and_out_norms():
+    model = _mlp([4, 6, 5, 3], seed=2, first_scale=5.0)
+    net = pc.Network.from_torch(model)
+    res = pc.rescale(net, method="enorm", sweeps=200, tol=1e-12)
+    for k, la in enumerate(net.params()[:-1]):
+        nxt = net.params()[k + 1]
+        w_in = la.weight.detach().numpy() ** 2
+        s_in = w_in.sum(axis=1) + la.bias.detach().numpy() ** 2
+        s_out = (nxt.weight.detach().numpy() ** 2).sum(axis=0)
+        np.testing.assert_allclose(s_in, s_out, rtol=1e-8)
+    assert res.method == "enorm" and len(res.objective) == 2
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_z_equals_a_pytorch_port_of_the_authors_solver(name):
+    import torch_pathcond
+
+    make, shape = NETS[name]
+    model = make()
+    want_z, want_F = torch_pathcond.solve(model, shape or (model[0].in_features,), sweeps=10, tol=1e-2)
+    res = pc.rescale(model, input_shape=shape, sweeps=10, tol=1e-2)
+    np.testing.assert_allclose(res.z, want_z, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(res.objective, want_F, rtol=1e-8)
+
+
+# ---- layers, warnings, errors ------------------------------------------------------------------
+
+def test_maxpool_and_batchnorm_are_kept_with_a_warning_naming_them():
+    with pytest.warns(pc.PathCondWarning, match=r"4 \(MaxPool2d\): .*approximate"):
+        net = pc.Network.from_torch(_convnet(pool=True), (2, 4, 4))
+    model = _convnet(pool=True)
+    x = _inputs((2, 4, 4))
+    before = model(x).detach()
+    with pytest.warns(pc.PathCondWarning):
+        pc.rescale(model, input_shape=(2, 4, 4))
+    assert float((model(x).detach() - before).abs().max()) < 1e-12  # max-pooling commutes with the scaling
+    assert net.n_params > 0
+    bn = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.warns(pc.PathCondWarning, match=r"model.1 \(BatchNorm1d\): .*eval mode at initialisation"):
+        pc.Network.from_torch(bn)
+
+
+class _Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return x + self.inner(x)
+
+
+@pytest.mark.parametrize("model, match", [
+    (lambda: nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)), r"^model.1: expected .*got Tanh"),
+    (lambda: nn.Sequential(nn.Linear(3, 4), nn.ReLU(), _Residual(), nn.Linear(4, 2)), r"^model.2: .*residual"),
+    (lambda: nn.Linear(3, 4), r"^model: expected an nn.Sequential"),
+    (lambda: nn.Sequential(nn.Linear(3, 4)), r"^layers: expected at least two"),
+    (lambda: nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(5, 2)), r"^layers\[2\]: expected"),
+    (lambda: nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 3, groups=2)), r"^model.2: expected"),
+    (lambda: "a model", r"^model: expected"),
+])
+def test_unsupported_models_are_refused_by_name(model, match):
+    with pytest.raises(fm.InvalidArgumentError, match=match):
+        pc.rescale(model(), input_shape=(1, 5, 5))
+
+
+def test_bad_arguments_are_named():
+    model = _mlp([3, 4, 2])
+    with pytest.raises(fm.InvalidArgumentError, match="^method: "):
+        pc.rescale(model, method="sinkhorn")
+    with pytest.raises(fm.InvalidArgumentError, match="^sweeps: "):
+        pc.rescale(model, sweeps=-1)
+    with pytest.raises(fm.InvalidArgumentError, match="^z: expected shape"):
+        pc.apply(model, np.zeros(3))
+    with pytest.raises(fm.InvalidArgumentError, match="^input_shape: "):
+        pc.rescale(_convnet())
+    with torch.no_grad():
+        model[0].weight[1] = 0.0  # neuron 1 has no incoming path: its G entries vanish
+        model[0].bias[1] = 0.0
+    with pytest.raises(fm.InvalidArgumentError, match=r"^G: expected .*positive"):
+        pc.rescale(model)
+
+
+def test_rescale_every_rebuilds_the_optimizer_when_it_rescales():
+    model = _mlp([3, 8, 8, 2], first_scale=10.0)
+    made = []
+
+    def make():
+        made.append(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+        return made[-1]
+
+    helper = pc.RescaleEvery(model, make, every=3, sweeps=1)
+    opts = [helper.optimizer_for(epoch) for epoch in range(7)]
+    assert len(made) == 3 and opts[0] is opts[2] is made[0] and opts[3] is made[1] and opts[6] is made[2]
+    assert helper.last.sweeps == 1
