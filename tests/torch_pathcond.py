@@ -45,33 +45,34 @@ def _index_sets(model):
     return sets, off
 
 
-def solve(model, input_shape, sweeps=10, tol=1e-2):
-    """z per hidden neuron (layer order) and F per sweep, one neuron at a time."""
-    G = diag_G(model, input_shape)
+def solve(model, input_shape, sweeps=10, tol=1e-2, G=None):
+    """z per hidden neuron (layer order) and F per sweep, one neuron at a time as the authors'
+    loop does: the running G' = G e^{Bz} and its total updated in place, a few small tensor
+    operations per neuron (sums over its incoming and outgoing sets, the root, two scalings)."""
+    G = diag_G(model, input_shape) if G is None else G
     sets, P = _index_sets(model)
-    bz = torch.zeros(P, dtype=torch.float64)
+    Gp = G.clone()
     z = torch.zeros(len(sets), dtype=torch.float64)
+    A = torch.tensor([len(i) - len(o) for i, o in sets], dtype=torch.float64)
+    log0 = torch.log(G).sum()
 
     def F():
-        Gp = G * torch.exp(bz)
-        return float(P * torch.log(Gp.mean()) - torch.log(Gp).sum())
+        return float(P * torch.log(Gp.sum() / P) - (log0 - (A * z).sum()))
 
     objective = [F()]
     for _ in range(sweeps):
-        moved = 0.0
+        moved, S = 0.0, Gp.sum()
         for h, (inc, out) in enumerate(sets):
-            Gp = G * torch.exp(bz)
-            B = (Gp[out]).sum() / torch.exp(z[h])        # sum_out G e^{(Bz)_i - z_h}
-            C = (Gp[inc]).sum() * torch.exp(z[h])        # sum_in G e^{(Bz)_i + z_h}
-            D = Gp.sum() - Gp[out].sum() - Gp[inc].sum()
-            A = len(inc) - len(out)
-            a, b, c = B * (A + P), D * A, C * (A - P)
-            x = (-b + torch.sqrt(b * b - 4 * a * c)) / (2 * a)
-            new = torch.log(x)
-            moved += float(abs(new - z[h]))
-            bz[inc] -= new - z[h]
-            bz[out] += new - z[h]
-            z[h] = new
+            s_in, s_out = Gp[inc].sum(), Gp[out].sum()
+            D = S - s_in - s_out
+            a, b, c = s_out * (A[h] + P), D * A[h], s_in * (A[h] - P)
+            y = (-b + torch.sqrt(b * b - 4 * a * c)) / (2 * a)
+            S = D + s_out * y + s_in / y
+            Gp[inc] /= y
+            Gp[out] *= y
+            dz = torch.log(y)
+            z[h] += dz
+            moved += float(abs(dz))
         objective.append(F())
         if moved < tol:
             break

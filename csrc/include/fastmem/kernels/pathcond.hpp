@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "../errors.hpp"
@@ -54,42 +55,95 @@ inline double positive_root(double a, double b, double c) {
   return b >= 0.0 ? (2.0 * c) / (-b - s) : (-b + s) / (2.0 * a);
 }
 
-// S_in and S_out of every neuron of group g (one pass over its two blocks).
+// Threads for a pass over a group's blocks: memory-bound streaming, worth a second thread
+// from a few hundred thousand entries on.
+inline int pass_threads(const RescaleGroup& g) { return threads_for(g.H, 8 * (g.in_row + g.out_outer * g.out_inner)); }
+
+// S_in and S_out of every neuron of group g (one pass over its two blocks; a dense next
+// layer, out_inner = 1, reads its rows whole).
 inline void group_sums(const RescaleGroup& g, const double* w, double* s_in, double* s_out) {
   const index_t H = g.H, R = g.in_row, O = g.out_outer, B = g.out_inner;
-  parallel_blocks(H, threads_for(H, R + O * B), [&](int, index_t h0, index_t h1) {
+  parallel_blocks(H, pass_threads(g), [&](int, index_t h0, index_t h1) {
     for (index_t h = h0; h < h1; ++h) {
       const double* row = w + g.in_offset + h * R;
       double s = g.bias_offset >= 0 ? w[g.bias_offset + h] : 0.0;
+#pragma omp simd reduction(+ : s)
       for (index_t r = 0; r < R; ++r) s += row[r];
       s_in[h] = s;
       s_out[h] = 0.0;
     }
-    for (index_t o = 0; o < O; ++o)
+    for (index_t o = 0; o < O; ++o) {
+      const double* blk = w + g.out_offset + o * H * B;
+      if (B == 1) {
+#pragma omp simd
+        for (index_t h = h0; h < h1; ++h) s_out[h] += blk[h];
+        continue;
+      }
       for (index_t h = h0; h < h1; ++h) {
-        const double* blk = w + g.out_offset + (o * H + h) * B;
         double s = 0.0;
-        for (index_t b = 0; b < B; ++b) s += blk[b];
+        for (index_t b = 0; b < B; ++b) s += blk[h * B + b];
         s_out[h] += s;
       }
+    }
   });
 }
 
 // Incoming parameters times f_in[h], outgoing ones times f_out[h].
 inline void group_scale(const RescaleGroup& g, double* w, const double* f_in, const double* f_out) {
   const index_t H = g.H, R = g.in_row, O = g.out_outer, B = g.out_inner;
-  parallel_blocks(H, threads_for(H, R + O * B), [&](int, index_t h0, index_t h1) {
+  parallel_blocks(H, pass_threads(g), [&](int, index_t h0, index_t h1) {
     for (index_t h = h0; h < h1; ++h) {
       double* row = w + g.in_offset + h * R;
-      for (index_t r = 0; r < R; ++r) row[r] *= f_in[h];
-      if (g.bias_offset >= 0) w[g.bias_offset + h] *= f_in[h];
+      const double f = f_in[h];
+#pragma omp simd
+      for (index_t r = 0; r < R; ++r) row[r] *= f;
+      if (g.bias_offset >= 0) w[g.bias_offset + h] *= f;
     }
-    for (index_t o = 0; o < O; ++o)
-      for (index_t h = h0; h < h1; ++h) {
-        double* blk = w + g.out_offset + (o * H + h) * B;
-        for (index_t b = 0; b < B; ++b) blk[b] *= f_out[h];
+    for (index_t o = 0; o < O; ++o) {
+      double* blk = w + g.out_offset + o * H * B;
+      if (B == 1) {
+#pragma omp simd
+        for (index_t h = h0; h < h1; ++h) blk[h] *= f_out[h];
+        continue;
       }
+      for (index_t h = h0; h < h1; ++h)
+        for (index_t b = 0; b < B; ++b) blk[h * B + b] *= f_out[h];
+    }
   });
+}
+
+// sum_i log w_i of positive normal doubles without a log per entry: the exponents are summed
+// as integers and the mantissas (in [1, 2)) multiplied, renormalised every 16 (exact to a few
+// ulps of the result; a subnormal or non-positive entry takes std::log).
+inline double sum_log(const double* w, index_t n) {
+  double total = 0.0;
+#pragma omp parallel for reduction(+ : total) num_threads(max_threads()) if (n > 65536)
+  for (index_t c = 0; c < n; c += 1024) {
+    const index_t end = std::min(n, c + 1024);
+    std::int64_t e = 0;
+    double m = 1.0, extra = 0.0;
+    for (index_t i = c; i < end; ++i) {
+      std::uint64_t bits;
+      std::memcpy(&bits, &w[i], sizeof bits);
+      const std::int64_t biased = std::int64_t((bits >> 52) & 0x7ff);
+      if (biased == 0 || biased == 0x7ff || (bits >> 63)) {  // subnormal, zero, inf, NaN or negative
+        extra += std::log(w[i]);
+        continue;
+      }
+      e += biased - 1023;
+      bits = (bits & 0x000fffffffffffffULL) | 0x3ff0000000000000ULL;  // the mantissa, in [1, 2)
+      double f;
+      std::memcpy(&f, &bits, sizeof f);
+      m *= f;
+      if (((i - c) & 15) == 15) {
+        int k;
+        m = std::frexp(m, &k);
+        e += k;
+      }
+    }
+    total += std::log(m) + double(e) * 0.69314718055994530942 + extra;
+  }
+  return total;
 }
 
 inline double sum(const double* w, index_t n) {
@@ -119,16 +173,18 @@ inline index_t pathcond_solve(const PathCondParams& p, std::vector<double>& work
   check_rescale_groups(p.groups, p.n_groups, p.P);
   const index_t P = p.P;
   work.assign(p.weights, p.weights + P);
-  double log_sum0 = 0.0;  // sum_i log G_i: the objective's second term at z = 0
-  for (index_t i = 0; i < P; ++i) log_sum0 += std::log(work[i]);
+  const double log_sum0 = p.objective ? detail::sum_log(p.weights, P) : 0.0;  // sum_i log G_i
   // PathCond: incoming G' scale by 1 / y, outgoing by y; ENorm's theta'^2 the other way round
   const double in_sign = p.enorm ? 1.0 : -1.0;
   index_t zs = 0, hmax = 0;
   for (index_t k = 0; k < p.n_groups; ++k) hmax = std::max<index_t>(hmax, p.groups[k].H);
   const std::size_t hn = std::size_t(hmax);
   std::vector<double> s_in(hn), s_out(hn), f_in(hn), f_out(hn);
-  // the starting z
-  for (index_t k = 0; k < p.n_groups; ++k) {
+  // the starting z (none to apply from zeros)
+  bool zero = true;
+  for (index_t k = 0, off = 0; k < p.n_groups; off += p.groups[k].H, ++k)
+    for (index_t h = 0; h < p.groups[k].H; ++h) zero = zero && p.z[off + h] == 0.0;
+  for (index_t k = 0; k < p.n_groups && !zero; ++k) {
     const RescaleGroup& g = p.groups[k];
     for (index_t h = 0; h < g.H; ++h) {
       f_in[h] = std::exp(in_sign * p.z[zs + h]);
@@ -137,7 +193,7 @@ inline index_t pathcond_solve(const PathCondParams& p, std::vector<double>& work
     detail::group_scale(g, work.data(), f_in.data(), f_out.data());
     zs += g.H;
   }
-  auto objective = [&] {  // F = P log(S / P) - sum log G', sum log G' = sum log G - sum_h A_h z_h
+  auto objective = [&](double S) {  // F = P log(S / P) - sum log G', sum log G' = sum log G - sum_h A_h z_h
     double az = 0.0;
     index_t off = 0;
     for (index_t k = 0; k < p.n_groups; ++k) {
@@ -146,12 +202,13 @@ inline index_t pathcond_solve(const PathCondParams& p, std::vector<double>& work
       for (index_t h = 0; h < g.H; ++h) az += A * p.z[off + h];
       off += g.H;
     }
-    return double(P) * std::log(detail::sum(work.data(), P) / double(P)) - (log_sum0 - az);
+    return double(P) * std::log(S / double(P)) - (log_sum0 - az);
   };
-  if (p.objective) p.objective[0] = objective();
+  double total = detail::sum(work.data(), P);  // sum of G', exact at the start of each sweep
+  if (p.objective) p.objective[0] = objective(total);
   index_t sweep = 0;
   while (sweep < p.max_sweeps) {
-    double S = detail::sum(work.data(), P), moved = 0.0;
+    double S = total, moved = 0.0;
     index_t off = 0;
     for (index_t k = 0; k < p.n_groups; ++k) {
       const RescaleGroup& g = p.groups[k];
@@ -178,7 +235,8 @@ inline index_t pathcond_solve(const PathCondParams& p, std::vector<double>& work
       off += g.H;
     }
     ++sweep;
-    if (p.objective) p.objective[sweep] = objective();
+    total = detail::sum(work.data(), P);
+    if (p.objective) p.objective[sweep] = objective(total);
     if (moved < p.tol) break;
   }
   return sweep;
