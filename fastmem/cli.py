@@ -115,7 +115,8 @@ def _cmd_reproduce(a):
 
     if a.list or not (a.all or a.name):
         for e in EXPERIMENTS.values():
-            print(f"{e.name:<16} {e.summary}")
+            took = f" (about {e.minutes:g} min)" if e.minutes else ""
+            print(f"{e.name:<16} {e.summary}{took}")
         return 0
     names = list(EXPERIMENTS) if a.all else [a.name]
     failed = []

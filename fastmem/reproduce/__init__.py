@@ -1,7 +1,8 @@
 """``fastmem reproduce NAME``: the experiments of *Learning Associative Memories with Gradient
 Descent* (Cabannes, Simsek, Bietti, ICML 2024), computed by fastmem at run time.
 
-Also ``cmd``: Correlation Mode Decomposition (fastmem.cmd) of a fastmem run.
+Also ``cmd``: Correlation Mode Decomposition (fastmem.cmd) of a fastmem run, and PathCond's
+``pathcond-moons`` and ``pathcond-depth`` (fastmem.pathcond; PyTorch and scikit-learn needed).
 Each writes its figures (PNG and PDF) and NAME.json with its key numbers, the
 phenomenon the paper reports ("expected") and whether this run shows it ("holds").
 """
@@ -9,7 +10,7 @@ phenomenon the paper reports ("expected") and whether this run shows it ("holds"
 import time
 from dataclasses import dataclass
 
-from . import cmd_run, larger, two_token, underparam
+from . import cmd_run, larger, pathcond, two_token, underparam
 from ._common import write_json
 
 
@@ -17,6 +18,7 @@ from ._common import write_json
 class Experiment:
     name: str
     run: object
+    minutes: float = 0.0  # about how long it takes on 2 cores, where more than seconds
 
     @property
     def summary(self):
@@ -34,6 +36,8 @@ EXPERIMENTS = {e.name: e for e in (
     Experiment("one-step", larger.one_step_experiment),
     Experiment("imbalance", larger.imbalance_experiment),
     Experiment("cmd", cmd_run.cmd_experiment),
+    Experiment("pathcond-moons", pathcond.moons_experiment, minutes=1),
+    Experiment("pathcond-depth", pathcond.depth_experiment, minutes=6),
 )}
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from .. import _validate as v
 
 _REGISTRY = {}
+# experiments fastmem ships whose modules load on first use (they import PyTorch when they run)
+_BUILTIN = {"pathcond-depth": "fastmem.pathcond.experiments"}
 
 
 def _alone(config):
@@ -62,6 +64,7 @@ def register(experiment):
 
 def get(name, module=None):
     """The experiment registered as ``name`` (importing ``module`` first, in a worker)."""
+    module = module or _BUILTIN.get(name)
     if module and name not in _REGISTRY:
         importlib.import_module(module)
     if name not in _REGISTRY:
@@ -70,4 +73,4 @@ def get(name, module=None):
 
 
 def names():
-    return sorted(_REGISTRY)
+    return sorted(set(_REGISTRY) | set(_BUILTIN))
