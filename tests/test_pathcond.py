@@ -311,3 +311,15 @@ def test_rescale_every_rebuilds_the_optimizer_when_it_rescales():
     opts = [helper.optimizer_for(epoch) for epoch in range(7)]
     assert len(made) == 3 and opts[0] is opts[2] is made[0] and opts[3] is made[1] and opts[6] is made[2]
     assert helper.last.sweeps == 1
+
+
+def test_enorm_takes_zero_weights_but_refuses_a_neuron_without_any(compiled):
+    model = _mlp([3, 4, 5, 2], seed=4)
+    with torch.no_grad():
+        model[0].weight[0, 0] = 0.0  # one zero entry: ENorm balances sums, fine
+    res = pc.rescale(model, method="enorm", backend=compiled)
+    assert np.isfinite(res.z).all()
+    with torch.no_grad():
+        model[2].weight[:, 1] = 0.0  # neuron 1 of layer 1 has no outgoing weight
+    with pytest.raises(fm.InvalidArgumentError, match="^model: expected hidden neurons with non-zero"):
+        pc.rescale(model, method="enorm", backend=compiled)

@@ -728,7 +728,7 @@ def cmd_online_update(theta_t, r_t, mode, n, r_mean, r_m2, theta_mean, co):
 
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")  # 1/0 is inf (a neuron without weights, refused after)
 def _pathcond_sweep_group(w, g, z, off, s_in, s_out, f_in, f_out, S, P, enorm):
     H, ino, row, bo, oo, outer, inner = g[0], g[1], g[2], g[3], g[4], g[5], g[6]
     for h in range(H):
@@ -765,7 +765,7 @@ def _pathcond_sweep_group(w, g, z, off, s_in, s_out, f_in, f_out, S, P, enorm):
     return S, moved
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _pathcond_scale_group(w, g, f_in, f_out):
     H, ino, row, bo, oo, outer, inner = g[0], g[1], g[2], g[3], g[4], g[5], g[6]
     for h in range(H):
@@ -780,7 +780,7 @@ def _pathcond_scale_group(w, g, f_in, f_out):
                 w[base + b] *= f_out[h]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _pathcond_objective(w, groups, z, log0, P):
     az, off = 0.0, 0
     for k in range(groups.shape[0]):
@@ -792,11 +792,11 @@ def _pathcond_objective(w, groups, z, log0, P):
     return P * np.log(w.sum() / P) - (log0 - az)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _pathcond_solve(weights, groups, z, objective, has_objective, tol, max_sweeps, enorm):
     P = weights.size
     w = weights.copy()
-    log0 = np.log(weights).sum()
+    log0 = np.log(weights).sum() if has_objective else 0.0
     hmax = groups[:, 0].max()
     s_in, s_out, f_in, f_out = np.empty(hmax), np.empty(hmax), np.empty(hmax), np.empty(hmax)
     sign = 1.0 if enorm else -1.0

@@ -496,7 +496,7 @@ def pathcond_solve(weights, groups, z, objective, tol, max_sweeps, enorm):
     for (in_idx, out_idx), zh in zip(sets, z):
         w[in_idx] *= np.exp(sign * zh)
         w[out_idx] *= np.exp(-sign * zh)
-    log0 = np.log(weights).sum()
+    log0 = np.log(weights).sum() if objective is not None else 0.0
 
     def F():
         return P * np.log(w.sum() / P) - (log0 - np.dot(A, z))
@@ -510,7 +510,8 @@ def pathcond_solve(weights, groups, z, objective, tol, max_sweeps, enorm):
             s_in, s_out = w[in_idx].sum(), w[out_idx].sum()
             D = S - s_in - s_out
             if enorm:
-                y = np.sqrt(s_out / s_in)
+                with np.errstate(divide="ignore", invalid="ignore"):  # a neuron without weights: inf, refused
+                    y = np.sqrt(s_out / s_in)
                 S = D + s_in * y + s_out / y
             else:
                 a, b, c = s_out * (A[n] + P), D * A[n], s_in * (A[n] - P)

@@ -18,7 +18,8 @@ class Rescaling:
 
     z : (H,) float64, one per hidden neuron or channel, in layer order (lambda_h = e^{z_h / 2})
     z_layers : the same, one array per hidden layer
-    objective : F before the first sweep and after each (PathCond); F before and after (ENorm)
+    objective : F before the first sweep and after each (PathCond); F before and after (ENorm;
+        NaN where diag G has zeros)
     sweeps : sweeps done
     method : "pathcond" or "enorm"
     network : the fastmem.pathcond.Network rescaled (its arrays are the caller's when inplace)
@@ -46,15 +47,26 @@ def solve(model, sweeps=10, tol=1e-2, method="pathcond", backend=None, input_sha
     sweeps = v.positive_int("sweeps", sweeps, allow_zero=True)
     tol = v.positive_float("tol", tol, allow_zero=True)
     groups = net.groups()
-    G = _check_G(diag_G(net) if G is None else G)
-    if G.size != net.n_params:
+    G = diag_G(net) if G is None else np.asarray(G, dtype=np.float64)
+    if G.shape != (net.n_params,):
         v.fail("G", f"shape ({net.n_params},), diag G of this network", f"shape {G.shape}")
-    weights = G if method == "pathcond" else _check_G(np.square(net.flat()))
+    if method == "pathcond":
+        G = _check_G(G)
+    # ENorm balances sums of theta^2: zero entries are fine where no neuron's sums vanish
+    weights = G if method == "pathcond" else np.square(net.flat())
     z = np.zeros(int(groups[:, 0].sum()))
     obj = np.empty(sweeps + 1) if method == "pathcond" else None
     done = get(backend, kernel="pathcond_solve").pathcond_solve(weights, groups, z, obj, tol, sweeps,
                                                                    method == "enorm")
-    obj = obj[:done + 1] if obj is not None else np.array([objective(G), objective(G, z, groups=groups)])
+    if not np.isfinite(z).all():
+        v.fail("model", "hidden neurons with non-zero incoming and outgoing weights (ENorm balances their norms)",
+               f"{int((~np.isfinite(z)).sum())} neurons with all-zero incoming or outgoing weights")
+    if obj is not None:
+        obj = obj[:done + 1]
+    elif np.isfinite(G).all() and (G > 0).all():  # ENorm: PathCond's F before and after, where defined
+        obj = np.array([objective(G), objective(G, z, groups=groups)])
+    else:
+        obj = np.full(2, np.nan)
     return z, obj, int(done), net
 
 
