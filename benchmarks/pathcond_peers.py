@@ -77,11 +77,16 @@ def main(argv=None):
 
     Gt = torch.from_numpy(G)
     rounds = {"fastmem diag G + solve (cpp)": lambda: fm.pathcond.solve(net, sweeps=10, tol=1e-2, backend="cpp"),
+              "fastmem diag G + solve (numba)": lambda: fm.pathcond.solve(net, sweeps=10, tol=1e-2,
+                                                                           backend="numba"),
+              "fastmem diag G": lambda: fm.pathcond.diag_G(net),
               "fastmem solve (cpp)": lambda: fm.pathcond.solve(net, sweeps=10, tol=1e-2, G=G, backend="cpp"),
-              "fastmem solve (numba)": lambda: fm.pathcond.solve(net, sweeps=10, tol=1e-2, G=G, backend="numba"),
-              "PyTorch port: solve": lambda: port.solve(model, (3072,), 10, 1e-2, G=Gt)}
-    med = {name: _median(f, a.repeats if "port" not in name else 1) for name, f in rounds.items()}
-    base = med["PyTorch port: solve"]
+              "PyTorch port: diag G (autograd)": lambda: port.diag_G(model, (3072,)),
+              "PyTorch port: solve": lambda: port.solve(model, (3072,), 10, 1e-2, G=Gt),
+              "PyTorch port: diag G + solve": lambda: port.solve(model, (3072,), 10, 1e-2)}
+    med = {name: _median(f, a.repeats if "port: diag G + solve" not in name and "port: solve" not in name else 1)
+           for name, f in rounds.items()}
+    base = med["PyTorch port: diag G + solve"]
     for name, t in med.items():
         print(f"  {name:<32} {t * 1e3:10.1f} ms   port / this: {base / t:6.1f}x")
     conv = plain_conv_net()

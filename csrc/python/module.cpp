@@ -519,9 +519,9 @@ int py_pathcond_solve(py::array weights, py::array groups, py::array z, py::obje
   p.max_sweeps = max_sweeps;
   p.enorm = enorm;
   p.objective = opt_ptr<double>(objective, max_sweeps + 1, "objective");
-  std::vector<double> work;
+  PathCondWorkspace ws;
   py::gil_scoped_release nogil;
-  return static_cast<int>(pathcond_solve(p, work));
+  return static_cast<int>(pathcond_solve(p, ws));
 }
 
 int py_get_num_threads() { return fastmem::num_threads(); }

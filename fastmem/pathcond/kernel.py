@@ -54,13 +54,15 @@ def diag_G(model, input_shape=None):
 
     net = as_network(model, input_shape)
     layers = net.layers
+    (offsets, P) = net.layout()
+    G = np.empty(P)  # filled layer by layer, backward: each slice written once
     a = np.ones(net.shapes[0][0])
     saved = []  # what each layer's backward needs
     sq = {}
     for la, (shape_in, shape_out) in zip(layers, net.shapes):
         if isinstance(la, (Dense, Conv2d)):
-            W2 = np.square(_to_numpy(la.weight).astype(np.float64))
-            b2 = None if la.bias is None else np.square(_to_numpy(la.bias).astype(np.float64))
+            W2 = np.square(_to_numpy(la.weight), dtype=np.float64)
+            b2 = None if la.bias is None else np.square(_to_numpy(la.bias), dtype=np.float64)
             sq[id(la)] = W2
             if isinstance(la, Dense):
                 saved.append(a)
@@ -81,17 +83,24 @@ def diag_G(model, input_shape=None):
         else:
             saved.append(None)
     g = np.ones_like(a)
-    grads = []
+    k = len(offsets)
     for la, (shape_in, _), s in zip(reversed(layers), reversed(net.shapes), reversed(saved)):
-        if isinstance(la, Dense):
+        if isinstance(la, (Dense, Conv2d)):
+            k -= 1
             W2 = sq[id(la)]
-            grads.append((np.outer(g, s), None if la.bias is None else g.copy()))
+            w_off, b_off = offsets[k]
+            out = G[w_off:w_off + W2.size].reshape(W2.shape[0], -1)
+        if isinstance(la, Dense):
+            np.multiply.outer(g, s, out=out)
+            if b_off >= 0:
+                G[b_off:b_off + g.size] = g
             g = W2.T @ g
         elif isinstance(la, Conv2d):
-            W2 = sq[id(la)]
             cols, hw = s
             gm = g.reshape(W2.shape[0], -1)
-            grads.append(((gm @ cols.T).reshape(W2.shape), None if la.bias is None else gm.sum(axis=1)))
+            np.matmul(gm, cols.T, out=out)
+            if b_off >= 0:
+                G[b_off:b_off + W2.shape[0]] = gm.sum(axis=1)
             g = _col2im(W2.reshape(W2.shape[0], -1).T @ gm, shape_in, W2.shape[2], W2.shape[3], la.stride,
                         la.padding, hw)
         elif isinstance(la, MaxPool2d):
@@ -103,17 +112,12 @@ def diag_G(model, input_shape=None):
             g = gp.reshape(padded)[:, pad[0]:pad[0] + shape_in[1], pad[1]:pad[1] + shape_in[2]]
         elif isinstance(la, Flatten):
             g = g.reshape(shape_in)
-    parts = []
-    for gw, gb in reversed(grads):
-        parts.append(gw.ravel())
-        if gb is not None:
-            parts.append(gb.ravel())
-    return np.concatenate(parts)
+    return G
 
 
 def _check_G(G):
     G = np.ascontiguousarray(G, dtype=np.float64)
-    if G.ndim != 1 or not np.isfinite(G).all() or (G <= 0).any():
+    if G.ndim != 1 or G.size == 0 or not (G.min() > 0 and G.max() < np.inf):  # NaN fails both
         v.fail("G", "a 1-D vector of finite positive values (diag G of a network without all-zero rows)",
                f"shape {G.shape}, {int((~(G > 0)).sum())} entries not > 0" if G.ndim == 1 else f"shape {G.shape}")
     return G

@@ -9,12 +9,13 @@
 // minimiser is the positive root of S_out (A + P) y^2 + D A y + S_in (A - P) = 0, A = n_in - n_out.
 //
 // The neurons of one layer have disjoint incoming and outgoing sets, so their sums S_in, S_out
-// are taken for the whole layer in one streaming pass, the layer's neurons solved in order
-// (only the total D + S_in + S_out changes between them, exactly as one neuron at a time), and
-// the scaling applied in a second pass: O(P) a sweep with no per-neuron gather.
+// are taken for the whole layer at once and its neurons solved in order (only the total
+// D + S_in + S_out changes between them, exactly as one neuron at a time). G' is never
+// written: see pathcond_solve below.
 #pragma once
 #include <algorithm>
 #include <cmath>
+#include <utility>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -53,63 +54,6 @@ namespace detail {
 inline double positive_root(double a, double b, double c) {
   const double s = std::sqrt(b * b - 4.0 * a * c);
   return b >= 0.0 ? (2.0 * c) / (-b - s) : (-b + s) / (2.0 * a);
-}
-
-// Threads for a pass over a group's blocks: memory-bound streaming, worth a second thread
-// from a few hundred thousand entries on.
-inline int pass_threads(const RescaleGroup& g) { return threads_for(g.H, 8 * (g.in_row + g.out_outer * g.out_inner)); }
-
-// S_in and S_out of every neuron of group g (one pass over its two blocks; a dense next
-// layer, out_inner = 1, reads its rows whole).
-inline void group_sums(const RescaleGroup& g, const double* w, double* s_in, double* s_out) {
-  const index_t H = g.H, R = g.in_row, O = g.out_outer, B = g.out_inner;
-  parallel_blocks(H, pass_threads(g), [&](int, index_t h0, index_t h1) {
-    for (index_t h = h0; h < h1; ++h) {
-      const double* row = w + g.in_offset + h * R;
-      double s = g.bias_offset >= 0 ? w[g.bias_offset + h] : 0.0;
-#pragma omp simd reduction(+ : s)
-      for (index_t r = 0; r < R; ++r) s += row[r];
-      s_in[h] = s;
-      s_out[h] = 0.0;
-    }
-    for (index_t o = 0; o < O; ++o) {
-      const double* blk = w + g.out_offset + o * H * B;
-      if (B == 1) {
-#pragma omp simd
-        for (index_t h = h0; h < h1; ++h) s_out[h] += blk[h];
-        continue;
-      }
-      for (index_t h = h0; h < h1; ++h) {
-        double s = 0.0;
-        for (index_t b = 0; b < B; ++b) s += blk[h * B + b];
-        s_out[h] += s;
-      }
-    }
-  });
-}
-
-// Incoming parameters times f_in[h], outgoing ones times f_out[h].
-inline void group_scale(const RescaleGroup& g, double* w, const double* f_in, const double* f_out) {
-  const index_t H = g.H, R = g.in_row, O = g.out_outer, B = g.out_inner;
-  parallel_blocks(H, pass_threads(g), [&](int, index_t h0, index_t h1) {
-    for (index_t h = h0; h < h1; ++h) {
-      double* row = w + g.in_offset + h * R;
-      const double f = f_in[h];
-#pragma omp simd
-      for (index_t r = 0; r < R; ++r) row[r] *= f;
-      if (g.bias_offset >= 0) w[g.bias_offset + h] *= f;
-    }
-    for (index_t o = 0; o < O; ++o) {
-      double* blk = w + g.out_offset + o * H * B;
-      if (B == 1) {
-#pragma omp simd
-        for (index_t h = h0; h < h1; ++h) blk[h] *= f_out[h];
-        continue;
-      }
-      for (index_t h = h0; h < h1; ++h)
-        for (index_t b = 0; b < B; ++b) blk[h * B + b] *= f_out[h];
-    }
-  });
 }
 
 // sum_i log w_i of positive normal doubles without a log per entry: the exponents are summed
@@ -167,76 +111,190 @@ inline void check_rescale_groups(const RescaleGroup* groups, index_t n, index_t 
   }
 }
 
-// Runs the solver from p.z; returns the sweeps done. `work` (P) is scratch: the current
-// G e^{Bz} (or theta^2 e^{-Bz} for ENorm).
-inline index_t pathcond_solve(const PathCondParams& p, std::vector<double>& work) {
-  check_rescale_groups(p.groups, p.n_groups, p.P);
-  const index_t P = p.P;
-  work.assign(p.weights, p.weights + P);
-  const double log_sum0 = p.objective ? detail::sum_log(p.weights, P) : 0.0;  // sum_i log G_i
-  // PathCond: incoming G' scale by 1 / y, outgoing by y; ENorm's theta'^2 the other way round
-  const double in_sign = p.enorm ? 1.0 : -1.0;
-  index_t zs = 0, hmax = 0;
-  for (index_t k = 0; k < p.n_groups; ++k) hmax = std::max<index_t>(hmax, p.groups[k].H);
-  const std::size_t hn = std::size_t(hmax);
-  std::vector<double> s_in(hn), s_out(hn), f_in(hn), f_out(hn);
-  // the starting z (none to apply from zeros)
-  bool zero = true;
-  for (index_t k = 0, off = 0; k < p.n_groups; off += p.groups[k].H, ++k)
-    for (index_t h = 0; h < p.groups[k].H; ++h) zero = zero && p.z[off + h] == 0.0;
-  for (index_t k = 0; k < p.n_groups && !zero; ++k) {
-    const RescaleGroup& g = p.groups[k];
-    for (index_t h = 0; h < g.H; ++h) {
-      f_in[h] = std::exp(in_sign * p.z[zs + h]);
-      f_out[h] = 1.0 / f_in[h];
+// The solver never rescales the vector itself. Every entry of G' is its G times one factor per
+// role: e^{-z_h} for a neuron it enters (e^{+z_h} for ENorm), e^{+z_h} for a neuron it leaves.
+// Each group's incoming block is the previous group's outgoing one (a chain), so every sum the
+// solver needs is a contraction of one block with a factor vector: with Gr_k (O_k x H_k), group
+// k's outgoing block summed over its inner axis (the block itself for a dense next layer),
+//   S_out,k[c] = f_out,k[c] sum_o Gr_k[o, c] f_in,k+1[o],   S_in,k+1[o] = f_in,k+1[o] sum_c Gr_k[o, c] f_out,k[c].
+// The first group's incoming rows and the last group's outgoing columns see one factor only:
+// their sums are taken once. A sweep reads each Gr_k twice and writes nothing.
+struct PathCondWorkspace {
+  std::vector<std::vector<double>> Gr;     // per group: its outgoing block summed over the inner axis (B > 1)
+  std::vector<double> first_rows, last_cols, s_in, s_out, f_in, f_out, dot;
+};
+
+namespace detail {
+
+// out[o] = sum_c A[o, c] x[c] (A: rows x cols, row-major)
+inline void matvec(const double* A, index_t rows, index_t cols, const double* x, double* out) {
+  parallel_blocks(rows, threads_for(rows, cols / 4), [&](int, index_t r0, index_t r1) {  // 2 threads from 1 M entries
+    for (index_t o = r0; o < r1; ++o) {
+      const double* a = A + o * cols;
+      double s = 0.0;
+#pragma omp simd reduction(+ : s)
+      for (index_t c = 0; c < cols; ++c) s += a[c] * x[c];
+      out[o] = s;
     }
-    detail::group_scale(g, work.data(), f_in.data(), f_out.data());
-    zs += g.H;
+  });
+}
+
+// out[c] = sum_o A[o, c] y[o]
+inline void matvec_t(const double* A, index_t rows, index_t cols, const double* y, double* out) {
+  const int nt = threads_for(cols, rows / 4);
+  parallel_blocks(cols, nt, [&](int, index_t c0, index_t c1) {
+    for (index_t c = c0; c < c1; ++c) out[c] = 0.0;
+    for (index_t o = 0; o < rows; ++o) {
+      const double* a = A + o * cols;
+      const double w = y[o];
+#pragma omp simd
+      for (index_t c = c0; c < c1; ++c) out[c] += a[c] * w;
+    }
+  });
+}
+
+}  // namespace detail
+
+// Checks that the groups form a chain: each group's outgoing block is the next one's incoming.
+inline void check_rescale_chain(const RescaleGroup* groups, index_t n) {
+  for (index_t k = 0; k + 1 < n; ++k)
+    FASTMEM_CHECK_ARG(groups[k].out_offset == groups[k + 1].in_offset && groups[k].out_outer == groups[k + 1].H &&
+                          groups[k].H * groups[k].out_inner == groups[k + 1].in_row,
+                      "groups: a chain (each group's outgoing block the next one's incoming block)");
+}
+
+// Runs the solver from p.z; returns the sweeps done.
+inline index_t pathcond_solve(const PathCondParams& p, PathCondWorkspace& ws) {
+  check_rescale_groups(p.groups, p.n_groups, p.P);
+  check_rescale_chain(p.groups, p.n_groups);
+  const index_t P = p.P, n = p.n_groups;
+  const double* G = p.weights;
+  const double log_sum0 = p.objective ? detail::sum_log(G, P) : 0.0;  // sum_i log G_i
+  // the reduced outgoing blocks; the first rows' and last columns' sums
+  ws.Gr.resize(std::size_t(n));
+  std::vector<index_t> zoff(std::size_t(n) + 1, 0);
+  index_t hmax = 0;
+  for (index_t k = 0; k < n; ++k) {
+    const RescaleGroup& g = p.groups[k];
+    zoff[k + 1] = zoff[k] + g.H;
+    hmax = std::max<index_t>(hmax, std::max<index_t>(g.H, g.out_outer));
+    if (g.out_inner > 1) {
+      std::vector<double>& r = ws.Gr[k];
+      r.assign(std::size_t(g.out_outer * g.H), 0.0);
+      const double* blk = G + g.out_offset;
+      for (index_t i = 0; i < g.out_outer * g.H; ++i) {
+        double s = 0.0;
+        for (index_t b = 0; b < g.out_inner; ++b) s += blk[i * g.out_inner + b];
+        r[std::size_t(i)] = s;
+      }
+    }
   }
+  auto Gr = [&](index_t k) { return p.groups[k].out_inner > 1 ? ws.Gr[k].data() : G + p.groups[k].out_offset; };
+  const RescaleGroup &first = p.groups[0], &last = p.groups[n - 1];
+  ws.first_rows.assign(std::size_t(first.H), 0.0);
+  for (index_t h = 0; h < first.H; ++h) {
+    double s = 0.0;
+    for (index_t r = 0; r < first.in_row; ++r) s += G[first.in_offset + h * first.in_row + r];
+    ws.first_rows[h] = s;
+  }
+  ws.last_cols.assign(std::size_t(last.H), 0.0);
+  detail::matvec_t(Gr(n - 1), last.out_outer, last.H, std::vector<double>(std::size_t(last.out_outer), 1.0).data(),
+                   ws.last_cols.data());
+  // the sum of the entries in no group's sets (the output layer's biases), constant: the gaps
+  // between the blocks the groups cover
+  std::vector<std::pair<index_t, index_t>> covered;
+  for (index_t k = 0; k < n; ++k) {
+    const RescaleGroup& g = p.groups[k];
+    covered.emplace_back(g.in_offset, g.in_offset + g.H * g.in_row);
+    if (g.bias_offset >= 0) covered.emplace_back(g.bias_offset, g.bias_offset + g.H);
+  }
+  covered.emplace_back(last.out_offset, last.out_offset + last.out_outer * last.H * last.out_inner);
+  std::sort(covered.begin(), covered.end());
+  double rest = 0.0;
+  index_t at = 0;
+  for (const auto& [b, e] : covered) {
+    for (index_t i = at; i < b; ++i) rest += G[i];
+    at = std::max(at, e);
+  }
+  for (index_t i = at; i < P; ++i) rest += G[i];
+  // f_in[k][h]: the factor of an entry entering neuron h of group k; f_out = 1 / f_in
+  const double in_sign = p.enorm ? 1.0 : -1.0;
+  ws.f_in.resize(std::size_t(zoff[n]));
+  ws.f_out.resize(std::size_t(zoff[n]));
+  for (index_t i = 0; i < zoff[n]; ++i) {
+    ws.f_in[i] = std::exp(in_sign * p.z[i]);
+    ws.f_out[i] = 1.0 / ws.f_in[i];
+  }
+  ws.s_in.resize(std::size_t(hmax));
+  ws.s_out.resize(std::size_t(hmax));
+  ws.dot.resize(std::size_t(hmax));
+  // S_in of group k (its rows, times their factors, plus biases) and S_out (its columns)
+  auto sums = [&](index_t k) {
+    const RescaleGroup& g = p.groups[k];
+    const double* fi = ws.f_in.data() + zoff[k];
+    const double* fo = ws.f_out.data() + zoff[k];
+    if (k == 0) {
+      for (index_t h = 0; h < g.H; ++h) ws.dot[h] = ws.first_rows[h];
+    } else {
+      detail::matvec(Gr(k - 1), g.H, p.groups[k - 1].H, ws.f_out.data() + zoff[k - 1], ws.dot.data());
+    }
+    for (index_t h = 0; h < g.H; ++h)
+      ws.s_in[h] = fi[h] * (ws.dot[h] + (g.bias_offset >= 0 ? G[g.bias_offset + h] : 0.0));
+    if (k == n - 1) {
+      for (index_t h = 0; h < g.H; ++h) ws.dot[h] = ws.last_cols[h];
+    } else {
+      detail::matvec_t(Gr(k), g.out_outer, g.H, ws.f_in.data() + zoff[k + 1], ws.dot.data());
+    }
+    for (index_t h = 0; h < g.H; ++h) ws.s_out[h] = fo[h] * ws.dot[h];
+  };
+  // the total of G' (the objective's first term): every group's S_in, the last S_out, the rest;
+  // taken once, then updated exactly by each coordinate step
+  auto total = [&] {
+    double S = rest;
+    for (index_t k = 0; k < n; ++k) {
+      sums(k);
+      for (index_t h = 0; h < p.groups[k].H; ++h) S += ws.s_in[h] + (k == n - 1 ? ws.s_out[h] : 0.0);
+    }
+    return S;
+  };
   auto objective = [&](double S) {  // F = P log(S / P) - sum log G', sum log G' = sum log G - sum_h A_h z_h
     double az = 0.0;
-    index_t off = 0;
-    for (index_t k = 0; k < p.n_groups; ++k) {
+    for (index_t k = 0; k < n; ++k) {
       const RescaleGroup& g = p.groups[k];
       const double A = double(g.in_row + (g.bias_offset >= 0)) - double(g.out_outer * g.out_inner);
-      for (index_t h = 0; h < g.H; ++h) az += A * p.z[off + h];
-      off += g.H;
+      for (index_t h = 0; h < g.H; ++h) az += A * p.z[zoff[k] + h];
     }
     return double(P) * std::log(S / double(P)) - (log_sum0 - az);
   };
-  double total = detail::sum(work.data(), P);  // sum of G', exact at the start of each sweep
-  if (p.objective) p.objective[0] = objective(total);
+  double S = total();
+  if (p.objective) p.objective[0] = objective(S);
   index_t sweep = 0;
   while (sweep < p.max_sweeps) {
-    double S = total, moved = 0.0;
-    index_t off = 0;
-    for (index_t k = 0; k < p.n_groups; ++k) {
+    double moved = 0.0;
+    for (index_t k = 0; k < n; ++k) {
       const RescaleGroup& g = p.groups[k];
-      detail::group_sums(g, work.data(), s_in.data(), s_out.data());
+      sums(k);
       const double n_in = double(g.in_row + (g.bias_offset >= 0)), n_out = double(g.out_outer * g.out_inner);
       const double A = n_in - n_out;
       for (index_t h = 0; h < g.H; ++h) {
-        const double D = S - s_in[h] - s_out[h];
+        const double s_in = ws.s_in[h], s_out = ws.s_out[h], D = S - s_in - s_out;
         double y;
         if (p.enorm) {
-          y = std::sqrt(s_out[h] / s_in[h]);  // s_in y = s_out / y
-          S = D + s_in[h] * y + s_out[h] / y;
+          y = std::sqrt(s_out / s_in);  // s_in y = s_out / y
+          S = D + s_in * y + s_out / y;
         } else {
-          y = detail::positive_root(s_out[h] * (A + double(P)), D * A, s_in[h] * (A - double(P)));
-          S = D + s_out[h] * y + s_in[h] / y;
+          y = detail::positive_root(s_out * (A + double(P)), D * A, s_in * (A - double(P)));
+          S = D + s_out * y + s_in / y;
         }
         const double dz = std::log(y);
-        p.z[off + h] += dz;
+        p.z[zoff[k] + h] += dz;
         moved += std::fabs(dz);
-        f_in[h] = p.enorm ? y : 1.0 / y;
-        f_out[h] = 1.0 / f_in[h];
+        ws.f_in[zoff[k] + h] *= p.enorm ? y : 1.0 / y;
+        ws.f_out[zoff[k] + h] = 1.0 / ws.f_in[zoff[k] + h];
       }
-      detail::group_scale(g, work.data(), f_in.data(), f_out.data());
-      off += g.H;
     }
     ++sweep;
-    total = detail::sum(work.data(), P);
-    if (p.objective) p.objective[sweep] = objective(total);
+    if (p.objective) p.objective[sweep] = objective(S);
     if (moved < p.tol) break;
   }
   return sweep;
