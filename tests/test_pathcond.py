@@ -2,7 +2,6 @@
 invariants, every backend against the float64 reference, and an independent PyTorch port."""
 
 import itertools
-import warnings
 
 import numpy as np
 import pytest
