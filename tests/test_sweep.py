@@ -346,3 +346,16 @@ def test_the_runner_runs_any_registered_experiment(tmp_path):
         fm.sweep(SMALL, tmp_path, workers=1, quiet=True, extend=True)
     with pytest.raises(fm.InvalidArgumentError, match=r"^experiment: expected one of the registered"):
         fm.sweep(grid, tmp_path / "other", experiment="nope")
+
+
+def test_load_sweep_reads_a_folder_of_an_experiment_not_registered_here(tmp_path):
+    import sweep_tasks  # noqa: F401 - registers "toy" here; the reader below runs without it
+
+    fm.sweep({"a": [1, 2], "b": 3}, tmp_path, workers=1, quiet=True, experiment="toy", trajectory=2)
+    code = ("import fastmem as fm; runs, ds = fm.load_sweep(%r, trajectories=True); "
+            "print(sorted(runs['a']), sorted(ds.coords))" % str(tmp_path))
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert out.returncode == 0 and out.stdout.strip() == "[1, 2] ['a', 'b', 'point', 'run_id']", out.stderr

@@ -140,8 +140,13 @@ def load_sweep(out, trajectories=False):
     InvalidArgumentError."""
     import pandas as pd
 
-    exp = registry.get(store.experiment_of(out) or DEFAULT_EXPERIMENT)
-    runs, parts = store.load(out, columns(exp), trajectories)
+    name = store.experiment_of(out) or DEFAULT_EXPERIMENT
+    if name in registry.names():
+        keys, cols = list(registry.get(name).keys), columns(registry.get(name))
+    else:  # an experiment of another program's, not registered here: its files say what they hold
+        keys = sorted({k for gr in store.grids_of(out) for k in gr})
+        cols = keys + ["run_id", "status", "message"]
+    runs, parts = store.load(out, cols, trajectories)
     if not trajectories:
         return runs
     import xarray as xr
@@ -149,8 +154,8 @@ def load_sweep(out, trajectories=False):
     if not parts:
         return runs, xr.Dataset()
     ds = pd.concat(parts, ignore_index=True).set_index(["run_id", "point"]).to_xarray()
-    keys = runs.set_index("run_id").loc[ds["run_id"].values]
-    return runs, ds.assign_coords({k: ("run_id", keys[k].to_numpy()) for k in exp.keys})
+    at = runs.set_index("run_id").loc[ds["run_id"].values]
+    return runs, ds.assign_coords({k: ("run_id", at[k].to_numpy()) for k in keys})
 
 
 def sweep(grid_or_configs, out, executor=None, workers=None, chunk_size=16, quiet=False, backend=None, trajectory=0,

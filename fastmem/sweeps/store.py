@@ -55,6 +55,14 @@ def experiment_of(out):
         return None
 
 
+def grids_of(out):
+    """The grids a sweep folder's sweep.json records ([] without one)."""
+    try:
+        return list(json.loads((Path(out) / "sweep.json").read_text())["grids"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
 def chunk_files(out):
     return sorted((Path(out) / "runs").glob("chunk-*.parquet"))
 
