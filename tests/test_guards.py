@@ -246,7 +246,7 @@ def test_cmd_fit_one_and_zero_parameters():
 
 def _run_cli(*args):
     return subprocess.run([sys.executable, "-m", "fastmem", "run", "--steps", "3", *map(str, args)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, cwd="/")
 
 
 @pytest.mark.parametrize("args, name", [

@@ -39,8 +39,8 @@ SCRIPT = textwrap.dedent("""
 def test_ctrl_c_stops_a_compiled_run_keeping_its_records(kind):
     if not fm.backends()["cpp"]["available"]:
         pytest.skip("the compiled backend is not built")
-    p = subprocess.Popen([sys.executable, "-c", SCRIPT, kind],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, "-c", SCRIPT, kind], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, cwd="/")  # the installed fastmem, not a checkout's source tree
     assert p.stdout.readline().strip() == "started"
     time.sleep(1.0)  # well into the 10**12 steps
     t0 = time.perf_counter()
@@ -101,7 +101,7 @@ def test_ctrl_c_stops_fastmem_run():
     if not fm.backends()["cpp"]["available"]:
         pytest.skip("the compiled backend is not built")
     p = subprocess.Popen([sys.executable, "-m", "fastmem", "run", "--steps", str(10**12), "--batch-size", "8",
-                          "--optimizer", "adam"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          "--optimizer", "adam"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
     time.sleep(2.5)  # imports, then well into the run
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=20)

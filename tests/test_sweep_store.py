@@ -82,7 +82,7 @@ def _toml(path, seeds):
 
 def _cli(*args, pipe=subprocess.PIPE):
     return subprocess.Popen([sys.executable, "-m", "fastmem", "sweep", *map(str, args)], stdout=pipe, stderr=pipe,
-                            text=True)
+                            text=True, cwd="/")  # the installed fastmem, not a checkout's source tree
 
 
 def test_two_sweeps_with_overlapping_grids_into_one_folder_write_each_run_once(tmp_path):
@@ -159,7 +159,7 @@ def test_an_empty_axis_is_refused():
 
 def test_cli_missing_toml_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "fastmem", "sweep", str(tmp_path / "no.toml"), "--out",
-                        str(tmp_path / "o")], capture_output=True, text=True)
+                        str(tmp_path / "o")], capture_output=True, text=True, cwd="/")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "grid: expected a readable TOML file" in r.stderr
 
 
@@ -219,9 +219,9 @@ def test_a_sweep_runs_from_any_main_module(tmp_path, how):
     # file that does not exist (<stdin>)
     code = NO_MAIN_GUARD.replace("OUT", repr(str(tmp_path / "out")))
     if how == "standard input":
-        r = subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True, timeout=120)
+        r = subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True, timeout=120, cwd="/")
     else:
         script = tmp_path / "sweep_script.py"
         script.write_text(code)
-        r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+        r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd="/")
     assert r.returncode == 0 and r.stdout.strip() == "['ok'] 3", r.stderr
