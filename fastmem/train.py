@@ -233,8 +233,6 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=None, tokens=Non
         """The state array to continue from (a copy), zeros for a new run, or None."""
         if not needed:
             return None
-        if resume is not None and name not in prev:
-            v.fail("resume", f"a state holding {name}", f"a {resume.representation} state without it")
         if name in prev:
             if prev[name].shape != shape or prev[name].dtype != dt:
                 v.fail("resume", f"{name} of shape {shape} and dtype {dt}", f"{prev[name].dtype} {prev[name].shape}")
@@ -271,16 +269,19 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=None, tokens=Non
     except KeyboardInterrupt as exc:  # Ctrl-C in the compiled loop: what it recorded stays reachable
         done, n_rec = getattr(exc, "fastmem_progress", (None, None))
         if done is not None:
-            records = {name: arr[:n_rec] for name, arr in rec.items() if name != "steps" and arr is not None}
-            exc.run = Run(memory, task, start_step + rec_steps[:n_rec], records, W, "interrupted", int(done),
-                          be.name, optimizer, rep, reason)
+            exc.run = Run(memory, task, start_step + rec_steps[:n_rec], _written(rec, n_rec), W, "interrupted",
+                          int(done), be.name, optimizer, rep, reason)
         raise
     state = None if arrays is None else TrainState(  # a projected run keeps no W to resume from
         rep, start_step + int(steps_done), seed, {k: a for k, a in arrays.items() if a is not None}, float(c),
         int(opt_t), optimizer_kind(optimizer))
-    records = {name: arr[:n_rec] for name, arr in rec.items() if name != "steps" and arr is not None}
-    return Run(memory, task, start_step + rec_steps[:n_rec], records, W, "ok" if status == 0 else "diverged",
-               int(steps_done), be.name, optimizer, rep, reason, dual_state, state, V)
+    return Run(memory, task, start_step + rec_steps[:n_rec], _written(rec, n_rec), W,
+               "ok" if status == 0 else "diverged", int(steps_done), be.name, optimizer, rep, reason, dual_state, state, V)
+
+
+def _written(rec, n):
+    """The first n records of each metric recorded."""
+    return {name: arr[:n] for name, arr in rec.items() if name != "steps" and arr is not None}
 
 
 def _train_with_callback(memory, task, optimizer, steps, batch_size, seed, tokens, record, backend, chunk,

@@ -400,7 +400,7 @@ void py_train_many(py::array E, py::array U, py::array W, py::array p, py::array
       train_many(P);
       TrainResult res;
       for (index_t r = 0; r < P.R; ++r)
-        if (P.status[r] == 2) res.status = Status::Interrupted;
+        if (P.status[r] == static_cast<std::int8_t>(Status::Interrupted)) res.status = Status::Interrupted;
       return res;
     });
   });

@@ -103,16 +103,16 @@ def _digits_run_group(configs, backend=None, trajectory=0):
     return out
 
 
-def _is_int(lo):
+def _int_at_least(lo):
     return (lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= lo, f"an integer >= {lo}")
 
 
 DEPTH = register(Experiment(
     name="pathcond-depth",
-    keys={"depth": _is_int(1), "width": _is_int(1), "seed": _is_int(0),
+    keys={"depth": _int_at_least(1), "width": _int_at_least(1), "seed": _int_at_least(0),
           "method": (lambda x: x in METHODS, f"one of {METHODS}"),
           "lr": (lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0, "a number > 0"),
-          "batch_size": _is_int(1), "max_epochs": _is_int(1)},
+          "batch_size": _int_at_least(1), "max_epochs": _int_at_least(1)},
     defaults={"width": 500, "lr": 1e-2, "batch_size": 128, "max_epochs": 60},
     columns=("status", "epochs", "accuracy", "n_params", "seconds", "message"),
     run_group=_digits_run_group, float_keys=("lr",),

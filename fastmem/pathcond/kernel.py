@@ -5,7 +5,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import _validate as v
-from .network import Conv2d, Dense, Flatten, MaxPool2d, Network, _shape, _to_numpy
+from .network import Conv2d, Dense, Flatten, MaxPool2d, _shape, _to_numpy
 
 
 def _im2col(a, kh, kw, stride, pad):
@@ -195,5 +195,3 @@ def _scale(a, factor):
     with torch.no_grad():
         a.mul_(torch.from_numpy(np.ascontiguousarray(factor)).to(device=a.device, dtype=a.dtype))
 
-
-__all__ = ["Network", "apply_rescaling", "bz", "diag_G", "objective"]

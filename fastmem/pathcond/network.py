@@ -7,7 +7,7 @@ theta^2 and the solver's groups all use it.
 """
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -74,12 +74,11 @@ class Network:
     """A feed-forward ReLU network: ``layers`` in order, ReLU after every parameterised layer but
     the last; ``input_shape`` (C, H, W) where the first parameterised layer is a convolution.
 
-    The arrays are the caller's (numpy arrays, or numpy views of PyTorch CPU parameters, or
-    PyTorch tensors on any device: ``tensors``): ``rescale`` updates them in place."""
+    The arrays are the caller's (numpy arrays, or PyTorch parameters on any device):
+    ``rescale`` updates them in place."""
 
     layers: list
     input_shape: tuple = None
-    tensors: list = field(default_factory=list)  # PyTorch parameters, by the order of params()
 
     def __post_init__(self):
         params = [la for la in self.layers if isinstance(la, PARAM_LAYERS)]
@@ -103,7 +102,7 @@ class Network:
         is not a chain) is refused by name."""
         import torch.nn as nn
 
-        layers, tensors = [], []
+        layers = []
 
         def walk(module, prefix):
             for name, child in module.named_children():
@@ -112,14 +111,12 @@ class Network:
                     walk(child, full + ".")
                 elif isinstance(child, nn.Linear):
                     layers.append(Dense(child.weight, child.bias, name=full))
-                    tensors.extend([child.weight] + ([child.bias] if child.bias is not None else []))
                 elif isinstance(child, nn.Conv2d):
                     if child.groups != 1 or _pair(child.dilation) != (1, 1) or not isinstance(child.padding, tuple) \
                             or child.padding_mode != "zeros":
                         v.fail(f"model.{full}", "a Conv2d with groups=1, dilation 1 and numeric zero padding",
                                repr(child))
                     layers.append(Conv2d(child.weight, child.bias, _pair(child.stride), _pair(child.padding), name=full))
-                    tensors.extend([child.weight] + ([child.bias] if child.bias is not None else []))
                 elif isinstance(child, (nn.ReLU, nn.Dropout)):
                     if isinstance(child, nn.Dropout):
                         layers.append(Identity(name=full))
@@ -146,7 +143,7 @@ class Network:
         if not isinstance(model, nn.Sequential):
             v.fail("model", "an nn.Sequential (or a fastmem.pathcond.Network)", type(model).__name__)
         walk(model, "")
-        return cls(layers, input_shape, tensors)
+        return cls(layers, input_shape)
 
     # --- shapes and the flat layout ------------------------------------------------------------
 
@@ -154,7 +151,7 @@ class Network:
         return [la for la in self.layers if isinstance(la, PARAM_LAYERS)]
 
     def _check(self):
-        """Shapes agree along the chain; records each parameterised layer's input shape."""
+        """Shapes agree along the chain; records every layer's (input, output) shape."""
         first = self.params()[0]
         if isinstance(first, Conv2d):
             if self.input_shape is None or len(self.input_shape) != 3:
@@ -264,14 +261,17 @@ def _out_shape(la, shape):
             v.fail(f"layers[{la.name}]", f"a (C_out, {shape[0] if shape else '?'}, kh, kw) weight after an input of "
                    f"shape {shape}", f"weight {ws}")
         _bias(la, ws[0])
-        (sh, sw), (ph, pw) = la.stride, la.padding
-        return (ws[0], (shape[1] + 2 * ph - ws[2]) // sh + 1, (shape[2] + 2 * pw - ws[3]) // sw + 1)
+        return (ws[0],) + _windows(shape, ws[2:], la.stride, la.padding)
     if isinstance(la, Flatten):
         return (int(np.prod(shape)),)
     if isinstance(la, MaxPool2d):
-        (kh, kw), (sh, sw), (ph, pw) = la.kernel, la.stride, la.padding
-        return (shape[0], (shape[1] + 2 * ph - kh) // sh + 1, (shape[2] + 2 * pw - kw) // sw + 1)
+        return (shape[0],) + _windows(shape, la.kernel, la.stride, la.padding)
     return shape
+
+
+def _windows(shape, kernel, stride, padding):
+    """(H_out, W_out) of a sliding window over a (C, H, W) input."""
+    return tuple((n + 2 * p - k) // s + 1 for n, k, s, p in zip(shape[1:], kernel, stride, padding))
 
 
 def _bias(la, n):

@@ -203,10 +203,9 @@ def sweep(grid_or_configs, out, executor=None, workers=None, chunk_size=16, quie
     if executor is None:
         workers = os.cpu_count() if workers is None else v.positive_int("workers", workers)
     with store.Store(out, exp.name, grids, extend=extend) as st:
-        st.quarantine_damaged()
+        on_disk = st.scan(columns(exp))
         configs = list({g.run_id(c, exp.float_keys): c for gr in grids for c in g.expand(gr)}.items())
         ids = {rid for rid, _ in configs}
-        on_disk = store.load(out, columns(exp))[0]
         failed = set(on_disk["run_id"][(on_disk["status"] == "failed") & on_disk["run_id"].isin(ids)])
         if failed:
             st.drop_runs(failed)

@@ -184,21 +184,30 @@ class Store:
     def __exit__(self, *exc):
         self.close()
 
-    def quarantine_damaged(self):
-        """Move every chunk whose runs file or trajectories twin cannot be read, both files, to
-        OUT/damaged/ (runs/ and trajectories/ below it); the names of the chunks moved."""
-        moved = []
+    def scan(self, columns):
+        """The runs on disk (a DataFrame), each chunk read once; every chunk whose runs file or
+        trajectories twin cannot be read is moved, both files, to OUT/damaged/ (runs/ and
+        trajectories/ below it) and named in a SweepStoreWarning, its runs to be done again."""
+        import pandas as pd
+
+        frames, moved = [], []
         for f in chunk_files(self.out):
             twin = self.out / "trajectories" / f.name
-            if not _readable(f) or twin.exists() and not _readable(twin):
+            try:
+                df = _read(f)
+            except Exception:  # noqa: BLE001 - any failure to read is damage (pyarrow raises several types)
+                df = None
+            if df is None or twin.exists() and not _readable(twin):
                 moved.append(str(f.relative_to(self.out)))
                 for path in (f, twin):
                     if path.exists():
                         self._move_aside(path)
+            else:
+                frames.append(df)
         if moved:
             warnings.warn(f"{self.out}: {len(moved)} damaged chunk(s) moved to {self.out / 'damaged'}, their runs "
                           f"are done again: {', '.join(moved)}", SweepStoreWarning, stacklevel=3)
-        return moved
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
     def _move_aside(self, path):
         dest = self.out / "damaged" / path.parent.name

@@ -55,8 +55,6 @@ class StopPoller {
     return stopped_.load(std::memory_order_relaxed);
   }
 
-  bool stopped() const { return stopped_.load(std::memory_order_relaxed); }
-
  private:
   StopProbe probe_;
   std::thread::id owner_;

@@ -28,7 +28,8 @@ constexpr index_t kParallelWork = index_t(1) << 18;
 inline int default_threads() {
   for (const char* name : {"FASTMEM_NUM_THREADS", "OMP_NUM_THREADS"}) {
     const char* s = std::getenv(name);
-    if (s && std::atoi(s) >= 1) return std::atoi(s);
+    const int n = s ? std::atoi(s) : 0;
+    if (n >= 1) return n;
   }
 #ifdef _OPENMP
   return std::max(1, omp_get_num_procs());

@@ -36,7 +36,7 @@ void train_one_of_many(const TrainManyParams<T>& P, index_t r, PassWorkspace<T>&
     }
     if (t == P.steps) break;
     if (poller.stop()) {
-      status = 2;  // Status::Interrupted
+      status = static_cast<std::int8_t>(Status::Interrupted);
       break;
     }
     for (index_t k = 0; k < d * d; ++k) W.ptr[k] -= lr * G.ptr[k];

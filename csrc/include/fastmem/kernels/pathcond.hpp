@@ -15,9 +15,9 @@
 #pragma once
 #include <algorithm>
 #include <cmath>
-#include <utility>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "../errors.hpp"
@@ -36,7 +36,7 @@ struct RescaleGroup {
 };
 
 struct PathCondParams {
-  const double* weights = nullptr;  // (P,) diag G (PathCond) or theta^2 (ENorm), all > 0
+  const double* weights = nullptr;  // (P,) diag G (PathCond, all > 0) or theta^2 (ENorm, >= 0)
   index_t P = 0;
   const RescaleGroup* groups = nullptr;
   index_t n_groups = 0;
@@ -90,11 +90,9 @@ inline double sum_log(const double* w, index_t n) {
   return total;
 }
 
-inline double sum(const double* w, index_t n) {
-  double s = 0.0;
-#pragma omp parallel for reduction(+ : s) num_threads(max_threads()) if (n > 65536)
-  for (index_t i = 0; i < n; ++i) s += w[i];
-  return s;
+// A = n_in - n_out of a group's neurons: d(-sum log G')/d(log y) for one of them.
+inline double balance(const RescaleGroup& g) {
+  return double(g.in_row + (g.bias_offset >= 0)) - double(g.out_outer * g.out_inner);
 }
 
 }  // namespace detail
@@ -260,9 +258,8 @@ inline index_t pathcond_solve(const PathCondParams& p, PathCondWorkspace& ws) {
   auto objective = [&](double S) {  // F = P log(S / P) - sum log G', sum log G' = sum log G - sum_h A_h z_h
     double az = 0.0;
     for (index_t k = 0; k < n; ++k) {
-      const RescaleGroup& g = p.groups[k];
-      const double A = double(g.in_row + (g.bias_offset >= 0)) - double(g.out_outer * g.out_inner);
-      for (index_t h = 0; h < g.H; ++h) az += A * p.z[zoff[k] + h];
+      const double A = detail::balance(p.groups[k]);
+      for (index_t h = 0; h < p.groups[k].H; ++h) az += A * p.z[zoff[k] + h];
     }
     return double(P) * std::log(S / double(P)) - (log_sum0 - az);
   };
@@ -274,8 +271,7 @@ inline index_t pathcond_solve(const PathCondParams& p, PathCondWorkspace& ws) {
     for (index_t k = 0; k < n; ++k) {
       const RescaleGroup& g = p.groups[k];
       sums(k);
-      const double n_in = double(g.in_row + (g.bias_offset >= 0)), n_out = double(g.out_outer * g.out_inner);
-      const double A = n_in - n_out;
+      const double A = detail::balance(g);
       for (index_t h = 0; h < g.H; ++h) {
         const double s_in = ws.s_in[h], s_out = ws.s_out[h], D = S - s_in - s_out;
         double y;
