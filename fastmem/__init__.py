@@ -8,7 +8,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import cmd, embeddings, kernels, models, pathcond, sweeps
+from . import cmd, embeddings, kernels, models, pathcond, scansnap, sweeps
 from .backends import backends, get_num_threads, set_num_threads, use_backend
 from .errors import BackendUnavailableError, InvalidArgumentError, InvalidStateError, PerformanceWarning
 from .many import ManyRuns, train_many
@@ -30,6 +30,6 @@ __all__ = [
     "Adam", "AssociativeMemory", "BackendUnavailableError", "Constant", "Cosine", "InvalidArgumentError", "InvalidStateError",
     "ManyRuns", "PerformanceWarning", "Record",
     "Run", "SGD", "SignGD", "StepDecay", "Task", "TrainState", "accuracy", "backends", "cmd", "embeddings",
-    "evaluate", "get_num_threads", "gradient", "kernels", "load_sweep", "loss", "margins", "models", "pathcond", "set_num_threads", "sharpness", "step", "sweep",
+    "evaluate", "get_num_threads", "gradient", "kernels", "load_sweep", "loss", "margins", "models", "pathcond", "scansnap", "set_num_threads", "sharpness", "step", "sweep",
     "sweeps", "train", "train_many", "use_backend",
 ]

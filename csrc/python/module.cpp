@@ -543,6 +543,105 @@ int parallel_team_size() {
   return team;
 }
 
+// Scan and Snap (scansnap_train.hpp). facts, sequences, spec and out are the Python
+// NamedTuples of fastmem/scansnap/_kernel.py, read once by field name.
+template <class T>
+MatrixView<T> opt_matrix(py::object o, index_t rows, index_t cols, const char* name) {
+  if (o.is_none()) return {};
+  py::array a = o.cast<py::array>();
+  auto v = matrix<T>(a, name);
+  require(v.rows == rows && v.cols == cols, std::string(name) + " has the wrong shape");
+  return v;
+}
+
+template <class A>
+A field_array(py::handle t, const char* name) {
+  return py::reinterpret_borrow<py::object>(t).attr(name).cast<A>();
+}
+
+py::tuple py_scansnap_train(py::array Yt, py::array Z, py::object mY, py::object vY, py::object mZ, py::object vZ,
+                            py::object facts, py::object sequences, py::object spec, py::object out) {
+  return dispatch(Yt, [&](auto tag) {
+    using T = decltype(tag);
+    using namespace fastmem::scansnap;
+    State<T> st{matrix<T>(Yt, "Yt"), matrix<T>(Z, "Z"), {}, {}, {}, {}};
+    const index_t M = st.Z.cols;
+    require(st.Z.rows == M && st.Yt.rows == M && st.Yt.cols == M, "Yt and Z must be M x M");
+    st.mY = opt_matrix<T>(mY, M, M, "mY"), st.vY = opt_matrix<T>(vY, M, M, "vY");
+    st.mZ = opt_matrix<T>(mZ, M, M, "mZ"), st.vZ = opt_matrix<T>(vZ, M, M, "vZ");
+    Spec sp;
+    sp.population = spec.attr("population").cast<bool>();
+    sp.batch = spec.attr("batch").cast<index_t>(), sp.L = spec.attr("L").cast<index_t>();
+    sp.seed = spec.attr("seed").cast<std::uint64_t>();
+    sp.start_step = spec.attr("start_step").cast<index_t>(), sp.steps = spec.attr("steps").cast<index_t>();
+    sp.lr_y = spec.attr("lr_y").cast<double>(), sp.lr_z = spec.attr("lr_z").cast<double>();
+    sp.opt.kind = static_cast<Optimizer>(spec.attr("optimizer").cast<int>());
+    sp.opt.momentum = spec.attr("momentum").cast<double>();
+    sp.opt.beta1 = spec.attr("beta1").cast<double>(), sp.opt.beta2 = spec.attr("beta2").cast<double>();
+    sp.opt.eps = spec.attr("eps").cast<double>();
+    sp.adam_t0 = spec.attr("adam_t0").cast<index_t>();
+    py::array record = field_array<py::array>(spec, "record");
+    sp.n_record = record.shape(0);
+    sp.record = cvec<std::int64_t>(record, sp.n_record, "spec.record");
+    const bool stateful = !sp.opt.stateless();
+    require(!stateful || (!st.mY.empty() && !st.mZ.empty()), "mY and mZ are needed by this optimizer");
+    require(sp.opt.kind != Optimizer::Adam || (!st.vY.empty() && !st.vZ.empty()), "Adam needs vY and vZ");
+    require(sp.batch >= 1 && sp.L >= 2 && sp.steps >= 0, "spec: batch >= 1, L >= 2, steps >= 0");
+
+    Facts fa;
+    py::array fq, fn, fptr, ftok, fprob, fthr, falias;
+    if (!facts.is_none()) {
+      fq = field_array<py::array>(facts, "q"), fn = field_array<py::array>(facts, "n");
+      fa.F = fq.shape(0);
+      fa.q = cvec<std::int64_t>(fq, fa.F, "facts.q"), fa.n = cvec<std::int64_t>(fn, fa.F, "facts.n");
+      fptr = field_array<py::array>(facts, "ptr");
+      fa.ptr = cvec<std::int64_t>(fptr, fa.F + 1, "facts.ptr");
+      const index_t nnz = fa.ptr[fa.F];
+      ftok = field_array<py::array>(facts, "tok"), fprob = field_array<py::array>(facts, "prob");
+      fthr = field_array<py::array>(facts, "thresh"), falias = field_array<py::array>(facts, "alias");
+      fa.tok = cvec<std::int64_t>(ftok, nnz, "facts.tok"), fa.prob = cvec<double>(fprob, nnz, "facts.prob");
+      fa.thresh = cvec<std::uint64_t>(fthr, nnz, "facts.thresh");
+      fa.alias = cvec<std::int64_t>(falias, nnz, "facts.alias");
+      bool ok = fa.F >= 1 && fa.ptr[0] == 0;
+      for (index_t f = 0; f < fa.F; ++f)
+        ok &= fa.q[f] >= 0 && fa.q[f] < M && fa.n[f] >= 0 && fa.n[f] < M && fa.ptr[f + 1] > fa.ptr[f];
+      for (index_t k = 0; ok && k < nnz; ++k) ok &= fa.tok[k] >= 0 && fa.tok[k] < M;
+      for (index_t f = 0; ok && f < fa.F; ++f)
+        for (index_t k = fa.ptr[f]; k < fa.ptr[f + 1]; ++k) ok &= fa.alias[k] >= 0 && fa.alias[k] < fa.ptr[f + 1] - fa.ptr[f];
+      require(ok, "facts: tokens out of range [0, M) or a malformed support");
+    }
+    Sequences sq;
+    py::array stok, star;
+    if (!sequences.is_none()) {
+      stok = field_array<py::array>(sequences, "tokens"), star = field_array<py::array>(sequences, "target");
+      auto tv = cmatrix<std::int64_t>(stok, "sequences.tokens");
+      require(tv.stride == tv.cols, "sequences.tokens must be C-contiguous");
+      sq.tokens = tv.ptr, sq.S = tv.rows, sq.L = tv.cols;
+      sq.target = cvec<std::int64_t>(star, sq.S, "sequences.target");
+      bool ok = sq.S >= 1 && sq.L == sp.L;
+      for (index_t k = 0; ok && k < sq.S * sq.L; ++k) ok &= sq.tokens[k] >= 0 && sq.tokens[k] < M;
+      for (index_t k = 0; ok && k < sq.S; ++k) ok &= sq.target[k] >= 0 && sq.target[k] < M;
+      require(ok, "sequences: tokens out of range [0, M), or a length other than spec.L");
+    }
+    require(sequences.is_none() != facts.is_none() || (!facts.is_none() && !sp.population),
+            "scansnap_train: facts, or sequences (sampled only)");
+    require(!sp.population || !facts.is_none(), "the population needs facts");
+    Output<T> o;
+    py::array loss = field_array<py::array>(out, "loss");
+    o.loss = vec<double>(loss, sp.steps, "out.loss");
+    py::object rl = out.attr("rec_loss"), rq = out.attr("rec_Zq"), ry = out.attr("rec_Y"), rz = out.attr("rec_Z");
+    o.rec_loss = opt_ptr<double>(rl, sp.n_record, "out.rec_loss");
+    o.rec_Zq = opt_ptr<T>(rq, sp.n_record, "out.rec_Zq");
+    o.rec_Y = opt_ptr<T>(ry, sp.n_record, "out.rec_Y");
+    o.rec_Z = opt_ptr<T>(rz, sp.n_record, "out.rec_Z");
+    if (o.rec_Zq) require(rq.cast<py::array>().size() == sp.n_record * fa.F * M, "out.rec_Zq must be records x F x M");
+    if (o.rec_Y) require(ry.cast<py::array>().size() == sp.n_record * M * M, "out.rec_Y must be records x M x M");
+    if (o.rec_Z) require(rz.cast<py::array>().size() == sp.n_record * M * M, "out.rec_Z must be records x M x M");
+    const TrainResult res = interruptible([&] { return fastmem::scansnap::train<T>(fa, sq, sp, st, o); });
+    return py::make_tuple(static_cast<int>(res.status), res.steps_done, res.records);
+  });
+}
+
 py::dict info() {
   py::dict d;
 #ifdef _OPENMP
@@ -608,6 +707,7 @@ PYBIND11_MODULE(FASTMEM_MODULE_NAME, m) {
   m.def("train_model", &py_train_model);
   m.def("cmd_online_update", &py_cmd_online_update);
   m.def("pathcond_solve", &py_pathcond_solve);
+  m.def("scansnap_train", &py_scansnap_train);
   m.def("info", &info);
   m.def("get_num_threads", &py_get_num_threads);
   m.def("set_num_threads", &py_set_num_threads);

@@ -41,6 +41,7 @@ SIGNATURES = {
     "train_many": ("E", "U", "W", "p", "y", "lr", "steps", "loss", "accuracy", "status"),
     "train_projected": ("E", "U", "V", "p", "y", "cdf", "tokens", "opt", "tp", "rec"),
     "pathcond_solve": ("weights", "groups", "z", "objective", "tol", "max_sweeps", "enorm"),
+    "scansnap_train": ("Yt", "Z", "mY", "vY", "mZ", "vZ", "facts", "sequences", "spec", "out"),
 }
 
 # The kernels of the table that run on device arrays: the host drivers (train, train_dual,

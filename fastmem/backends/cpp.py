@@ -67,3 +67,7 @@ def train_projected(E, U, V, p, y, cdf, tokens, opt, tp, rec):
 
 def pathcond_solve(weights, groups, z, objective, tol, max_sweeps, enorm):
     return _core.pathcond_solve(weights, groups, z, objective, tol, max_sweeps, enorm)
+
+
+def scansnap_train(Yt, Z, mY, vY, mZ, vZ, facts, sequences, spec, out):
+    return _core.scansnap_train(Yt, Z, mY, vY, mZ, vZ, facts, sequences, spec, out)

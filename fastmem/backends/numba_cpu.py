@@ -827,3 +827,211 @@ def _pathcond_solve(weights, groups, z, objective, has_objective, tol, max_sweep
 def pathcond_solve(weights, groups, z, objective, tol, max_sweeps, enorm):
     has = objective is not None
     return int(_pathcond_solve(weights, groups, z, objective if has else np.empty(1), has, tol, max_sweeps, enorm))
+
+
+# --- Scan and Snap (kernels/scansnap.hpp, scansnap_train.hpp) --------------------------------
+
+@njit(cache=True)
+def _ss_bounded(bits, n):
+    return np.int64(((bits >> np.uint64(32)) * np.uint64(n)) >> np.uint64(32))
+
+
+@njit(cache=True)
+def _ss_sample(fq, fn, fptr, ftok, fthr, falias, stok, star, use_seq, key, step, B, L, M, count, hq, hn, hlen,
+               htok, hcnt, ctx):
+    """sample_batch: the histograms of step's batch (row b at b * (L - 1), tokens ascending)."""
+    cap = L - 1
+    for b in range(B):
+        base = (np.uint64(step) * np.uint64(B) + np.uint64(b)) * np.uint64(L)
+        pick = _splitmix64(key ^ _splitmix64(base))
+        if use_seq:
+            i = _ss_bounded(pick, star.shape[0])
+            for j in range(cap):
+                ctx[j] = stok[i, j]
+            hq[b], hn[b] = stok[i, L - 1], star[i]
+        else:
+            f = _ss_bounded(pick, fq.shape[0])
+            p0, s = fptr[f], fptr[f + 1] - fptr[f]
+            for j in range(1, L):
+                bits = _splitmix64(key ^ _splitmix64(base + np.uint64(j)))
+                k = _ss_bounded(bits, s)
+                if not (bits & np.uint64(0xFFFFFFFF)) < fthr[p0 + k]:
+                    k = falias[p0 + k]
+                ctx[j - 1] = ftok[p0 + k]
+            hq[b], hn[b] = fq[f], fn[f]
+        s = 0
+        o = b * cap
+        for j in range(cap):
+            if count[ctx[j]] == 0:
+                htok[o + s] = ctx[j]
+                s += 1
+            count[ctx[j]] += 1
+        htok[o:o + s].sort()
+        for j in range(s):
+            hcnt[o + j] = count[htok[o + j]]
+            count[htok[o + j]] = 0
+        hlen[b] = s
+
+
+@njit(cache=True)
+def _ss_forward_backward(Yt, Z, hq, hn, hstart, hlen, htok, hcnt, weight, r, g, dz, u):
+    M = Yt.shape[1]
+    loss = 0.0
+    for b in range(len(hq)):
+        p0, s = hstart[b], hlen[b]
+        zrow = Z[hq[b]]
+        zmax = -np.inf
+        for j in range(s):
+            zmax = max(zmax, zrow[htok[p0 + j]])
+        S = 0.0
+        for j in range(s):
+            dz[p0 + j] = hcnt[p0 + j] * math.exp(zrow[htok[p0 + j]] - zmax)
+            S += dz[p0 + j]
+        nf2 = 0.0
+        for j in range(s):
+            dz[p0 + j] /= S
+            nf2 += dz[p0 + j] * dz[p0 + j]
+        nf = math.sqrt(nf2)
+        rb = r[b]
+        rb[:] = 0.0
+        for j in range(s):
+            g[p0 + j] = dz[p0 + j] / nf
+            rb += g[p0 + j] * Yt[htok[p0 + j]]
+        lmax = rb.max()
+        e = np.exp(rb - lmax)
+        tot = e.sum()
+        loss += weight * -math.log(e[hn[b]] / tot)
+        rb[:] = e * (weight / tot)
+        rb[hn[b]] -= weight
+        gv = 0.0
+        for j in range(s):
+            u[p0 + j] = np.dot(Yt[htok[p0 + j]], rb)
+            gv += g[p0 + j] * u[p0 + j]
+        fu = 0.0
+        for j in range(s):
+            u[p0 + j] = (u[p0 + j] - gv * g[p0 + j]) / nf
+            fu += dz[p0 + j] * u[p0 + j]
+        for j in range(s):
+            dz[p0 + j] = dz[p0 + j] * (u[p0 + j] - fu)
+    return loss
+
+
+@njit(cache=True)
+def _ss_update(W, m, v, opt, mu, b1, b2, eps, lr, t, G, touched):
+    """update_rows: G holds the gradient of the touched rows (zero elsewhere)."""
+    if opt == 0 and mu == 0.0:
+        for i in range(W.shape[0]):
+            if touched[i]:
+                W[i] -= lr * G[i]
+    elif opt == 0:
+        for i in range(W.shape[0]):
+            m[i] = mu * m[i] + G[i]
+            W[i] -= lr * m[i]
+    else:
+        bc1, bc2 = 1.0 - b1**t, 1.0 - b2**t
+        step_size, inv = lr / bc1, 1.0 / math.sqrt(bc2)
+        for i in range(W.shape[0]):
+            m[i] = b1 * m[i] + (1.0 - b1) * G[i]
+            v[i] = b2 * v[i] + (1.0 - b2) * G[i] * G[i]
+            W[i] -= step_size * m[i] / (np.sqrt(v[i]) * inv + eps)
+
+
+@njit(cache=True)
+def _ss_train(Yt, Z, mY, vY, mZ, vZ, fq, fn, fptr, ftok, fprob, fthr, falias, stok, star, use_seq, population, B, L,
+              seed, start, steps, lr_y, lr_z, opt, mu, b1, b2, eps, adam_t0, record, loss_out, rec_loss, rec_Zq, rec_Y,
+              rec_Z, has_zq, has_y, has_z):
+    M = Z.shape[0]
+    dt = Z.dtype
+    key = _splitmix64(np.uint64(seed))
+    if population:
+        R = fq.shape[0]
+        hq, hn = fq.copy(), fn.copy()
+        hstart, hlen = fptr[:-1].copy(), fptr[1:] - fptr[:-1]
+        htok = ftok.copy()
+        hcnt = fprob.astype(dt)
+    else:
+        R = B
+        hq, hn = np.empty(B, np.int64), np.empty(B, np.int64)
+        hstart = np.arange(B) * (L - 1)
+        hlen = np.empty(B, np.int64)
+        htok = np.empty(B * (L - 1), np.int64)
+        hcnt = np.empty(B * (L - 1), dt)
+    weight = 1.0 / R
+    r = np.empty((R, M), dt)
+    g, dz, u = np.empty_like(hcnt), np.empty_like(hcnt), np.empty_like(hcnt)
+    count = np.zeros(M, np.int64)
+    ctx = np.empty(max(L - 1, 1), np.int64)
+    GY, GZ = np.zeros((M, M), dt), np.zeros((M, M), dt)
+    ty, tz = np.zeros(M, np.bool_), np.zeros(M, np.bool_)
+    status, done, rk = 0, 0, 0
+    for i in range(steps + 1):
+        t = start + i
+        is_rec = rk < len(record) and record[rk] == t
+        if i == steps and not is_rec:
+            break
+        if not population:
+            _ss_sample(fq, fn, fptr, ftok, fthr, falias, stok, star, use_seq, key, t, B, L, M, count, hq, hn, hlen,
+                       htok, hcnt, ctx)
+        loss = _ss_forward_backward(Yt, Z, hq, hn, hstart, hlen, htok, hcnt, weight, r, g, dz, u)
+        if i < steps:
+            loss_out[i] = loss
+        if not np.isfinite(loss):
+            status = 1
+            break
+        if is_rec:
+            rec_loss[rk] = loss
+            if has_zq:
+                for f in range(fq.shape[0]):
+                    rec_Zq[rk, f] = Z[fq[f]]
+            if has_y:
+                rec_Y[rk] = Yt.T
+            if has_z:
+                rec_Z[rk] = Z
+            rk += 1
+        if i == steps:
+            break
+        # the sparse gradients, summed entry by entry in the core's order
+        for b in range(R):
+            for j in range(hstart[b], hstart[b] + hlen[b]):
+                ty[htok[j]] = True
+                tz[hq[b]] = True
+        for l in range(M):
+            if ty[l]:
+                GY[l] = 0.0
+            if tz[l]:
+                GZ[l] = 0.0
+        for b in range(R):
+            for j in range(hstart[b], hstart[b] + hlen[b]):
+                GY[htok[j]] += g[j] * r[b]
+                GZ[hq[b], htok[j]] += dz[j]
+        at = adam_t0 + i + 1
+        _ss_update(Yt, mY, vY, opt, mu, b1, b2, eps, lr_y, at, GY, ty)
+        _ss_update(Z, mZ, vZ, opt, mu, b1, b2, eps, lr_z, at, GZ, tz)
+        for l in range(M):
+            if ty[l]:
+                GY[l] = 0.0
+                ty[l] = False
+            if tz[l]:
+                GZ[l] = 0.0
+                tz[l] = False
+        done = i + 1
+    return status, done, rk
+
+
+def scansnap_train(Yt, Z, mY, vY, mZ, vZ, facts, sequences, spec, out):
+    dt = Z.dtype
+    none2 = np.zeros((1, 1), dt)
+    i64, u64, f64 = np.zeros(1, np.int64), np.zeros(1, np.uint64), np.zeros(1)
+    fa = facts if facts is not None else (i64, i64, np.zeros(2, np.int64), i64, f64, u64, i64)
+    sq = sequences if sequences is not None else (np.zeros((1, spec.L), np.int64), i64)
+    rec3 = np.zeros((1, 1, 1), dt)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        res = _ss_train(Yt, Z, mY if mY is not None else none2, vY if vY is not None else none2,
+                        mZ if mZ is not None else none2, vZ if vZ is not None else none2, *fa, *sq,
+                        sequences is not None, spec.population, spec.batch, spec.L, np.uint64(spec.seed),
+                        spec.start_step, spec.steps, spec.lr_y, spec.lr_z, spec.optimizer, spec.momentum, spec.beta1,
+                        spec.beta2, spec.eps, spec.adam_t0, spec.record, out.loss, out.rec_loss,
+                        out.rec_Zq if out.rec_Zq is not None else rec3, out.rec_Y if out.rec_Y is not None else rec3,
+                        out.rec_Z if out.rec_Z is not None else rec3, out.rec_Zq is not None, out.rec_Y is not None,
+                        out.rec_Z is not None)
+    return tuple(int(x) for x in res)

@@ -527,3 +527,111 @@ def pathcond_solve(weights, groups, z, objective, tol, max_sweeps, enorm):
         if moved < tol:
             break
     return sweep
+
+
+# --- Scan and Snap (docs/scansnap.md) ------------------------------------------------------
+
+def _scansnap_grads(Y, Z, C, q, n, weight):
+    """The loss and both gradients for rows of context weights C (R x M: counts, or P(l|n)),
+    queries q and targets n, each row weighted by ``weight``; dense, float64, as the paper writes
+    them (Lemma 1): attention over the context, f = X^T b / |X^T b|, logits = Y f."""
+    mask = C > 0
+    Zq = Z[q]
+    zmax = np.where(mask, Zq, -np.inf).max(1, keepdims=True)
+    w = np.where(mask, C * np.exp(np.where(mask, Zq - zmax, 0.0)), 0.0)
+    f = w / w.sum(1, keepdims=True)
+    nf = np.linalg.norm(f, axis=1, keepdims=True)
+    g = f / nf
+    logits = g @ Y.T
+    lmax = logits.max(1, keepdims=True)
+    lse = lmax[:, 0] + np.log(np.exp(logits - lmax).sum(1))
+    rows = np.arange(len(q))
+    loss = weight * float((lse - logits[rows, n]).sum())
+    r = np.exp(logits - lse[:, None])
+    r[rows, n] -= 1.0
+    r *= weight
+    dY = r.T @ g
+    vv = r @ Y
+    u = (vv - (g * vv).sum(1, keepdims=True) * g) / nf
+    dZq = f * (u - (f * u).sum(1, keepdims=True))
+    dZ = np.zeros_like(Z)
+    np.add.at(dZ, q, dZq)
+    return loss, dY, dZ
+
+
+def _torch_step(W, G, state, key, spec, lr, t):
+    """torch.optim.SGD (momentum, no dampening) / Adam, in place on float64 W."""
+    if spec.optimizer == 0:
+        if spec.momentum == 0.0:
+            W -= lr * G
+            return
+        m = state[key]
+        m *= spec.momentum
+        m += G
+        W -= lr * m
+        return
+    m, v = state[key]
+    m *= spec.beta1
+    m += (1.0 - spec.beta1) * G
+    v *= spec.beta2
+    v += (1.0 - spec.beta2) * G * G
+    bc1, bc2 = 1.0 - spec.beta1**t, 1.0 - spec.beta2**t
+    W -= (lr / bc1) * m / (np.sqrt(v) / np.sqrt(bc2) + spec.eps)
+
+
+def scansnap_train(Yt, Z, mY, vY, mZ, vZ, facts, sequences, spec, out):
+    """The Scan and Snap training loop on dense float64 arrays (one-hot-free, but every product
+    dense): the reference the histogram kernels are tested against."""
+    from ..scansnap.data import draw
+
+    M = Z.shape[0]
+    Y, Zw = Yt.T.astype(_F), Z.astype(_F)
+    state = {}
+    if spec.optimizer == 1:
+        state = {"Y": (mY.T.astype(_F), vY.T.astype(_F)), "Z": (mZ.astype(_F), vZ.astype(_F))}
+    elif spec.momentum != 0.0:
+        state = {"Y": mY.T.astype(_F), "Z": mZ.astype(_F)}
+    if spec.population:
+        C = np.zeros((len(facts.q), M))
+        for f in range(len(facts.q)):
+            C[f, facts.tok[facts.ptr[f]:facts.ptr[f + 1]]] = facts.prob[facts.ptr[f]:facts.ptr[f + 1]]
+        q, n, weight = facts.q, facts.n, 1.0 / len(facts.q)
+    record = list(spec.record)
+    status, done, rk = 0, 0, 0
+    for i in range(spec.steps + 1):
+        t = spec.start_step + i
+        is_rec = rk < len(record) and record[rk] == t
+        if i == spec.steps and not is_rec:
+            break
+        if not spec.population:
+            tokens, n = draw(facts, sequences, spec.seed, t, spec.batch, spec.L)
+            q, weight = tokens[:, -1], 1.0 / spec.batch
+            C = np.zeros((spec.batch, M))
+            np.add.at(C, (np.repeat(np.arange(spec.batch), spec.L - 1), tokens[:, :-1].ravel()), 1.0)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            loss, dY, dZ = _scansnap_grads(Y, Zw, C, q, n, weight)
+        if i < spec.steps:
+            out.loss[i] = loss
+        if not np.isfinite(loss):
+            status = 1
+            break
+        if is_rec:
+            out.rec_loss[rk] = loss
+            if out.rec_Zq is not None:
+                out.rec_Zq[rk] = Zw[facts.q]
+            if out.rec_Y is not None:
+                out.rec_Y[rk] = Y
+            if out.rec_Z is not None:
+                out.rec_Z[rk] = Zw
+            rk += 1
+        if i == spec.steps:
+            break
+        _torch_step(Y, dY, state, "Y", spec, spec.lr_y, spec.adam_t0 + i + 1)
+        _torch_step(Zw, dZ, state, "Z", spec, spec.lr_z, spec.adam_t0 + i + 1)
+        done = i + 1
+    Yt[...], Z[...] = Y.T, Zw
+    if spec.optimizer == 1:
+        mY[...], vY[...], mZ[...], vZ[...] = state["Y"][0].T, state["Y"][1].T, state["Z"][0], state["Z"][1]
+    elif spec.momentum != 0.0:
+        mY[...], mZ[...] = state["Y"].T, state["Z"]
+    return status, done, rk
