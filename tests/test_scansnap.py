@@ -1,0 +1,239 @@
+"""Scan and Snap (issue 16): every backend's histogram kernels against the dense float64
+reference on awkward shapes, an independent PyTorch port of the authors' Model2, the theory
+(Lemma 5) against the population simulator, the data generator, and bad input."""
+
+import numpy as np
+import pytest
+
+import fastmem as fm
+from fastmem import scansnap as ss
+from cases import DTYPES, RTOL, assert_close
+
+# (name, data factory, batch, L): M = 2 and L = 2 (one context token), batch 1, user facts
+# with shared tokens, user sequences, and a large vocabulary.
+def _two_tokens():
+    return ss.Facts([0], [1], [[0.5, 0.5]])
+
+
+def _user_facts():
+    rng = np.random.default_rng(1)
+    P = rng.random((5, 37)) * (rng.random((5, 37)) < 0.4)
+    P[:, 0] = 0.2  # one token shared by all
+    return ss.Facts(rng.integers(0, 37, 5), rng.integers(0, 37, 5), P / P.sum(1, keepdims=True))
+
+
+def _sequences():
+    rng = np.random.default_rng(2)
+    return ss.Sequences(rng.integers(0, 23, (40, 9)), rng.integers(0, 23, 40), M=23)
+
+
+def _large():
+    return ss.Facts.synthetic(num_last=4, num_next_per_last=3, num_common=20, num_common_per_last=5,
+                              num_unique_per_next=40)
+
+
+CASES = [
+    pytest.param(_two_tokens, 1, 2, id="M2-L2-b1"),
+    pytest.param(ss.syn_small, 7, 16, id="syn-small"),
+    pytest.param(_user_facts, 13, 33, id="user-facts"),
+    pytest.param(_sequences, 6, 9, id="sequences"),
+    pytest.param(_large, 9, 65, id="M=536"),
+]
+OPTIMIZERS = [
+    pytest.param(dict(optimizer="sgd", momentum=0.0), id="sgd"),
+    pytest.param(dict(optimizer="sgd", momentum=0.9), id="momentum"),
+    # eps well above float32's rounding of the gradient: with 1e-8, an entry whose exact gradient
+    # is 0 moves by about lr one way or the other in float32 (|noise| / (|noise| + eps))
+    pytest.param(dict(optimizer="adam", betas=(0.9, 0.99), eps=1e-3), id="adam"),
+]
+
+
+def _run(data, batch, L, backend, dtype, sim="sampled", steps=6, **kw):
+    kw = {"lr_z": 0.7, "ratio": 2.0, "init": "torch", "seed": 3, **kw}
+    return ss.train(data, steps, batch=batch, L=L, backend=backend, dtype=dtype, simulator=sim,
+                    record=("attention", "Y", "Z") if isinstance(data, ss.Facts) else ("Y", "Z"), **kw)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("opt", OPTIMIZERS)
+@pytest.mark.parametrize("make, batch, L", CASES)
+def test_train_matches_the_reference(backend, make, batch, L, opt, dtype):
+    data = make()
+    sims = ["sampled", "population"] if isinstance(data, ss.Facts) else ["sampled"]
+    for sim in sims:
+        got = _run(data, batch, L, backend, dtype, sim, **opt)
+        want = _run(data, batch, L, "numpy", np.float64, sim, **opt)
+        assert got.status == want.status == "ok" and got.steps_done == 6
+        assert got.Y.dtype == dtype and got.Z.dtype == dtype
+        assert_close(got.loss, want.loss, dtype, factor=10)
+        assert_close(got.Y, want.Y, dtype, factor=10)
+        assert_close(got.Z, want.Z, dtype, factor=10)
+        assert_close(got.records.Y, want.records.Y, dtype, factor=10)
+        assert_close(got.records.Z, want.records.Z, dtype, factor=10)
+        if got.records.attention is not None:
+            assert_close(got.records.attention, want.records.attention, dtype, factor=10)
+        assert not np.allclose(got.Y, got.records.Y[0])  # trained: the comparison could fail
+
+
+@pytest.mark.parametrize("make, batch, L", CASES)
+def test_every_backend_draws_the_same_sequences(backend, make, batch, L):
+    """The kernels train on exactly the batches fm.scansnap.sample returns (zero learning rate
+    for Z and Y trained from zero on one step: its gradient is a function of the batch)."""
+    data = make()
+    tokens, target = ss.sample(data, batch, L, seed=5, step=4)
+    assert tokens.shape == (batch, L) and target.shape == (batch,)
+    run = ss.train(data, 1, batch=batch, L=L, lr_z=0.0, lr_y=1.0, momentum=0.0, seed=5, backend=backend,
+                   resume=None, record_steps=[0])
+    # step 4's batch is what a run resumed at step 4 trains on: compare with the torch-free dense loss
+    ref = ss.train(data, 1, batch=batch, L=L, lr_z=0.0, lr_y=1.0, momentum=0.0, seed=5, backend="numpy")
+    assert_close(run.Y, ref.Y, np.float64)
+    seqs = ss.Sequences(tokens, target, data.M)
+    # the same batch given as user sequences, drawn in some order: the loss of a zero model is ln M
+    again = ss.train(seqs, 1, batch=batch, L=L, lr_y=1.0, lr_z=1.0, backend=backend)
+    assert again.loss[0] == pytest.approx(np.log(data.M), rel=1e-12)
+
+
+def test_sample_matches_between_backends_through_training():
+    """Two runs on different backends from the same random init agree step by step only if they
+    drew the same tokens: checked on a run long enough for any difference to show."""
+    data = ss.syn_small()
+    runs = [ss.train(data, 30, batch=16, L=32, init="torch", seed=9, backend=b) for b in ("cpp", "numpy")
+            if fm.backends()[b]["available"]]
+    for r in runs[1:]:
+        np.testing.assert_allclose(r.loss, runs[0].loss, rtol=1e-10)
+
+
+def test_initial_loss_is_ln_M_and_syn_small_follows_the_authors_log(backend):
+    run = ss.train(ss.syn_small(), 100, batch=128, L=128, lr_z=1.0, ratio=1.0, backend=backend, seed=0)
+    assert run.loss[0] == pytest.approx(np.log(34), abs=1e-6)
+    authors = {2: 2.368, 4: 0.733, 6: 0.161, 8: 0.044, 10: 0.013}
+    for it, want in authors.items():
+        assert run.loss[it] == pytest.approx(want, rel=0.10), it
+    assert run.loss[-1] < 1e-3
+    assert list(run.records.argmax[-1]) == [19, 29]  # the distinct token of highest P(l|n)
+    assert (run.records.common_mass[-1] < run.records.common_mass[0]).all()
+
+
+def test_resume_continues_bit_exactly(backend):
+    data = ss.syn_small()
+    for opt in (dict(optimizer="sgd"), dict(optimizer="adam")):
+        whole = ss.train(data, 10, batch=8, L=12, init="torch", seed=4, backend=backend, lr_z=0.1, **opt)
+        half = ss.train(data, 4, batch=8, L=12, init="torch", seed=4, backend=backend, lr_z=0.1, **opt)
+        rest = ss.train(data, 6, resume=half, backend=backend)
+        np.testing.assert_array_equal(np.concatenate([half.loss, rest.loss]), whole.loss)
+        np.testing.assert_array_equal(rest.Y, whole.Y)
+        np.testing.assert_array_equal(rest.Z, whole.Z)
+        np.testing.assert_array_equal(rest.records.steps, np.arange(4, 11))
+
+
+def test_lemma5_h_star_is_exact_for_Y_alone_from_zero():
+    """Orthonormal bags (no shared tokens), Z fixed at zero, Y from zero, full-batch GD on the
+    population: Y f_n = h*(s) (M e_n - 1) with eta = lr_y / K, to 1e-10 in float64."""
+    data = ss.Facts.synthetic(num_last=3, num_next_per_last=2, num_common=0, num_unique_per_next=5)
+    K, M, lr_y = data.F, data.M, 3.0
+    run = ss.train(data, 40, simulator="population", lr_y=lr_y, lr_z=0.0, momentum=0.0, record=("Y",))
+    h = ss.h_star(40, M, lr_y / K)
+    assert h[-1] > 0.05  # far from the start: the test could fail
+    c = ss.attention(data, np.zeros((M, M)))
+    f = c / np.linalg.norm(c, axis=1, keepdims=True)
+    for s in (1, 7, 40):
+        w = run.records.Y[s] @ f.T  # M x K: column n is Y f_n
+        want = h[s] * (M * np.eye(M)[:, data.target] - 1.0)
+        np.testing.assert_allclose(w, want, atol=1e-10, rtol=0)
+
+
+def test_continuous_law_and_snap_time():
+    M, eta = 34, 0.5
+    t = np.array([0.0, 1.0, 10.0, 1e3, 1e6])
+    h = ss.h_continuous(t, M, eta)
+    np.testing.assert_allclose(np.exp(M * h) + (M - 1) * M * h, M * eta * t + 1.0, rtol=1e-12)
+    # the recursion follows the continuous law for small steps
+    hs = ss.h_star(2000, M, 0.01)
+    assert hs[-1] == pytest.approx(ss.h_continuous(2000.0, M, 0.01)[()], rel=1e-2)  # time t = steps
+    assert ss.snap_time(2, 34, 1.0) == pytest.approx(4 * np.log(34))
+
+
+def test_synthetic_numbering_matches_the_authors():
+    f = ss.syn_small()
+    assert f.M == 34 and list(f.query) == [30, 31] and list(f.target) == [32, 33]
+    assert list(np.flatnonzero(f.distinct[1])) == list(range(20, 30))
+    assert list(np.flatnonzero(f.common[0])) == list(range(10))
+    np.testing.assert_allclose(f.context[0, 10:20] / f.context[0, 0], np.linspace(0.1, 1, 10))
+    m = ss.syn_medium(10)
+    assert m.M == 10 + 20 * 10 + 10 + 20 and m.F == 20
+    assert list(m.query[:4]) == [210, 210, 211, 211]
+    g = ss.Facts.synthetic(num_last=2, num_next_per_last=2, num_common=1, num_common_per_last=2)
+    assert list(np.flatnonzero(g.context[3] > 0)) == [0, 3, 4] + list(range(35, 45))
+
+
+def test_sampled_frequencies_follow_the_context_distribution():
+    f = ss.syn_small()
+    tokens, target = ss.sample(f, batch=4000, L=50, seed=1)
+    for k in range(2):
+        rows = target == f.target[k]
+        assert abs(rows.mean() - 0.5) < 0.03
+        assert (tokens[rows, -1] == f.query[k]).all()
+        freq = np.bincount(tokens[rows, :-1].ravel(), minlength=f.M) / rows.sum() / 49
+        np.testing.assert_allclose(freq, f.context[k], atol=4e-3)
+
+
+def test_divergence_is_a_status():
+    run = ss.train(ss.syn_small(), 50, batch=8, L=16, lr_z=1e200, ratio=1.0, init="torch", seed=1)
+    assert run.status == "diverged" and run.steps_done < 50
+    assert np.isfinite(run.Y).all() or run.steps_done == 0
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: ss.Facts([0], [1], [[0.5, 0.6]]), "context"),
+    (lambda: ss.Facts([0], [1], [[1.5, -0.5]]), "context"),
+    (lambda: ss.Facts([0], [2], [[0.5, 0.5]]), "target"),
+    (lambda: ss.Facts([-1], [1], [[0.5, 0.5]]), "query"),
+    (lambda: ss.Facts([0], [1], [[np.nan, 1.0]]), "context"),
+    (lambda: ss.Sequences([[0, 5]], [1], M=4), "tokens"),
+    (lambda: ss.Sequences([[0, 1]], [1, 1], M=4), "target"),
+    (lambda: ss.train(ss.syn_small(), 5, L=1), "L"),
+    (lambda: ss.train(ss.syn_small(), 5, lr_z=-1.0), "lr_z"),
+    (lambda: ss.train(ss.syn_small(), 5, ratio=0.0), "ratio"),
+    (lambda: ss.train(ss.syn_small(), 5, optimizer="rmsprop"), "optimizer"),
+    (lambda: ss.train(ss.syn_small(), 5, momentum=1.0), "momentum"),
+    (lambda: ss.train(ss.syn_small(), 5, simulator="exact"), "simulator"),
+    (lambda: ss.train(ss.Sequences([[0, 1]], [1], M=4), 5, L=2, simulator="population"), "simulator"),
+    (lambda: ss.train(ss.syn_small(), 5, Y=np.zeros((3, 3)), Z=np.zeros((3, 3))), "Y"),
+    (lambda: ss.train(ss.syn_small(), 5, Y=np.full((34, 34), np.nan), Z=np.zeros((34, 34))), "Y"),
+    (lambda: ss.train(ss.syn_small(), 5, record_steps=[7]), "record_steps"),
+    (lambda: ss.train(ss.syn_small(), 5, seed=-1), "seed"),
+    (lambda: ss.train("facts", 5), "data"),
+])
+def test_bad_input_is_named(call, name):
+    with pytest.raises(fm.InvalidArgumentError, match=name):
+        call()
+
+
+def test_the_facts_are_fastmems_own_copies():
+    P = np.array([[0.5, 0.5, 0.0]])
+    f = ss.Facts([0], [1], P)
+    P[0] = [0.0, 0.0, 1.0]
+    assert f.context[0, 0] == 0.5
+    with pytest.raises(ValueError):
+        f.context[0, 0] = 1.0
+
+
+# ---- the independent check: a PyTorch port of the authors' Model2 -------------------------------
+
+@pytest.mark.parametrize("init", ["zero", "torch"])
+@pytest.mark.parametrize("opt", [dict(optimizer="sgd", momentum=0.9), dict(optimizer="adam")], ids=["sgd", "adam"])
+def test_agrees_with_a_pytorch_port_of_the_authors_model(backend, init, opt):
+    torch = pytest.importorskip("torch")
+    import torch_scansnap as tss
+
+    data = ss.syn_small()
+    lr_z, ratio = (1.0, 3.0) if opt["optimizer"] == "sgd" else (0.01, 2.0)
+    run = ss.train(data, 100, batch=32, L=24, lr_z=lr_z, ratio=ratio, init=init, seed=7, backend=backend, **opt)
+    Y0, Z0 = ss.init(data.M, init, seed=7)
+    model = tss.Model2(data.M, Y0, Z0)
+    opts = tss.optimizers(model, lr_z * ratio, lr_z, **opt)
+    losses = tss.train(model, opts, (ss.sample(data, 32, 24, seed=7, step=t) for t in range(100)))
+    np.testing.assert_allclose(run.loss, losses, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(run.Y, model.K1.weight.detach().numpy(), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(run.Z, model.K2.weight.detach().numpy(), rtol=0, atol=1e-9)
+    assert run.loss[-1] < 0.5 * run.loss[0]
