@@ -831,6 +831,8 @@ def pathcond_solve(weights, groups, z, objective, tol, max_sweeps, enorm):
 
 # --- Scan and Snap (kernels/scansnap.hpp, scansnap_train.hpp) --------------------------------
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
 @njit(cache=True)
 def _ss_bounded(bits, n):
     return np.int64(((bits >> np.uint64(32)) * np.uint64(n)) >> np.uint64(32))
@@ -843,7 +845,7 @@ def _ss_sample(fq, fn, fptr, ftok, fthr, falias, stok, star, use_seq, key, step,
     cap = L - 1
     for b in range(B):
         base = (np.uint64(step) * np.uint64(B) + np.uint64(b)) * np.uint64(L)
-        pick = _splitmix64(key ^ _splitmix64(base))
+        pick = _splitmix64(key + base * _GOLDEN)
         if use_seq:
             i = _ss_bounded(pick, star.shape[0])
             for j in range(cap):
@@ -853,7 +855,7 @@ def _ss_sample(fq, fn, fptr, ftok, fthr, falias, stok, star, use_seq, key, step,
             f = _ss_bounded(pick, fq.shape[0])
             p0, s = fptr[f], fptr[f + 1] - fptr[f]
             for j in range(1, L):
-                bits = _splitmix64(key ^ _splitmix64(base + np.uint64(j)))
+                bits = _splitmix64(key + (base + np.uint64(j)) * _GOLDEN)
                 k = _ss_bounded(bits, s)
                 if not (bits & np.uint64(0xFFFFFFFF)) < fthr[p0 + k]:
                     k = falias[p0 + k]

@@ -209,8 +209,9 @@ class Sequences:
 
 
 def _bits(seed, counters):
+    """kernels/scansnap.hpp's draw_bits: one SplitMix64 mix per draw."""
     key = _splitmix64(np.array([seed], dtype=np.uint64))
-    return _splitmix64(key ^ _splitmix64(counters))
+    return _splitmix64(key + counters * np.uint64(0x9E3779B97F4A7C15))
 
 
 def _bounded(bits, n):

@@ -12,11 +12,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
 #include "../parallel.hpp"
 #include "../rng.hpp"
+#include "../simd.hpp"
 #include "../views.hpp"
 #include "softmax_xent_grad.hpp"
 
@@ -53,7 +55,16 @@ FASTMEM_HD inline index_t bounded_index(std::uint64_t bits, index_t n) {
 FASTMEM_HD inline index_t alias_draw(std::uint64_t bits, const std::uint64_t* thresh, const std::int64_t* alias,
                                      index_t s) {
   const index_t k = bounded_index(bits, s);
-  return (bits & 0xFFFFFFFFull) < thresh[k] ? k : alias[k];
+  const index_t a = alias[k];
+  // an arithmetic select: the branch would be mispredicted about half the time
+  const index_t keep = static_cast<index_t>((bits & 0xFFFFFFFFull) < thresh[k]);
+  return a + (k - a) * keep;
+}
+
+// The 64 random bits of draw `counter`: SplitMix64's output number counter + 1 from the state
+// `key` (one mix per draw; the core's CounterRng mixes twice).
+inline std::uint64_t draw_bits(std::uint64_t key, std::uint64_t counter) {
+  return splitmix64(key + counter * 0x9E3779B97F4A7C15ULL);
 }
 
 // The counter of draw j of sequence b at global step t: j = 0 picks the fact (or the
@@ -92,7 +103,7 @@ index_t count_tokens(const std::int64_t* ctx, index_t n_ctx, std::vector<std::in
 template <class T>
 void sample_batch(const Facts& facts, const Sequences& seq, std::uint64_t seed, index_t step, index_t B, index_t L,
                   index_t M, Histograms<T>& h) {
-  const CounterRng rng(seed);
+  const std::uint64_t key = splitmix64(seed);
   const index_t cap = L - 1;
   h.q.resize(B), h.n.resize(B), h.start.resize(B), h.len.resize(B);
   h.tok.resize(B * cap), h.cnt.resize(B * cap);
@@ -100,26 +111,36 @@ void sample_batch(const Facts& facts, const Sequences& seq, std::uint64_t seed, 
 #pragma omp parallel if (parallel) num_threads(max_threads())
   {
     std::vector<std::int32_t> count(M, 0);
-    std::vector<std::int64_t> ctx(cap);
+    std::vector<std::int64_t> slot(cap);
 #pragma omp for schedule(static)
     for (index_t b = 0; b < B; ++b) {
-      const std::uint64_t pick = rng.bits(draw_counter(step, b, B, L, 0));
-      const std::int64_t* c = ctx.data();
+      const std::uint64_t base = draw_counter(step, b, B, L, 0);
+      const std::uint64_t pick = draw_bits(key, base);
+      std::int64_t* tok = h.tok.data() + b * cap;
+      T* cnt = h.cnt.data() + b * cap;
+      h.start[b] = b * cap;
       if (seq.tokens) {
         const index_t i = bounded_index(pick, seq.S);
-        c = seq.tokens + i * L;
+        const std::int64_t* c = seq.tokens + i * L;
         h.q[b] = c[L - 1], h.n[b] = seq.target[i];
-      } else {
-        const index_t f = bounded_index(pick, facts.F);
-        const index_t p0 = facts.ptr[f], s = facts.ptr[f + 1] - p0;
-        for (index_t j = 1; j < L; ++j) {
-          const index_t k = alias_draw(rng.bits(draw_counter(step, b, B, L, j)), facts.thresh + p0, facts.alias + p0, s);
-          ctx[j - 1] = facts.tok[p0 + k];
-        }
-        h.q[b] = facts.q[f], h.n[b] = facts.n[f];
+        h.len[b] = count_tokens(c, cap, count, tok, cnt);
+        continue;
       }
-      h.start[b] = b * cap;
-      h.len[b] = count_tokens(c, cap, count, h.tok.data() + b * cap, h.cnt.data() + b * cap);
+      // Facts: draw slots of the fact's support (tokens ascending), count by slot: no
+      // sort, no test for a token seen before.
+      const index_t f = bounded_index(pick, facts.F);
+      const index_t p0 = facts.ptr[f], s = facts.ptr[f + 1] - p0;
+      const std::uint64_t* thresh = facts.thresh + p0;
+      const std::int64_t* alias = facts.alias + p0;
+      for (index_t j = 0; j < cap; ++j) slot[j] = alias_draw(draw_bits(key, base + 1 + j), thresh, alias, s);
+      for (index_t j = 0; j < cap; ++j) ++count[slot[j]];
+      index_t len = 0;
+      for (index_t k = 0; k < s; ++k) {
+        if (count[k] == 0) continue;
+        tok[len] = facts.tok[p0 + k], cnt[len++] = static_cast<T>(count[k]);
+        count[k] = 0;
+      }
+      h.q[b] = facts.q[f], h.n[b] = facts.n[f], h.len[b] = len;
     }
   }
 }
@@ -143,6 +164,90 @@ struct Gradients {
   std::vector<T> r, g, dz, u;
   double loss = 0.0;
 };
+
+// The sum of a vector's lanes by halves (the order of simd::sum), each half a narrower
+// vector, so that the compiler extracts and adds in registers instead of storing the lanes.
+template <class T, int N>
+FASTMEM_ALWAYS_INLINE T sum_by_halves(const T* lanes_in_a_vector) {
+  if constexpr (N == 1) {
+    return lanes_in_a_vector[0];
+  } else {
+    typedef T half __attribute__((vector_size(N / 2 * sizeof(T))));
+    half lo, hi;
+    std::memcpy(&lo, lanes_in_a_vector, sizeof lo);
+    std::memcpy(&hi, lanes_in_a_vector + N / 2, sizeof hi);
+    lo += hi;
+    T folded[N / 2];
+    std::memcpy(folded, &lo, sizeof lo);
+    return sum_by_halves<T, N / 2>(folded);
+  }
+}
+
+template <class T>
+FASTMEM_ALWAYS_INLINE T lane_sum(simd::vec<T> acc) {
+  T lanes[simd::lanes<T>];
+  std::memcpy(lanes, &acc, sizeof acc);
+  return sum_by_halves<T, simd::lanes<T>>(lanes);
+}
+
+// v[j] = Yt[tok[j]] . r for j < s: four rows at a time, so that four independent chains of
+// multiply-adds share each load of r (one chain waits on each addition's latency).
+template <class T>
+void dots(MatrixView<const T> Yt, const std::int64_t* tok, index_t s, const T* r, T* v) {
+  constexpr index_t W = simd::lanes<T>;
+  const index_t M = Yt.cols, full = M / W * W;
+  index_t j = 0;
+  for (; j + 4 <= s; j += 4) {
+    const T *y0 = Yt.row(tok[j]), *y1 = Yt.row(tok[j + 1]), *y2 = Yt.row(tok[j + 2]), *y3 = Yt.row(tok[j + 3]);
+    simd::vec<T> a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    for (index_t i = 0; i < full; i += W) {
+      const simd::vec<T> ri = simd::load(r + i);
+      a0 += simd::load(y0 + i) * ri, a1 += simd::load(y1 + i) * ri;
+      a2 += simd::load(y2 + i) * ri, a3 += simd::load(y3 + i) * ri;
+    }
+    T s0 = lane_sum<T>(a0), s1 = lane_sum<T>(a1), s2 = lane_sum<T>(a2), s3 = lane_sum<T>(a3);
+    for (index_t i = full; i < M; ++i) s0 += y0[i] * r[i], s1 += y1[i] * r[i], s2 += y2[i] * r[i], s3 += y3[i] * r[i];
+    v[j] = s0, v[j + 1] = s1, v[j + 2] = s2, v[j + 3] = s3;
+  }
+  for (; j < s; ++j) {
+    const T* y = Yt.row(tok[j]);
+    simd::vec<T> a = {};
+    for (index_t i = 0; i < full; i += W) a += simd::load(y + i) * simd::load(r + i);
+    T acc = lane_sum<T>(a);
+    for (index_t i = full; i < M; ++i) acc += y[i] * r[i];
+    v[j] = acc;
+  }
+}
+
+// r (M) = sum_j g[j] Yt[tok[j]], summed over j in registers, block by block (summed in
+// memory, r would be stored and loaded again for every j).
+template <class T>
+void logits(MatrixView<const T> Yt, const std::int64_t* tok, const T* g, index_t s, T* r) {
+  constexpr index_t W = simd::lanes<T>, B4 = 4 * W;
+  const index_t M = Yt.cols;
+  index_t i0 = 0;
+  for (; i0 + B4 <= M; i0 += B4) {
+    simd::vec<T> a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    for (index_t j = 0; j < s; ++j) {
+      const T* y = Yt.row(tok[j]) + i0;
+      const simd::vec<T> gj = simd::splat(g[j]);
+      a0 += gj * simd::load(y), a1 += gj * simd::load(y + W);
+      a2 += gj * simd::load(y + 2 * W), a3 += gj * simd::load(y + 3 * W);
+    }
+    simd::store(r + i0, a0), simd::store(r + i0 + W, a1);
+    simd::store(r + i0 + 2 * W, a2), simd::store(r + i0 + 3 * W, a3);
+  }
+  for (; i0 + W <= M; i0 += W) {
+    simd::vec<T> a = {};
+    for (index_t j = 0; j < s; ++j) a += simd::splat(g[j]) * simd::load(Yt.row(tok[j]) + i0);
+    simd::store(r + i0, a);
+  }
+  for (; i0 < M; ++i0) {
+    T a = T(0);
+    for (index_t j = 0; j < s; ++j) a += g[j] * Yt(tok[j], i0);
+    r[i0] = a;
+  }
+}
 
 // Forward and backward for every row of h, each row weighted by `weight` (1 / batch):
 // the weighted loss and the pieces of both gradients. Yt and Z are read only.
@@ -176,14 +281,9 @@ void forward_backward(MatrixView<const T> Yt, MatrixView<const T> Z, const Histo
     for (index_t j = 0; j < s; ++j) g[j] = dz[j] / nf;
     // logits = sum_j g_j Yt[tok_j], softmax, residual
     T* r = out.r.data() + b * M;
-    std::fill(r, r + M, T(0));
-    for (index_t j = 0; j < s; ++j) {
-      const T* y = Yt.row(tok[j]);
-      const T gj = g[j];
-#pragma omp simd
-      for (index_t i = 0; i < M; ++i) r[i] += gj * y[i];
-    }
+    logits(Yt, tok, g, s, r);
     T lmax = r[0];
+#pragma omp simd reduction(max : lmax)
     for (index_t i = 1; i < M; ++i) lmax = std::max(lmax, r[i]);
     T sum = T(0);
 #pragma omp simd reduction(+ : sum)
@@ -202,14 +302,8 @@ void forward_backward(MatrixView<const T> Yt, MatrixView<const T> Z, const Histo
     // v_j = Yt[tok_j] . r, then back through the normalisation and the attention softmax
     T gv = T(0);
     T* v = out.u.data() + p0;
-    for (index_t j = 0; j < s; ++j) {
-      const T* y = Yt.row(tok[j]);
-      T acc = T(0);
-#pragma omp simd reduction(+ : acc)
-      for (index_t i = 0; i < M; ++i) acc += y[i] * r[i];
-      v[j] = acc;
-      gv += g[j] * acc;
-    }
+    dots(Yt, tok, s, r, v);
+    for (index_t j = 0; j < s; ++j) gv += g[j] * v[j];
     T fu = T(0);
     for (index_t j = 0; j < s; ++j) {
       v[j] = (v[j] - gv * g[j]) / nf;  // u = dloss/df
