@@ -106,9 +106,13 @@ def test_sample_matches_between_backends_through_training():
 def test_initial_loss_is_ln_M_and_syn_small_follows_the_authors_log(backend):
     run = ss.train(ss.syn_small(), 100, batch=128, L=128, lr_z=1.0, ratio=1.0, backend=backend, seed=0)
     assert run.loss[0] == pytest.approx(np.log(34), abs=1e-6)
+    # the authors' log is one run; the mean over 10 seeds is within 5% of it at every iteration
+    # (one seed alone is within about 15%: the sampling noise of a batch of 128)
     authors = {2: 2.368, 4: 0.733, 6: 0.161, 8: 0.044, 10: 0.013}
+    runs = [ss.train(ss.syn_small(), 11, seed=s, record=(), backend=backend).loss for s in range(10)]
+    mean = np.mean(runs, axis=0)
     for it, want in authors.items():
-        assert run.loss[it] == pytest.approx(want, rel=0.10), it
+        assert mean[it] == pytest.approx(want, rel=0.05), it
     assert run.loss[-1] < 1e-3
     assert list(run.records.argmax[-1]) == [19, 29]  # the distinct token of highest P(l|n)
     assert (run.records.common_mass[-1] < run.records.common_mass[0]).all()
