@@ -144,6 +144,8 @@ def _cmd_sweep(a):
     grids = spec["grid"] if isinstance(spec.get("grid"), list) else [spec.get("grid", spec)]
     if not all(isinstance(g, dict) for g in grids):
         raise InvalidArgumentError(f"grid: expected TOML tables of keys, got {str(a.grid)!r}")
+    if "grid" in spec and "experiment" in spec:  # a top-level experiment names every table's
+        grids = [{"experiment": spec["experiment"], **g} for g in grids]
     total = sum(count({k: x for k, x in g.items() if k != "experiment"}, g.get("experiment", DEFAULT_EXPERIMENT))
                 for g in grids)  # validates every grid before any run
     df = sweep(grids, a.out, workers=a.workers, quiet=a.quiet, chunk_size=a.chunk_size, trajectory=a.trajectory,

@@ -2,6 +2,7 @@
 synthetic generator with their token numbering (Syn-Small, Syn-Medium), user sequences, and the
 counter-based sampler every backend draws the same tokens from (docs/scansnap.md)."""
 
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -114,7 +115,8 @@ class Facts:
         """(F, M) bool: each fact's support less its distinct tokens."""
         return (self.context > 0) & ~self.distinct
 
-    def tables(self):
+    @functools.cached_property
+    def _tables(self):
         ptr = np.zeros(self.F + 1, dtype=np.int64)
         toks, probs, threshs, aliases = [], [], [], []
         for f in range(self.F):
@@ -124,8 +126,15 @@ class Facts:
             ptr[f + 1] = ptr[f] + len(tok)
             toks.append(tok), probs.append(p), threshs.append(thresh), aliases.append(alias)
         cat = np.concatenate
-        return FactTables(self.query.astype(np.int64), self.target.astype(np.int64), ptr,
-                          cat(toks).astype(np.int64), cat(probs), cat(threshs), cat(aliases))
+        t = FactTables(self.query.astype(np.int64), self.target.astype(np.int64), ptr,
+                       cat(toks).astype(np.int64), cat(probs), cat(threshs), cat(aliases))
+        for a in t:
+            a.setflags(write=False)
+        return t
+
+    def tables(self):
+        """The kernels' FactTables (read-only; computed once: the facts cannot change)."""
+        return self._tables
 
     @classmethod
     def synthetic(cls, num_last=2, num_next_per_last=1, num_common=10, num_common_per_last=0,

@@ -10,7 +10,7 @@ from .. import _validate as v
 
 _REGISTRY = {}
 # experiments fastmem ships whose modules load on first use (they import PyTorch when they run)
-_BUILTIN = {"pathcond-depth": "fastmem.pathcond.experiments"}
+_BUILTIN = {"pathcond-depth": "fastmem.pathcond.experiments", "scan-snap": "fastmem.scansnap.experiments"}
 
 
 def _alone(config):
