@@ -104,3 +104,27 @@ def test_pathcond_depth_runs_through_the_sweep_runner(tmp_path):
     assert all(0 < x["final_accuracy"] <= 1 and x["n_params"] > 0 for x in r["runs"])
     assert set(r["pathcond_faster_per_seed"]) == {"0"} and isinstance(r["holds"], bool)
     assert (tmp_path / "pathcond-depth.png").exists()
+
+
+def test_scan_snap_small(results):
+    r = results[1]["scan-snap-small"]
+    assert r["holds"] and all(r["checks"].values())
+    assert [run["ratio"] for run in r["runs"]] == [1.0, 10.0]
+    for run in r["runs"]:
+        assert len(run["loss"]) == 100 and run["loss"][0] == pytest.approx(np.log(34), abs=1e-6)
+        assert [f["argmax"] for f in run["facts"]] == [19, 29]
+        assert all(f["common_mass"] < f["common_mass_start"] for f in run["facts"])
+
+
+def test_scan_snap_medium_on_a_smaller_grid(tmp_path):
+    """The Fig. 6 pipeline (sweep runner, cells, figure) on 2 x 2 x 2 x 3 runs; the full grid is
+    `fastmem reproduce scan-snap-medium` (BENCHMARKS.md)."""
+    from fastmem.reproduce.scansnap import medium_experiment
+
+    r = medium_experiment(tmp_path, num_last=(1, 3), lr_z=(0.5, 3.0), ratio=(1.0, 10.0), seeds=(1, 2, 3), workers=1)
+    assert r["runs"] == 24 and len(r["cells"]) == 8
+    assert {tuple(sorted(c)) for c in r["cells"]} == {("entropy_mean", "entropy_std", "lr_z", "n_seeds", "num_last",
+                                                      "ratio")}
+    assert all(c["n_seeds"] == 3 for c in r["cells"])
+    assert r["holds"]  # both claims hold on these panels (see the note on 10/20 in BENCHMARKS.md)
+    assert all((tmp_path / f).stat().st_size > 0 for f in r["files"])
