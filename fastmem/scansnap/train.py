@@ -63,10 +63,13 @@ def init(M, kind="zero", seed=0, dtype=np.float64):
         return np.zeros((M, M), dtype), np.zeros((M, M), dtype)
     key = _splitmix64(np.array([v.positive_int("seed", seed, allow_zero=True, below=2**64) ^ _INIT_STREAM],
                                dtype=np.uint64))
-    bits = _splitmix64(key ^ _splitmix64(np.arange(2 * M * M, dtype=np.uint64)))
-    u = (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
-    w = ((2.0 * u - 1.0) / np.sqrt(M)).astype(dtype).reshape(2, M, M)
-    return w[0].copy(), w[1].copy()
+    w = np.empty(2 * M * M, dtype)
+    block = 1 << 20  # drawn in blocks: no float64 temporaries of the whole size
+    for i in range(0, w.size, block):
+        bits = _splitmix64(key ^ _splitmix64(np.arange(i, min(i + block, w.size), dtype=np.uint64)))
+        w[i:i + block] = (2.0 * ((bits >> np.uint64(11)).astype(np.float64) * 2.0**-53) - 1.0) / np.sqrt(M)
+    w = w.reshape(2, M, M)
+    return w[0], w[1]
 
 
 _init = init  # train's ``init`` argument shadows the function
@@ -97,7 +100,7 @@ class ScanSnapRun:
     Y f); status "ok", "diverged" or "interrupted". ``fm.scansnap.train(..., resume=run)``
     continues it bit-exactly where it stopped."""
 
-    Y: np.ndarray
+    _Yt: np.ndarray = field(repr=False)  # Y^T, C-contiguous: the kernels' layout
     Z: np.ndarray
     loss: np.ndarray
     records: Records
@@ -106,6 +109,13 @@ class ScanSnapRun:
     start_step: int
     config: dict
     _opt_state: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def Y(self):
+        """(M, M) read-only view (Fortran order) of the run's final Y: no copy at M = 8,192."""
+        y = self._Yt.T
+        y.flags.writeable = False
+        return y
 
     @property
     def next_step(self):
@@ -120,6 +130,8 @@ def _record_steps(record_steps, start, steps):
         r = np.arange(start, start + steps + 1, every, dtype=np.int64)
         return r if r[-1] == start + steps else np.append(r, start + steps)
     r = np.asarray(record_steps)
+    if r.ndim == 1 and r.size == 0:
+        return np.empty(0, dtype=np.int64)
     if r.ndim != 1 or r.dtype.kind not in "iu":
         v.fail("record_steps", "an int (record every k steps) or a 1-D array of steps", repr(record_steps))
     r = np.unique(r.astype(np.int64))
@@ -157,10 +169,12 @@ def train(data, steps=100, *, batch=128, L=128, lr_z=1.0, ratio=1.0, lr_y=None, 
     if resume is not None:
         if not isinstance(resume, ScanSnapRun):
             v.fail("resume", "a ScanSnapRun", type(resume).__name__)
+        if Y is not None or Z is not None:
+            v.fail("Y, Z", "None when resuming (the run goes on from resume's Y and Z)", "arrays")
         c = resume.config
         if c["M"] != data.M:
             v.fail("resume", f"a run over M = {data.M} tokens", f"M = {c['M']}")
-        Y, Z, start = resume.Y, resume.Z, resume.next_step
+        Z, start = resume.Z, resume.next_step
         batch, L, lr_y, lr_z, seed, simulator = c["batch"], c["L"], c["lr_y"], c["lr_z"], c["seed"], c["simulator"]
         optimizer, momentum, betas, eps, dtype = c["optimizer"], c["momentum"], c["betas"], c["eps"], c["dtype"]
     else:
@@ -199,15 +213,18 @@ def train(data, steps=100, *, batch=128, L=128, lr_z=1.0, ratio=1.0, lr_y=None, 
     if dtype not in v.FLOAT_DTYPES:
         v.fail("dtype", "float32 or float64", dtype)
     M = data.M
-    if Y is None and Z is None:
-        Y, Z = _init(M, init, seed, dtype)
-    elif Y is None or Z is None:
-        v.fail("Y, Z", "both given, or neither (then init decides)", "one of them")
-    Y = v.float_matrix("Y", Y, shape=(M, M), dtype=dtype)
-    Z = v.float_matrix("Z", Z, shape=(M, M), dtype=dtype)
+    if resume is not None:
+        Yt, Z = resume._Yt.copy(), resume.Z.copy()
+    else:
+        if Y is None and Z is None:
+            Y, Z = _init(M, init, seed, dtype)
+        elif Y is None or Z is None:
+            v.fail("Y, Z", "both given, or neither (then init decides)", "one of them")
+        Y = v.float_matrix("Y", Y, shape=(M, M), dtype=dtype)
+        Z = v.float_matrix("Z", Z, shape=(M, M), dtype=dtype).copy()
+        Yt = np.ascontiguousarray(Y.T)
     rec_steps = _record_steps(record_steps, start, steps)
 
-    Yt, Z = np.ascontiguousarray(Y.T), Z.copy()
     opt_state = {}
     if optimizer == "adam" or momentum != 0.0:
         old = resume._opt_state if resume is not None else {}
@@ -236,8 +253,7 @@ def train(data, steps=100, *, batch=128, L=128, lr_z=1.0, ratio=1.0, lr_y=None, 
             recs.attention, recs.entropy, recs.common_mass, recs.argmax = attention_metrics(data, out.rec_Zq[:n_rec])
         recs.Y = out.rec_Y[:n_rec] if out.rec_Y is not None else None
         recs.Z = out.rec_Z[:n_rec] if out.rec_Z is not None else None
-        return ScanSnapRun(np.ascontiguousarray(Yt.T), Z, out.loss[:done].copy(), recs, _STATUS[status], done, start,
-                           config, state)
+        return ScanSnapRun(Yt, Z, out.loss[:done].copy(), recs, _STATUS[status], done, start, config, state)
 
     try:
         status, done, n_rec = kernel(Yt, Z, opt_state.get("mY"), opt_state.get("vY"), opt_state.get("mZ"),
