@@ -23,19 +23,23 @@ SCRIPT = textwrap.dedent("""
     try:
         if kind == "many":
             fm.train_many(E, U, np.zeros((3, 40, 40), np.float32), task.p, task.y, 0.1, 10**12, backend="cpp")
+        elif kind == "scansnap":
+            run = fm.scansnap.train(fm.scansnap.syn_small(), 10**7, batch=8, L=16, backend="cpp",
+                                    record_steps=[0, 1, 2, 10**7])
         else:
             opt = {"primal": fm.Adam(lr=1e-3), "dual": fm.SGD(lr=0.1), "projected": fm.SignGD(lr=1e-3)}[kind]
             fm.train(mem, task, opt, 10**12, batch_size=8, backend="cpp", representation=kind,
                      record=fm.Record(steps=[0, 1, 2, 10**12]))
     except KeyboardInterrupt as exc:
         run = getattr(exc, "run", None)
-        print(json.dumps(None if run is None else {"status": run.status, "steps": run.steps.tolist(),
+        steps = None if run is None else run.records.steps if kind == "scansnap" else run.steps
+        print(json.dumps(None if run is None else {"status": run.status, "steps": steps.tolist(),
                                                    "done": run.steps_done, "loss": run.loss.tolist()}))
         sys.exit(130)
 """)
 
 
-@pytest.mark.parametrize("kind", ["primal", "dual", "projected", "many"])
+@pytest.mark.parametrize("kind", ["primal", "dual", "projected", "many", "scansnap"])
 def test_ctrl_c_stops_a_compiled_run_keeping_its_records(kind):
     if not fm.backends()["cpp"]["available"]:
         pytest.skip("the compiled backend is not built")

@@ -123,8 +123,8 @@ class ScanSnapRun:
 
 
 def _record_steps(record_steps, start, steps):
-    if record_steps is None:
-        return np.arange(start, start + steps + 1, dtype=np.int64)
+    if record_steps is None:  # every step, or 1,001 evenly spaced ones on a long run
+        return np.unique(np.linspace(start, start + steps, min(steps, 1000) + 1).round().astype(np.int64))
     if isinstance(record_steps, numbers.Integral) and not isinstance(record_steps, bool):
         every = v.positive_int("record_steps", record_steps)
         r = np.arange(start, start + steps + 1, every, dtype=np.int64)
@@ -155,7 +155,8 @@ def train(data, steps=100, *, batch=128, L=128, lr_z=1.0, ratio=1.0, lr_y=None, 
     seed : the init's and the sampler's seed
     simulator : "sampled", or "population": the exact long-sequence-limit dynamics, one row per
         fact (no sampling; batch and L unused)
-    record_steps : None (every step, 0 .. steps), an int k (every k steps and the last), or steps
+    record_steps : None (every step 0 .. steps, or 1,001 evenly spaced steps past 1,000), an int k
+        (every k steps and the last), or the global steps to record
     record : what besides the loss: "attention" (with the per-fact metrics; facts only), "Y", "Z"
     dtype : float32 or float64
     resume : a ScanSnapRun to continue (its data and settings; ``steps`` more)
