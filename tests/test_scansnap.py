@@ -241,3 +241,29 @@ def test_agrees_with_a_pytorch_port_of_the_authors_model(backend, init, opt):
     np.testing.assert_allclose(run.Y, model.K1.weight.detach().numpy(), rtol=0, atol=1e-9)
     np.testing.assert_allclose(run.Z, model.K2.weight.detach().numpy(), rtol=0, atol=1e-9)
     assert run.loss[-1] < 0.5 * run.loss[0]
+
+
+def test_fastmem_sweep_runs_a_scan_snap_grid_and_resumes(tmp_path):
+    """`fastmem sweep GRID.toml` with experiment = "scan-snap": rows as a direct run gives them,
+    Parquet that pandas reads, and a rerun that runs nothing again."""
+    import subprocess
+    import sys
+
+    grid = tmp_path / "grid.toml"
+    grid.write_text('experiment = "scan-snap"\n[grid]\nnum_last = [1, 2]\nlr_z = 1.0\nratio = [1, 10]\n'
+                    'seed = [1, 2]\nsteps = 20\nbatch = 16\nL = 24\n')
+    cmd = [sys.executable, "-m", "fastmem", "sweep", str(grid), "--out", str(tmp_path / "out"), "--workers", "2",
+           "--quiet"]
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd="/")
+    assert first.returncode == 0, first.stderr
+    df = fm.load_sweep(tmp_path / "out")
+    assert len(df) == 8 and (df["status"] == "ok").all()
+    row = df[(df["num_last"] == 2) & (df["ratio"] == 10) & (df["seed"] == 2)].iloc[0]
+    run = ss.train(ss.syn_medium(2), 20, batch=16, L=24, lr_z=1.0, ratio=10.0, init="torch", seed=2,
+                   dtype=np.float32, record_steps=[20])
+    assert row["loss"] == pytest.approx(run.records.loss[-1], rel=1e-12)
+    assert row["entropy"] == pytest.approx(run.records.entropy[-1].mean(), rel=1e-12)
+    chunks = {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "runs").iterdir()}
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd="/")
+    assert again.returncode == 0, again.stderr
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "runs").iterdir()} == chunks  # nothing rerun

@@ -175,7 +175,7 @@ def train(data, steps=100, *, batch=128, L=128, lr_z=1.0, ratio=1.0, lr_y=None, 
         c = resume.config
         if c["M"] != data.M:
             v.fail("resume", f"a run over M = {data.M} tokens", f"M = {c['M']}")
-        Z, start = resume.Z, resume.next_step
+        start = resume.next_step
         batch, L, lr_y, lr_z, seed, simulator = c["batch"], c["L"], c["lr_y"], c["lr_z"], c["seed"], c["simulator"]
         optimizer, momentum, betas, eps, dtype = c["optimizer"], c["momentum"], c["betas"], c["eps"], c["dtype"]
     else:
