@@ -26,6 +26,7 @@ import os
 import numpy as np
 
 from . import _validate as v
+from .specs import OptimizerKind
 
 REPRESENTATIONS = ("auto", "primal", "dual", "projected")
 
@@ -66,7 +67,7 @@ def dual_bytes(memory, optimizer, facts=None):
     Z and A (and B, V with momentum), N x R each."""
     N, M, R = memory.N, memory.M, memory.d if memory.layernorm else memory.M
     KE_diag, KU_diag = facts or _shape_facts(memory)
-    states = 4 if optimizer._params()["momentum"] != 0.0 else 2
+    states = 4 if optimizer._params().momentum != 0.0 else 2
     return memory.dtype.itemsize * ((0 if KE_diag else N * N) + (0 if KU_diag else M * M) + states * N * R)
 
 
@@ -97,7 +98,7 @@ def _projected_not_exact(memory, optimizer):
     o = optimizer._params()
     if memory.layernorm:
         return "LayerNorm needs the read-outs E W"
-    if not (o["kind"] == 2 or (o["kind"] == 1 and o["beta1"] == 0.0 and o["beta2"] == 0.0)):
+    if not (o.kind == OptimizerKind.SIGN or o.normalized):
         return f"{optimizer!r} keeps state or is linear (projected: Adam with betas (0, 0) or SignGD)"
     return None
 

@@ -12,9 +12,10 @@ import numpy as np
 from . import _validate as v
 from .backends import get
 from .optim import SGD, Adam
+from .specs import ModelKind, ModelOptimizerSpec, RecordSpec, TrainSpec
 from .train import Record
 
-KINDS = {"learnable": 1, "exponential": 2}
+KINDS = {"learnable": ModelKind.LEARNABLE, "exponential": ModelKind.EXPONENTIAL}
 
 
 @dataclass
@@ -56,8 +57,8 @@ def train_model(model, E, U, task, optimizer, steps, batch_size=None, seed=0, W=
     if not isinstance(optimizer, (SGD, Adam)):
         v.fail("optimizer", "fm.SGD or fm.Adam(betas=(0, 0))", repr(optimizer))
     scale = {"E": 1.0, "U": 1.0, "W": 1.0, **(lr_scale or {})}
-    opt = {"adam00": isinstance(optimizer, Adam), "eps": getattr(optimizer, "eps", 1e-8),
-           **{f"lr_{k}": float(optimizer.lr * scale[k]) for k in ("E", "U", "W")}}
+    opt = ModelOptimizerSpec(isinstance(optimizer, Adam), getattr(optimizer, "eps", 1e-8),
+                             *(float(optimizer.lr * scale[k]) for k in ("E", "U", "W")))
     steps = v.positive_int("steps", steps, allow_zero=True)
     if tokens is not None:
         tokens = np.asarray(tokens)
@@ -69,11 +70,9 @@ def train_model(model, E, U, task, optimizer, steps, batch_size=None, seed=0, W=
     record = Record(steps="last") if record is None else record
     rec_steps = record.resolve(steps)
     R = len(rec_steps)
-    rec = {"steps": rec_steps, "loss": np.full(R, np.nan, E.dtype), "accuracy": np.full(R, np.nan, E.dtype),
-           "margins": None, "W": None, "sharpness": None}
-    tp = {"steps": steps, "batch_size": b, "seed": v.positive_int("seed", seed, allow_zero=True, below=2**64), "start_step": 0,
-          "layernorm": bool(layernorm), "chunk": 0, "power_iters": 0}
+    rec = RecordSpec(rec_steps, loss=np.full(R, np.nan, E.dtype), accuracy=np.full(R, np.nan, E.dtype))
+    tp = TrainSpec(steps, b, v.positive_int("seed", seed, allow_zero=True, below=2**64), layernorm=bool(layernorm))
     be = get(backend, kernel="train_model")
     status, done, n = be.train_model(KINDS[model], E, U, W, task.p, task.y, task.cdf, tokens, opt, tp, rec)
-    return ModelRun(E, U, W, rec_steps[:n], rec["loss"][:n], rec["accuracy"][:n],
+    return ModelRun(E, U, W, rec_steps[:n], rec.loss[:n], rec.accuracy[:n],
                     "ok" if status == 0 else "diverged", int(done))

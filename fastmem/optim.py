@@ -8,9 +8,7 @@ W <- (1 - lr_t * weight_decay) W - lr_t * update.
 from dataclasses import dataclass, field
 
 from . import _validate as v
-
-_KIND = {"sgd": 0, "adam": 1, "sign": 2}
-_SCHEDULE = {"constant": 0, "cosine": 1, "step": 2}
+from .specs import OptimizerKind, OptimizerSpec, ScheduleKind
 
 
 @dataclass(frozen=True)
@@ -18,7 +16,7 @@ class Constant:
     """lr_t = lr."""
 
     def _params(self):
-        return {"schedule": _SCHEDULE["constant"], "schedule_steps": 0, "gamma": 1.0, "min_lr": 0.0}
+        return dict(schedule=ScheduleKind.CONSTANT)
 
 
 @dataclass(frozen=True)
@@ -33,7 +31,7 @@ class Cosine:
         v.positive_float("Cosine.min_lr", self.min_lr, allow_zero=True)
 
     def _params(self):
-        return {"schedule": _SCHEDULE["cosine"], "schedule_steps": self.steps, "gamma": 1.0, "min_lr": self.min_lr}
+        return dict(schedule=ScheduleKind.COSINE, schedule_steps=self.steps, min_lr=float(self.min_lr))
 
 
 @dataclass(frozen=True)
@@ -48,7 +46,7 @@ class StepDecay:
         v.positive_float("StepDecay.gamma", self.gamma)
 
     def _params(self):
-        return {"schedule": _SCHEDULE["step"], "schedule_steps": self.every, "gamma": self.gamma, "min_lr": 0.0}
+        return dict(schedule=ScheduleKind.STEP, schedule_steps=self.every, gamma=float(self.gamma))
 
 
 def _schedule(s):
@@ -129,9 +127,9 @@ class SignGD:
 
 
 def _pack(kind, opt, momentum=0.0, beta1=0.0, beta2=0.0, eps=1e-8):
-    return {"kind": _KIND[kind], "lr": float(opt.lr), "momentum": float(momentum),
-            "weight_decay": float(opt.weight_decay), "beta1": float(beta1), "beta2": float(beta2),
-            "eps": float(eps), **opt.schedule._params()}
+    """The optimizer's OptimizerSpec, what the backends read."""
+    return OptimizerSpec(OptimizerKind[kind.upper()], float(opt.lr), float(momentum), float(opt.weight_decay),
+                         float(beta1), float(beta2), float(eps), **opt.schedule._params())
 
 
 def make(name, lr, **kw):

@@ -20,8 +20,8 @@ OPTIMIZERS = ("sgd", "sgd-momentum", "adam", "sign")
 def optimizer_kind(optimizer):
     """The optimizer's name as a state records it: its kind, and whether it keeps moments."""
     o = optimizer._params()
-    kind = {0: "sgd", 1: "adam", 2: "sign"}[o["kind"]]
-    return "sgd-momentum" if kind == "sgd" and o["momentum"] != 0.0 else kind
+    kind = o.kind.name.lower()
+    return "sgd-momentum" if kind == "sgd" and o.momentum != 0.0 else kind
 
 
 def stateful_arrays(representation, kind):

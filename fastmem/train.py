@@ -10,6 +10,7 @@ from ._problem import chunk_arg, problem_args
 from .backends import get
 from .errors import InvalidArgumentError
 from .memory import AssociativeMemory
+from .specs import OptimizerKind, RecordSpec, TrainSpec
 from .state import TrainState, optimizer_kind
 
 METRICS = ("loss", "accuracy", "margins", "W", "sharpness")
@@ -217,14 +218,11 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=None, tokens=Non
     rec_steps = record.resolve(steps)
     R, N, d, dt = len(rec_steps), memory.N, memory.d, memory.dtype
     shapes = {"loss": (R,), "accuracy": (R,), "sharpness": (R,), "margins": (R, N), "W": (R, d, d)}
-    rec = {name: (np.full(shape, np.nan, dtype=dt) if name in record.metrics else None)
-           for name, shape in shapes.items()}
-    rec["steps"] = rec_steps
+    rec = RecordSpec(rec_steps, **{name: (np.full(shape, np.nan, dtype=dt) if name in record.metrics else None)
+                                   for name, shape in shapes.items()})
     opt = optimizer._params()
-    tp = {"steps": steps, "batch_size": b, "seed": seed,
-          "layernorm": memory.layernorm, "chunk": chunk_arg(chunk),
-          "power_iters": v.positive_int("power_iters", power_iters)}
-    tp["start_step"] = start_step
+    tp = TrainSpec(steps, b, seed, start_step, memory.layernorm, chunk_arg(chunk),
+                   v.positive_int("power_iters", power_iters))
     be = get(backend)
     rep, reason = dual.choose(memory, task, optimizer, steps, None if b == 0 else b, representation)
     prev = resume.arrays if resume is not None else {}
@@ -240,7 +238,7 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=None, tokens=Non
         return np.zeros(shape, dtype=dt)
 
     dual_state, V = None, None
-    momentum = opt["kind"] == 0 and opt["momentum"] != 0.0
+    momentum = opt.kind == OptimizerKind.SGD and opt.momentum != 0.0
     W = None
     try:
         if rep == "projected":
@@ -261,8 +259,8 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=None, tokens=Non
             dual_state, opt_t = (arrays["Z"], arrays["A"], c), 0
         else:
             W = buffer("W", (d, d)) if resume is not None else memory.W.copy()
-            arrays = {"W": W, "m": buffer("m", (d, d), opt["kind"] == 1 or momentum),
-                      "v": buffer("v", (d, d), opt["kind"] == 1)}
+            adam = opt.kind == OptimizerKind.ADAM
+            arrays = {"W": W, "m": buffer("m", (d, d), adam or momentum), "v": buffer("v", (d, d), adam)}
             status, steps_done, n_rec, opt_t = be.train(E, oc, os_, U, W, p, y, task.cdf, tokens, opt, tp, rec,
                                                         arrays["m"], arrays["v"], resume.opt_t if resume else 0)
             c = 1.0
@@ -281,7 +279,7 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=None, tokens=Non
 
 def _written(rec, n):
     """The first n records of each metric recorded."""
-    return {name: arr[:n] for name, arr in rec.items() if name != "steps" and arr is not None}
+    return {name: arr[:n] for name, arr in rec._asdict().items() if name != "steps" and arr is not None}
 
 
 def _train_with_callback(memory, task, optimizer, steps, batch_size, seed, tokens, record, backend, chunk,

@@ -86,3 +86,11 @@ def test_a_source_tree_without_the_compiled_module_says_so():
         pytest.skip("this checkout's fastmem finds a built core (an editable install)")
     assert out.returncode == 0 and out.stdout.strip() == "numba", out.stderr
     assert out.stderr.count("PerformanceWarning: fastmem._core is not built") == 1
+
+
+def test_the_compiled_core_and_the_python_backends_share_their_constants():
+    if not fm.backends()["cpp"]["available"]:
+        pytest.skip("the compiled backend is not built")
+    from fastmem import _core, specs
+
+    assert _core.constants() == {"layernorm_eps": specs.LAYERNORM_EPS, "sharpness_tol": specs.SHARPNESS_TOL}

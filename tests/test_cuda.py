@@ -19,9 +19,15 @@ def test_the_cuda_module_is_built_where_nvcc_is():
     assert count > 0 or why  # no device: the runtime says why
 
 
-def test_cuda_is_listed_with_its_reason():
+def test_an_unavailable_cuda_raises_its_listed_reason_when_asked_for():
     info = fm.backends()["cuda"]
-    assert info["available"] or info["reason"]
+    if info["available"]:
+        pytest.skip("cuda runs here")
+    from fastmem.backends import get
+
+    with pytest.raises(fm.BackendUnavailableError) as exc:
+        get("cuda", device=True)
+    assert info["reason"] and info["reason"] in str(exc.value)
 
 
 def test_host_arrays_are_not_sent_to_cuda(rng):

@@ -3,23 +3,13 @@ backend (cuda on device copies of the inputs)."""
 
 import numpy as np
 import pytest
-from cases import DTYPES, assert_close
+from cases import DTYPES, MANY_SHAPES as SHAPES, assert_close
 
 import fastmem as fm
 from fastmem.backends import get
 from fastmem.backends import arraycode
 from fastmem.backends.arraycode import train_many_batched
 
-# (R, N, M, d): one run, N = 1, M = 2, d = 1 (the device's primal block path), d > N (its dual
-# path), and a run too large for one thread block (its batched cuBLAS path).
-SHAPES = [
-    pytest.param(1, 3, 2, 4, id="R1"),
-    pytest.param(4, 1, 2, 3, id="N1-M2"),
-    pytest.param(3, 7, 3, 1, id="d1"),
-    pytest.param(6, 6, 3, 16, id="d>N"),
-    pytest.param(5, 12, 5, 8, id="N>d"),
-    pytest.param(2, 300, 300, 170, id="large"),
-]
 
 
 def _inputs(rng, R, N, M, d, dtype):

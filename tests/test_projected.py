@@ -3,19 +3,11 @@ reference, on every backend."""
 
 import numpy as np
 import pytest
-from cases import PROBLEMS, assert_close
+from cases import PROBLEMS, PROJECTED_OPTIMIZERS as OPTIMIZERS, assert_close
 from conftest import random_problem
 
 import fastmem as fm
 
-# g / (|g| + eps) has slope 1 / eps at g = 0: with eps = 1e-8 a rounding difference of 1e-16
-# in a vanishing gradient entry moves the update by 1e-8, and full-batch runs amplify it, for
-# any two implementations. The trajectories are compared where the update is well conditioned.
-OPTIMIZERS = [
-    pytest.param(fm.Adam(lr=0.05, betas=(0.0, 0.0), eps=1e-4), id="adam00"),
-    pytest.param(fm.Adam(lr=0.05, betas=(0.0, 0.0), eps=0.3, weight_decay=0.1), id="adam00-eps-wd"),
-    pytest.param(fm.SignGD(lr=0.02, schedule=fm.Cosine(30)), id="sign-cosine"),
-]
 RECORD = fm.Record(steps="all", metrics=("loss", "accuracy", "margins"))
 
 

@@ -4,21 +4,11 @@ import dataclasses
 
 import numpy as np
 import pytest
-from cases import DTYPES, PROBLEMS, assert_close
+from cases import DTYPES, PROBLEMS, TRAIN_OPTIMIZERS as OPTIMIZERS, assert_close
 from conftest import random_problem
 
 import fastmem as fm
 
-OPTIMIZERS = [
-    pytest.param(fm.SGD(lr=0.5), id="sgd"),
-    pytest.param(fm.SGD(lr=0.3, momentum=0.9, weight_decay=0.01), id="momentum-wd"),
-    pytest.param(fm.SGD(lr=0.5, schedule=fm.Cosine(steps=40, min_lr=0.01)), id="cosine"),
-    pytest.param(fm.SGD(lr=0.5, schedule=fm.StepDecay(every=10, gamma=0.5)), id="step"),
-    pytest.param(fm.Adam(lr=0.02), id="adam"),
-    # eps keeps g / (|g| + eps) well conditioned at g ~ 0, where rounding would otherwise decide
-    pytest.param(fm.Adam(lr=0.02, betas=(0.0, 0.0), eps=1e-4, weight_decay=0.1), id="adam00-wd"),
-    pytest.param(fm.SignGD(lr=0.01), id="sign"),
-]
 LINEAR = [p for p in OPTIMIZERS if p.values[0].linear]
 ALL = fm.Record(steps="all", metrics=("loss", "accuracy", "margins", "W"))
 

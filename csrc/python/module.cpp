@@ -144,19 +144,19 @@ Problem<T> problem(py::array E, py::object oc, py::object os, py::array U, py::a
   return pr;
 }
 
-OptimizerParams optimizer_params(const py::dict& o) {
+OptimizerParams optimizer_params(const py::object& o) {
   OptimizerParams op;
-  op.kind = static_cast<OptimizerKind>(o["kind"].cast<int>());
-  op.lr = o["lr"].cast<double>();
-  op.momentum = o["momentum"].cast<double>();
-  op.weight_decay = o["weight_decay"].cast<double>();
-  op.beta1 = o["beta1"].cast<double>();
-  op.beta2 = o["beta2"].cast<double>();
-  op.eps = o["eps"].cast<double>();
-  op.schedule = static_cast<ScheduleKind>(o["schedule"].cast<int>());
-  op.schedule_steps = o["schedule_steps"].cast<index_t>();
-  op.gamma = o["gamma"].cast<double>();
-  op.min_lr = o["min_lr"].cast<double>();
+  op.kind = static_cast<OptimizerKind>(o.attr("kind").cast<int>());
+  op.lr = o.attr("lr").cast<double>();
+  op.momentum = o.attr("momentum").cast<double>();
+  op.weight_decay = o.attr("weight_decay").cast<double>();
+  op.beta1 = o.attr("beta1").cast<double>();
+  op.beta2 = o.attr("beta2").cast<double>();
+  op.eps = o.attr("eps").cast<double>();
+  op.schedule = static_cast<ScheduleKind>(o.attr("schedule").cast<int>());
+  op.schedule_steps = o.attr("schedule_steps").cast<index_t>();
+  op.gamma = o.attr("gamma").cast<double>();
+  op.min_lr = o.attr("min_lr").cast<double>();
   return op;
 }
 
@@ -240,34 +240,34 @@ double py_sharpness(py::array E, py::object oc, py::object os, py::array U, py::
   });
 }
 
-TrainParams train_params(const py::dict& tpd) {
+TrainParams train_params(const py::object& tpd) {
   TrainParams tp;
-  tp.steps = tpd["steps"].cast<index_t>();
-  tp.batch_size = tpd["batch_size"].cast<index_t>();
-  tp.seed = tpd["seed"].cast<std::uint64_t>();
-  tp.start_step = tpd["start_step"].cast<index_t>();
-  tp.layernorm = tpd["layernorm"].cast<bool>();
-  tp.chunk = tpd["chunk"].cast<index_t>();
-  tp.power_iters = tpd["power_iters"].cast<index_t>();
+  tp.steps = tpd.attr("steps").cast<index_t>();
+  tp.batch_size = tpd.attr("batch_size").cast<index_t>();
+  tp.seed = tpd.attr("seed").cast<std::uint64_t>();
+  tp.start_step = tpd.attr("start_step").cast<index_t>();
+  tp.layernorm = tpd.attr("layernorm").cast<bool>();
+  tp.chunk = tpd.attr("chunk").cast<index_t>();
+  tp.power_iters = tpd.attr("power_iters").cast<index_t>();
   return tp;
 }
 
 template <class T>
-TrainRecord<T> train_record(const py::dict& rec) {
-  py::array steps = rec["steps"].cast<py::array>();
+TrainRecord<T> train_record(const py::object& rec) {
+  py::array steps = rec.attr("steps").cast<py::array>();
   TrainRecord<T> r;
   r.count = steps.shape(0);
   r.steps = cvec<std::int64_t>(steps, r.count, "record steps");
-  r.loss = opt_ptr<T>(rec["loss"], r.count, "record loss");
-  r.accuracy = opt_ptr<T>(rec["accuracy"], r.count, "record accuracy");
-  r.margins = opt_ptr<T>(rec["margins"], r.count, "record margins");
-  r.W = opt_ptr<T>(rec["W"], r.count, "record W");
-  r.sharpness = opt_ptr<T>(rec["sharpness"], r.count, "record sharpness");
+  r.loss = opt_ptr<T>(rec.attr("loss"), r.count, "record loss");
+  r.accuracy = opt_ptr<T>(rec.attr("accuracy"), r.count, "record accuracy");
+  r.margins = opt_ptr<T>(rec.attr("margins"), r.count, "record margins");
+  r.W = opt_ptr<T>(rec.attr("W"), r.count, "record W");
+  r.sharpness = opt_ptr<T>(rec.attr("sharpness"), r.count, "record sharpness");
   return r;
 }
 
 py::tuple py_train(py::array E, py::object oc, py::object os, py::array U, py::array W, py::array p, py::array y,
-                   py::object cdf, py::object tokens, py::dict opt, py::dict tpd, py::dict rec, py::object m,
+                   py::object cdf, py::object tokens, py::object opt, py::object tpd, py::object rec, py::object m,
                    py::object v, index_t t0) {
   return dispatch(E, [&](auto tag) {
     using T = decltype(tag);
@@ -291,7 +291,7 @@ py::tuple py_train(py::array E, py::object oc, py::object os, py::array U, py::a
 }
 
 py::tuple py_train_dual(py::array E, py::object oc, py::object os, py::array U, py::array W0, py::array p,
-                        py::array y, py::object cdf, py::object tokens, py::dict opt, py::dict tpd, py::dict rec,
+                        py::array y, py::object cdf, py::object tokens, py::object opt, py::object tpd, py::object rec,
                         py::array Z, py::array A, py::object B, py::object V, double c, bool fresh) {
   return dispatch(E, [&](auto tag) {
     using T = decltype(tag);
@@ -318,7 +318,7 @@ py::tuple py_train_dual(py::array E, py::object oc, py::object os, py::array U, 
 }
 
 py::tuple py_train_projected(py::array E, py::array U, py::array V, py::array p, py::array y, py::object cdf,
-                            py::object tokens, py::dict opt, py::dict tpd, py::dict rec) {
+                            py::object tokens, py::object opt, py::object tpd, py::object rec) {
   return dispatch(E, [&](auto tag) {
     using T = decltype(tag);
     const TrainParams tp = train_params(tpd);
@@ -465,7 +465,7 @@ void py_cmd_online_update(py::array theta_t, py::array r_t, py::array mode, inde
 }
 
 py::tuple py_train_model(int kind, py::array E, py::array U, py::object W, py::array p, py::array y, py::object cdf,
-                         py::object tokens, py::dict opt, py::dict tpd, py::dict rec) {
+                         py::object tokens, py::object opt, py::object tpd, py::object rec) {
   return dispatch(E, [&](auto tag) {
     using T = decltype(tag);
     const TrainParams tp = train_params(tpd);
@@ -485,11 +485,11 @@ py::tuple py_train_model(int kind, py::array E, py::array U, py::object W, py::a
     pr.y = cvec<std::int64_t>(y, N, "y");
     pr.layernorm = tp.layernorm;
     ModelOptimizer mo;
-    mo.adam00 = opt["adam00"].cast<bool>();
-    mo.lr_W = opt["lr_W"].cast<double>();
-    mo.lr_E = opt["lr_E"].cast<double>();
-    mo.lr_U = opt["lr_U"].cast<double>();
-    mo.eps = opt["eps"].cast<double>();
+    mo.adam00 = opt.attr("normalized").cast<bool>();
+    mo.lr_W = opt.attr("lr_W").cast<double>();
+    mo.lr_E = opt.attr("lr_E").cast<double>();
+    mo.lr_U = opt.attr("lr_U").cast<double>();
+    mo.eps = opt.attr("eps").cast<double>();
     const double* cdfp = opt_ptr<double, false>(cdf, N, "cdf");
     const std::int64_t* tok = opt_ptr<std::int64_t, false>(tokens, tp.steps, "tokens");
     const TrainRecord<T> r = train_record<T>(rec);
@@ -642,6 +642,14 @@ py::tuple py_scansnap_train(py::array Yt, py::array Z, py::object mY, py::object
   });
 }
 
+// The shared constants (constants.hpp), for the test that fastmem/specs.py holds the same.
+py::dict constants() {
+  py::dict d;
+  d["layernorm_eps"] = kLayerNormEps;
+  d["sharpness_tol"] = kSharpnessTol;
+  return d;
+}
+
 py::dict info() {
   py::dict d;
 #ifdef _OPENMP
@@ -709,6 +717,7 @@ PYBIND11_MODULE(FASTMEM_MODULE_NAME, m) {
   m.def("pathcond_solve", &py_pathcond_solve);
   m.def("scansnap_train", &py_scansnap_train);
   m.def("info", &info);
+  m.def("constants", &constants);
   m.def("get_num_threads", &py_get_num_threads);
   m.def("set_num_threads", &py_set_num_threads);
   m.def("parallel_team_size", &parallel_team_size);

@@ -3,7 +3,7 @@ backend's own kernels. The cuda adapter runs it on CuPy; the tests run the same 
 numpy (with the cpp kernels) against the reference, so its logic is checked without a GPU.
 Not a registered backend."""
 
-_LN_EPS = 1e-6
+from ..specs import LAYERNORM_EPS as _LN_EPS
 
 
 def sgd_step(xp, softmax_xent_grad, sgd_rank_update, W, E, U, x, y, lr, layernorm, out):

@@ -17,7 +17,8 @@ INFO = {"numba": nb.__version__, "threads": nb.get_num_threads()}
 # in fm.backends() and raises BackendUnavailableError naming them; nothing runs them elsewhere)
 LACKS = {"train_model": "the learnable and exponential models are not jitted for numba (cpp and numpy run them)"}
 
-_LN_EPS = 1e-6
+from ..specs import LAYERNORM_EPS as _LN_EPS
+from ..specs import SHARPNESS_TOL
 _BUDGET = 16 << 20  # bytes of a streamed score block, as default_chunk() in softmax_xent_grad.hpp
 
 
@@ -324,7 +325,7 @@ def _record(rec_steps, r, t, E, U, W, p, y, ln, chunk, rl, ra, rm, rW, rs, flags
         if flags[3]:
             rW[r] = W
         if flags[4]:
-            rs[r] = _sharpness(E, U, W, p, y, iters, 1e-6, seed)
+            rs[r] = _sharpness(E, U, W, p, y, iters, SHARPNESS_TOL, seed)
         r += 1
     return r, diverged
 
@@ -418,24 +419,24 @@ def _train(E, U, W, p, y, cdf, given, kind, lr0, mom, wd, b1, b2, eps, sched, ss
 
 
 def _rec_args(rec, dt, N, d):
-    R = len(rec["steps"])
-    flags = np.array([rec[k] is not None for k in ("loss", "accuracy", "margins", "W", "sharpness")])
+    R = len(rec.steps)
+    flags = np.array([getattr(rec, k) is not None for k in ("loss", "accuracy", "margins", "W", "sharpness")])
     # unrequested records get (small) scratch buffers so that one compiled signature serves all
-    bufs = [rec[k] if rec[k] is not None else np.empty(shape if k in ("loss", "accuracy") else (0,) * len(shape),
+    bufs = [getattr(rec, k) if getattr(rec, k) is not None else np.empty(shape if k in ("loss", "accuracy") else (0,) * len(shape),
                                                        dtype=dt)
             for k, shape in (("loss", (R,)), ("accuracy", (R,)), ("margins", (R, N)), ("W", (R, d, d)),
                              ("sharpness", (R,)))]
-    return np.asarray(rec["steps"], dtype=np.int64), bufs, flags
+    return np.asarray(rec.steps, dtype=np.int64), bufs, flags
 
 
 def _opt_args(opt):
-    return (opt["kind"], opt["lr"], opt["momentum"], opt["weight_decay"], opt["beta1"], opt["beta2"], opt["eps"],
-            opt["schedule"], opt["schedule_steps"], opt["gamma"], opt["min_lr"])
+    return (int(opt.kind), opt.lr, opt.momentum, opt.weight_decay, opt.beta1, opt.beta2, opt.eps,
+            int(opt.schedule), opt.schedule_steps, opt.gamma, opt.min_lr)
 
 
 def _common(E, U, tokens, tp):
     given = tokens if tokens is not None else np.empty((0, 1), dtype=np.int64)
-    chunk = _chunk(E.shape[0], U.shape[0], E.itemsize, tp["chunk"])
+    chunk = _chunk(E.shape[0], U.shape[0], E.itemsize, tp.chunk)
     return given, chunk
 
 
@@ -447,8 +448,8 @@ def train(E, onehot_col, onehot_scale, U, W, p, y, cdf, tokens, opt, tp, rec, m,
     v_ = v if v is not None else np.zeros((d, d), dtype=dt)
     cdf_ = cdf if cdf is not None else np.ones(1)
     with np.errstate(over="ignore", invalid="ignore"):
-        out = _train(E, U, W, p, y, cdf_, given, *_opt_args(opt), tp["steps"], tp["batch_size"], np.uint64(tp["seed"]),
-                     tp["start_step"], tp["layernorm"], chunk, steps_arr, *bufs, flags, tp["power_iters"], m_, v_, t0)
+        out = _train(E, U, W, p, y, cdf_, given, *_opt_args(opt), tp.steps, tp.batch_size, np.uint64(tp.seed),
+                     tp.start_step, tp.layernorm, chunk, steps_arr, *bufs, flags, tp.power_iters, m_, v_, t0)
     return tuple(int(o) for o in out)
 
 
@@ -542,7 +543,7 @@ def _train_dual(E, U, W0, p, y, cdf, given, lr0, mom, wd, sched, ssteps, gamma, 
                 if flags[3]:
                     rW[r] = W
                 if flags[4]:
-                    rs[r] = _sharpness(E, U, W, p, y, iters, 1e-6, seed)
+                    rs[r] = _sharpness(E, U, W, p, y, iters, SHARPNESS_TOL, seed)
             r += 1
         done = t
         if t == steps or status != 0:
@@ -585,9 +586,9 @@ def train_dual(E, onehot_col, onehot_scale, U, W0, p, y, cdf, tokens, opt, tp, r
     kind, lr, mom, wd, _, _, _, sched, ssteps, gamma, min_lr = _opt_args(opt)
     with np.errstate(over="ignore", invalid="ignore"):
         status, done, r, c = _train_dual(E, U, W0, p, y, cdf_, given, lr, mom, wd, sched, ssteps, gamma, min_lr,
-                                         tp["steps"], tp["batch_size"], np.uint64(tp["seed"]), tp["start_step"],
-                                         steps_arr, *bufs, flags, tp["power_iters"], Z, A, B_, V_, c, fresh,
-                                         tp["layernorm"], chunk)
+                                         tp.steps, tp.batch_size, np.uint64(tp.seed), tp.start_step,
+                                         steps_arr, *bufs, flags, tp.power_iters, Z, A, B_, V_, c, fresh,
+                                         tp.layernorm, chunk)
     return int(status), int(done), int(r), float(c)
 
 
@@ -668,7 +669,7 @@ def train_projected(E, U, V, p, y, cdf, tokens, opt, tp, rec):
     cdf_ = cdf if cdf is not None else np.ones(1)
     with np.errstate(over="ignore", invalid="ignore"):
         out = _train_projected(E, U, V, p, y, cdf_, given, kind == 2, lr, wd, eps, sched, ssteps, gamma, min_lr,
-                               tp["steps"], tp["batch_size"], np.uint64(tp["seed"]), tp["start_step"], steps_arr,
+                               tp.steps, tp.batch_size, np.uint64(tp.seed), tp.start_step, steps_arr,
                                bufs[0], bufs[1], bufs[2], flags)
     return tuple(int(o) for o in out)
 
@@ -900,9 +901,10 @@ def _ss_forward_backward(Yt, Z, hq, hn, hstart, hlen, htok, hcnt, weight, r, g, 
             g[p0 + j] = dz[p0 + j] / nf
             rb += g[p0 + j] * Yt[htok[p0 + j]]
         lmax = rb.max()
+        zn = rb[hn[b]]
         e = np.exp(rb - lmax)
         tot = e.sum()
-        loss += weight * -math.log(e[hn[b]] / tot)
+        loss += weight * (lmax + math.log(tot) - zn)
         rb[:] = e * (weight / tot)
         rb[hn[b]] -= weight
         gv = 0.0
@@ -977,9 +979,6 @@ def _ss_train(Yt, Z, mY, vY, mZ, vZ, fq, fn, fptr, ftok, fprob, fthr, falias, st
         loss = _ss_forward_backward(Yt, Z, hq, hn, hstart, hlen, htok, hcnt, weight, r, g, dz, u)
         if i < steps:
             loss_out[i] = loss
-        if not np.isfinite(loss):
-            status = 1
-            break
         if is_rec:
             rec_loss[rk] = loss
             if has_zq:
@@ -990,6 +989,9 @@ def _ss_train(Yt, Z, mY, vY, mZ, vZ, fq, fn, fptr, ftok, fprob, fthr, falias, st
             if has_z:
                 rec_Z[rk] = Z
             rk += 1
+        if not np.isfinite(loss):
+            status = 1
+            break
         if i == steps:
             break
         # the sparse gradients, summed entry by entry in the core's order

@@ -8,9 +8,10 @@ core in csrc/include/fastmem exactly.
 
 import numpy as np
 
-INFO = {"precision": "float64 internally"}
+from ..specs import LAYERNORM_EPS as _LN_EPS
+from ..specs import RecordSpec
 
-_LN_EPS = 1e-6
+INFO = {"precision": "float64 internally"}
 _F = np.float64
 
 
@@ -137,31 +138,37 @@ def sharpness(E, onehot_col, onehot_scale, U, W, p, y, chunk, iters, tol, seed):
 # --- optimizers and the driver (optim.hpp, train.hpp) ------------------------------
 
 def _lr_at(opt, t):
-    if opt["schedule"] == 1:
-        T = opt["schedule_steps"]
+    if opt.schedule == 1:
+        T = opt.schedule_steps
         frac = min(t / T, 1.0) if T > 0 else 0.0
-        return opt["min_lr"] + 0.5 * (opt["lr"] - opt["min_lr"]) * (1.0 + np.cos(np.pi * frac))
-    if opt["schedule"] == 2:
-        return opt["lr"] * opt["gamma"] ** (t // opt["schedule_steps"])
-    return opt["lr"]
+        return opt.min_lr + 0.5 * (opt.lr - opt.min_lr) * (1.0 + np.cos(np.pi * frac))
+    if opt.schedule == 2:
+        return opt.lr * opt.gamma ** (t // opt.schedule_steps)
+    return opt.lr
 
 
 def _optimizer_step(opt, lr, g, W, state):
     state["t"] += 1
-    t, decay = state["t"], 1.0 - lr * opt["weight_decay"]
-    if opt["kind"] == 0:
-        if opt["momentum"] != 0.0:
-            state["m"] = opt["momentum"] * state["m"] + g
+    t, decay = state["t"], 1.0 - lr * opt.weight_decay
+    if opt.kind == 0:
+        if opt.momentum != 0.0:
+            state["m"] = opt.momentum * state["m"] + g
             return decay * W - lr * state["m"]
         return decay * W - lr * g
-    if opt["kind"] == 1:
-        b1, b2 = opt["beta1"], opt["beta2"]
+    if opt.kind == 1:
+        b1, b2 = opt.beta1, opt.beta2
         state["m"] = b1 * state["m"] + (1 - b1) * g
         state["v"] = b2 * state["v"] + (1 - b2) * g * g
         mhat = state["m"] / (1 - b1**t)
         vhat = state["v"] / (1 - b2**t)
-        return decay * W - lr * mhat / (np.sqrt(vhat) + opt["eps"])
+        return decay * W - lr * mhat / (np.sqrt(vhat) + opt.eps)
     return decay * W - lr * np.sign(g)
+
+
+def _held(a, dtype):
+    """a (float64) as the caller's arrays hold it: rounded to float32 for float32 state, so that
+    a run split in two (the state written out and read back between) is the same run."""
+    return a if a is None or dtype == _F else a.astype(dtype).astype(_F)
 
 
 def _aggregate(draws):
@@ -173,17 +180,17 @@ def _aggregate(draws):
 
 def _batch(tp, tokens, cdf, p, t):
     """Tokens (None: all N) and weights of step t, as BatchSource in train.hpp."""
-    if tp["batch_size"] == 0:
+    if tp.batch_size == 0:
         return None, p
-    gt = tp["start_step"] + t
-    draws = tokens[t] if tokens is not None else _draw(cdf, tp["seed"], gt, 1, tp["batch_size"])[0]
+    gt = tp.start_step + t
+    draws = tokens[t] if tokens is not None else _draw(cdf, tp.seed, gt, 1, tp.batch_size)[0]
     return _aggregate(draws)
 
 
 def _drive(steps, rec, record, step):
     """The loop of drive() in train.hpp: record at t, then step t; record(r) returns the loss it saw."""
     status, r, done = 0, 0, 0
-    rec_steps = rec["steps"]
+    rec_steps = rec.steps
     for t in range(steps + 1):
         while r < len(rec_steps) and rec_steps[r] == t:
             loss = record(r)
@@ -201,12 +208,12 @@ def _drive(steps, rec, record, step):
 
 def _store(rec, r, loss, acc, margins):
     for key, val in (("loss", loss), ("accuracy", acc), ("margins", margins)):
-        if rec[key] is not None:
-            rec[key][r] = val
+        if getattr(rec, key) is not None:
+            getattr(rec, key)[r] = val
 
 
 def _wants_metrics(rec):
-    return rec["loss"] is not None or rec["accuracy"] is not None or rec["margins"] is not None
+    return rec.loss is not None or rec.accuracy is not None or rec.margins is not None
 
 
 def train(E, onehot_col, onehot_scale, U, W, p, y, cdf, tokens, opt, tp, rec, m, v, t0):
@@ -216,7 +223,7 @@ def train(E, onehot_col, onehot_scale, U, W, p, y, cdf, tokens, opt, tp, rec, m,
 
 
 def _train(E, U, W, p, y, cdf, tokens, opt, tp, rec, m, v, t0):
-    ln = tp["layernorm"]
+    ln = tp.layernorm
     state = {"t": t0, "W": W.astype(_F),
              "m": None if m is None else m.astype(_F),
              "v": None if v is None else v.astype(_F)}
@@ -226,10 +233,10 @@ def _train(E, U, W, p, y, cdf, tokens, opt, tp, rec, m, v, t0):
         if _wants_metrics(rec):
             loss, acc, margins, _ = _metrics(E, U, state["W"], p, y, ln)
             _store(rec, r, loss, acc, margins)
-        if rec["W"] is not None:
-            rec["W"][r] = state["W"]
-        if rec["sharpness"] is not None:
-            rec["sharpness"][r] = sharpness(E, None, None, U, state["W"], p, y, 0, 0, 0.0, 0)
+        if rec.W is not None:
+            rec.W[r] = state["W"]
+        if rec.sharpness is not None:
+            rec.sharpness[r] = sharpness(E, None, None, U, state["W"], p, y, 0, 0, 0.0, 0)
         return loss
 
     def step(t):
@@ -237,11 +244,13 @@ def _train(E, U, W, p, y, cdf, tokens, opt, tp, rec, m, v, t0):
         loss, _, h, Eb = _forward_backward(E, U, state["W"], toks, w, y, ln)
         if not np.isfinite(loss):
             return False
-        lr = _lr_at(opt, tp["start_step"] + t)
+        lr = _lr_at(opt, tp.start_step + t)
         state["W"] = _optimizer_step(opt, lr, Eb.T @ h, state["W"], state)
+        for name in ("W", "m", "v"):
+            state[name] = _held(state[name], W.dtype)
         return True
 
-    status, done, r = _drive(tp["steps"], rec, record, step)
+    status, done, r = _drive(tp.steps, rec, record, step)
     W[...] = state["W"]
     for name, arr in (("m", m), ("v", v)):
         if arr is not None and state[name] is not None:
@@ -283,7 +292,7 @@ def train_dual(E, onehot_col, onehot_scale, U, W0, p, y, cdf, tokens, opt, tp, r
 
 
 def _train_dual(E, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A, B, V, c, fresh):
-    readout = tp["layernorm"]  # state on the read-outs E W (N x d) instead of the scores
+    readout = tp.layernorm  # state on the read-outs E W (N x d) instead of the scores
     KE = E @ E.T
     KU = np.eye(E.shape[1]) if readout else U @ U.T
     zeros = np.zeros(Z.shape)
@@ -304,10 +313,10 @@ def _train_dual(E, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A, B, V, c, fresh)
         if _wants_metrics(rec):
             loss, margins, _ = residual(None, p)
             _store(rec, r, loss, float(p[margins > 0].sum()), margins)
-        if rec["W"] is not None:
-            rec["W"][r] = W()
-        if rec["sharpness"] is not None:
-            rec["sharpness"][r] = sharpness(E, None, None, U, W(), p, y, 0, 0, 0.0, 0)
+        if rec.W is not None:
+            rec.W[r] = W()
+        if rec.sharpness is not None:
+            rec.sharpness[r] = sharpness(E, None, None, U, W(), p, y, 0, 0, 0.0, 0)
         return loss
 
     def step(t):
@@ -315,18 +324,20 @@ def _train_dual(E, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A, B, V, c, fresh)
         loss, _, G = residual(toks, w)
         if not np.isfinite(loss):
             return False
-        lr = _lr_at(opt, tp["start_step"] + t)
-        decay = 1.0 - lr * opt["weight_decay"]
+        lr = _lr_at(opt, tp.start_step + t)
+        decay = 1.0 - lr * opt.weight_decay
         full = np.zeros_like(st["A"])
         np.add.at(full, slice(None) if toks is None else toks, G)
-        st["B"] = opt["momentum"] * st["B"] + full
-        st["V"] = opt["momentum"] * st["V"] + KE @ full @ KU
+        st["B"] = opt.momentum * st["B"] + full
+        st["V"] = opt.momentum * st["V"] + KE @ full @ KU
         st["Z"] = decay * st["Z"] - lr * st["V"]
         st["A"] = decay * st["A"] + lr * st["B"]
         st["c"] *= decay
+        for name in ("Z", "A", "B", "V"):
+            st[name] = _held(st[name], Z.dtype)
         return True
 
-    status, done, r = _drive(tp["steps"], rec, record, step)
+    status, done, r = _drive(tp.steps, rec, record, step)
     Z[...], A[...] = st["Z"], st["A"]
     if B is not None:
         B[...], V[...] = st["B"], st["V"]
@@ -375,13 +386,13 @@ def train_projected(E, U, V, p, y, cdf, tokens, opt, tp, rec):
             loss, _, G = _residual(Eb @ st["V"], yb, None, w)
             if not np.isfinite(loss):
                 return False
-            lr = _lr_at(opt, tp["start_step"] + t)
+            lr = _lr_at(opt, tp.start_step + t)
             g = (Eb.T @ G) @ U
-            s = np.sign(g) if opt["kind"] == 2 else g / (np.abs(g) + opt["eps"])
-            st["V"] = (1.0 - lr * opt["weight_decay"]) * st["V"] - lr * s @ U.T
+            s = np.sign(g) if opt.kind == 2 else g / (np.abs(g) + opt.eps)
+            st["V"] = (1.0 - lr * opt.weight_decay) * st["V"] - lr * s @ U.T
             return True
 
-        status, done, r = _drive(tp["steps"], rec, record, step)
+        status, done, r = _drive(tp.steps, rec, record, step)
     V[...] = st["V"]
     return status, done, r
 
@@ -420,21 +431,21 @@ def train_model(kind, E, U, W, p, y, cdf, tokens, opt, tp, rec):
 
 def _train_model(kind, E, U, W, p, y, cdf, tokens, opt, tp, rec):
     P = {"E": E.astype(_F), "U": U.astype(_F), "W": None if W is None else W.astype(_F)}
-    lrs = {"E": opt["lr_E"], "U": opt["lr_U"], "W": opt["lr_W"]}
+    lrs = {"E": opt.lr_E, "U": opt.lr_U, "W": opt.lr_W}
 
     def update(x, g, lr):
-        return x - lr * (g / (np.abs(g) + opt["eps"]) if opt["adam00"] else g)
+        return x - lr * (g / (np.abs(g) + opt.eps) if opt.normalized else g)
 
     def record(r):
-        loss, margins, _ = _model_pass(kind, P["E"], P["U"], P["W"], None, p, y, tp["layernorm"], False)
+        loss, margins, _ = _model_pass(kind, P["E"], P["U"], P["W"], None, p, y, tp.layernorm, False)
         _store(rec, r, loss, float(p[margins > 0].sum()), margins)
-        if rec["W"] is not None and P["W"] is not None:
-            rec["W"][r] = P["W"]
+        if rec.W is not None and P["W"] is not None:
+            rec.W[r] = P["W"]
         return loss
 
     def step(t):
         toks, w = _batch(tp, tokens, cdf, p, t)
-        loss, _, g = _model_pass(kind, P["E"], P["U"], P["W"], toks, w, y, tp["layernorm"], True)
+        loss, _, g = _model_pass(kind, P["E"], P["U"], P["W"], toks, w, y, tp.layernorm, True)
         if not np.isfinite(loss):
             return False
         rows = np.arange(len(p)) if toks is None else toks
@@ -444,7 +455,7 @@ def _train_model(kind, E, U, W, p, y, cdf, tokens, opt, tp, rec):
                 P[name] = update(P[name], g[name], lrs[name])
         return True
 
-    status, done, r = _drive(tp["steps"], rec, record, step)
+    status, done, r = _drive(tp.steps, rec, record, step)
     E[...], U[...] = P["E"], P["U"]
     if W is not None:
         W[...] = P["W"]
@@ -591,44 +602,46 @@ def scansnap_train(Yt, Z, mY, vY, mZ, vZ, facts, sequences, spec, out):
         state = {"Y": (mY.T.astype(_F), vY.T.astype(_F)), "Z": (mZ.astype(_F), vZ.astype(_F))}
     elif spec.momentum != 0.0:
         state = {"Y": mY.T.astype(_F), "Z": mZ.astype(_F)}
-    if spec.population:
-        C = np.zeros((len(facts.q), M))
-        for f in range(len(facts.q)):
-            C[f, facts.tok[facts.ptr[f]:facts.ptr[f + 1]]] = facts.prob[facts.ptr[f]:facts.ptr[f + 1]]
-        q, n, weight = facts.q, facts.n, 1.0 / len(facts.q)
-    record = list(spec.record)
-    status, done, rk = 0, 0, 0
-    for i in range(spec.steps + 1):
-        t = spec.start_step + i
-        is_rec = rk < len(record) and record[rk] == t
-        if i == spec.steps and not is_rec:
-            break
-        if not spec.population:
-            tokens, n = draw(facts, sequences, spec.seed, t, spec.batch, spec.L)
-            q, weight = tokens[:, -1], 1.0 / spec.batch
-            C = np.zeros((spec.batch, M))
-            np.add.at(C, (np.repeat(np.arange(spec.batch), spec.L - 1), tokens[:, :-1].ravel()), 1.0)
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            loss, dY, dZ = _scansnap_grads(Y, Zw, C, q, n, weight)
-        if i < spec.steps:
-            out.loss[i] = loss
+    cache = {}
+
+    def batch_grads(t):
+        """Loss and gradients of step t's batch (the population: the same every step)."""
+        if cache.get("t") != t:
+            if spec.population:
+                C = np.zeros((len(facts.q), M))
+                for f in range(len(facts.q)):
+                    C[f, facts.tok[facts.ptr[f]:facts.ptr[f + 1]]] = facts.prob[facts.ptr[f]:facts.ptr[f + 1]]
+                q, n, weight = facts.q, facts.n, 1.0 / len(facts.q)
+            else:
+                tokens, n = draw(facts, sequences, spec.seed, spec.start_step + t, spec.batch, spec.L)
+                q, weight = tokens[:, -1], 1.0 / spec.batch
+                C = np.zeros((spec.batch, M))
+                np.add.at(C, (np.repeat(np.arange(spec.batch), spec.L - 1), tokens[:, :-1].ravel()), 1.0)
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                cache.update(t=t, grads=_scansnap_grads(Y, Zw, C, q, n, weight))
+            if t < spec.steps:
+                out.loss[t] = cache["grads"][0]
+        return cache["grads"]
+
+    def record(r):
+        loss = batch_grads(int(spec.record[r]) - spec.start_step)[0]
+        out.rec_loss[r] = loss
+        for arr, val in ((out.rec_Zq, Zw[facts.q] if out.rec_Zq is not None else None), (out.rec_Y, Y),
+                         (out.rec_Z, Zw)):
+            if arr is not None:
+                arr[r] = val
+        return loss
+
+    def step(t):
+        loss, dY, dZ = batch_grads(t)
         if not np.isfinite(loss):
-            status = 1
-            break
-        if is_rec:
-            out.rec_loss[rk] = loss
-            if out.rec_Zq is not None:
-                out.rec_Zq[rk] = Zw[facts.q]
-            if out.rec_Y is not None:
-                out.rec_Y[rk] = Y
-            if out.rec_Z is not None:
-                out.rec_Z[rk] = Zw
-            rk += 1
-        if i == spec.steps:
-            break
-        _torch_step(Y, dY, state, "Y", spec, spec.lr_y, spec.adam_t0 + i + 1)
-        _torch_step(Zw, dZ, state, "Z", spec, spec.lr_z, spec.adam_t0 + i + 1)
-        done = i + 1
+            return False
+        _torch_step(Y, dY, state, "Y", spec, spec.lr_y, spec.adam_t0 + t + 1)
+        _torch_step(Zw, dZ, state, "Z", spec, spec.lr_z, spec.adam_t0 + t + 1)
+        cache.clear()
+        return True
+
+    status, done, rk = _drive(spec.steps, RecordSpec(np.asarray(spec.record) - spec.start_step), record, step)
     Yt[...], Z[...] = Y.T, Zw
     if spec.optimizer == 1:
         mY[...], vY[...], mZ[...], vZ[...] = state["Y"][0].T, state["Y"][1].T, state["Z"][0], state["Z"][1]

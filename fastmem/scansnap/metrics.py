@@ -11,6 +11,11 @@ def attention_metrics(facts, Zq):
     """Zq (..., F, M): the query rows of Z for each fact (Z[facts.query]). Returns
     (attention (..., F, M), entropy (..., F), common_mass (..., F), argmax (..., F) int64)."""
     Zq = np.asarray(Zq, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a diverged run's records: NaN
+        return _metrics(facts, Zq)
+
+
+def _metrics(facts, Zq):
     P = facts.context
     support = P > 0
     z = np.where(support, Zq, -np.inf)
@@ -18,8 +23,7 @@ def attention_metrics(facts, Zq):
     c = w / w.sum(-1, keepdims=True)
     d = np.where(facts.distinct, c, 0.0)
     pd = d / np.maximum(d.sum(-1, keepdims=True), np.finfo(float).tiny)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        entropy = -np.where(pd > 0, pd * np.log(pd), 0.0).sum(-1)
+    entropy = -np.where(pd > 0, pd * np.log(np.where(pd > 0, pd, 1.0)), 0.0).sum(-1)
     common_mass = np.where(facts.common, c, 0.0).sum(-1)
     return c, entropy, common_mass, c.argmax(-1)
 

@@ -1,6 +1,7 @@
 // Umbrella header of the header-only core.
 #pragma once
 #include "blas.hpp"
+#include "constants.hpp"
 #include "errors.hpp"
 #include "interrupt.hpp"
 #include "kernels/cmd.hpp"

@@ -47,7 +47,7 @@ void optimizer_step(const OptimizerParams& o, double lr, MatrixView<const T> gra
         }
         break;
       case OptimizerKind::Adam: {
-        if (o.beta1 == 0.0 && o.beta2 == 0.0) {
+        if (o.is_normalized_adam()) {
           // betas (0, 0): m = g, v = g^2, no bias correction: the normalised update
           // g / (|g| + eps), without a pass over m and v
           for (index_t j = 0; j < cols; ++j) w[j] = decay * w[j] - lrt * g[j] / (std::fabs(g[j]) + eps);

@@ -26,6 +26,9 @@ struct OptimizerParams {
   // An update that is zero wherever the gradient is zero and keeps no state
   // lets one-hot embeddings touch only the sampled rows of W.
   bool is_plain_sgd() const { return kind == OptimizerKind::SGD && momentum == 0.0 && weight_decay == 0.0; }
+  // Adam with betas (0, 0): m = g, v = g^2 and no bias correction, the stateless update
+  // g / (|g| + eps)
+  bool is_normalized_adam() const { return kind == OptimizerKind::Adam && beta1 == 0.0 && beta2 == 0.0; }
 };
 
 // Learning rate at global step t (0-based).

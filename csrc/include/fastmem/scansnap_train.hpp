@@ -84,12 +84,12 @@ TrainResult train(const Facts& facts, const Sequences& seq, const Spec& sp, Stat
     if (!sp.population) sample_batch(facts, seq, sp.seed, t, sp.batch, sp.L, M, h);
     forward_backward<T>(st.Yt, st.Z, h, weight, gr);
     if (i < sp.steps) out.loss[i] = gr.loss;
-    if (!std::isfinite(gr.loss)) {
+    if (record) write_record(st, facts, out, rk++, gr.loss);
+    res.records = rk;
+    if (!std::isfinite(gr.loss)) {  // recorded (as drive() records), then the run stops
       res.status = Status::Diverged;
       break;
     }
-    if (record) write_record(st, facts, out, rk++, gr.loss);
-    res.records = rk;
     if (i == sp.steps) break;
     // The entries of the gradients: Y^T's rows are the context tokens, Z's the queries.
     keys_y.clear(), keys_z.clear(), entry_row.clear();

@@ -9,6 +9,7 @@
 #include <optional>
 #include <vector>
 
+#include "constants.hpp"
 #include "errors.hpp"
 #include "interrupt.hpp"
 #include "kernels/dual_step.hpp"
@@ -153,7 +154,7 @@ void store_memory(const Problem<T>& prob, MatrixView<const T> W, const TrainReco
   if (rec.W)
     for (index_t i = 0; i < d; ++i) std::copy(W.row(i), W.row(i) + d, rec.W + (r * d + i) * d);
   if (rec.sharpness)
-    rec.sharpness[r] = static_cast<T>(sharpness(prob, W, tp.power_iters, 1e-6, tp.seed, hvp_ws));
+    rec.sharpness[r] = static_cast<T>(sharpness(prob, W, tp.power_iters, kSharpnessTol, tp.seed, hvp_ws));
 }
 
 template <class T>
@@ -164,7 +165,7 @@ TrainResult train(const Problem<T>& prob, MatrixView<T> W_io, const double* cdf,
   FASTMEM_CHECK_ARG(W_io.rows == d && W_io.cols == d, "W must be d x d");
   const bool plain_sgd = opt.is_plain_sgd();
   const bool sign = opt.kind == OptimizerKind::Sign;
-  const bool adam00 = opt.kind == OptimizerKind::Adam && opt.beta1 == 0.0 && opt.beta2 == 0.0;
+  const bool adam00 = opt.is_normalized_adam();
   // Stateless elementwise updates of a dense E: one pass over W per step that also reads
   // the next batch's rows (normalized_rank_update), no d x d gradient buffer.
   const bool normalized = (adam00 || sign) && !prob.emb.onehot();

@@ -97,7 +97,7 @@ template <class T>
 TrainResult train_projected(const Problem<T>& prob, MatrixView<T> V, const double* cdf,
                             const std::int64_t* given_tokens, const OptimizerParams& opt, const TrainParams& tp,
                             const TrainRecord<T>& rec) {
-  const bool adam00 = opt.kind == OptimizerKind::Adam && opt.beta1 == 0.0 && opt.beta2 == 0.0;
+  const bool adam00 = opt.is_normalized_adam();
   FASTMEM_CHECK_ARG(adam00 || opt.kind == OptimizerKind::Sign,
                     "the projected representation needs Adam with betas (0, 0) or sign descent");
   FASTMEM_CHECK_ARG(!prob.layernorm && !prob.emb.onehot(), "the projected representation needs dense E, no LayerNorm");

@@ -4,12 +4,11 @@
 #pragma once
 #include <cmath>
 
+#include "../constants.hpp"
 #include "../simd.hpp"
 #include "../views.hpp"
 
 namespace fastmem {
-
-constexpr double kLayerNormEps = 1e-6;
 
 // In place: Q <- Q / r row-wise; r (b) is kept for the backward.
 template <class T>

@@ -282,6 +282,8 @@ void forward_backward(MatrixView<const T> Yt, MatrixView<const T> Z, const Histo
     // logits = sum_j g_j Yt[tok_j], softmax, residual
     T* r = out.r.data() + b * M;
     logits(Yt, tok, g, s, r);
+    const index_t n = h.n[b];
+    const T zn = r[n];
     T lmax = r[0];
 #pragma omp simd reduction(max : lmax)
     for (index_t i = 1; i < M; ++i) lmax = std::max(lmax, r[i]);
@@ -292,9 +294,8 @@ void forward_backward(MatrixView<const T> Yt, MatrixView<const T> Z, const Histo
       r[i] = e;
       sum += e;
     }
-    const index_t n = h.n[b];
-    // loss_b = lse - logit_n = -log(softmax_n)
-    loss += weight * -std::log(static_cast<double>(r[n]) / static_cast<double>(sum));
+    // loss_b = lse - logit_n (not -log softmax_n, which underflows to -log 0 far from the optimum)
+    loss += weight * (static_cast<double>(lmax) + std::log(static_cast<double>(sum)) - static_cast<double>(zn));
     const T scale = wt / sum;
 #pragma omp simd
     for (index_t i = 0; i < M; ++i) r[i] *= scale;

@@ -1,0 +1,91 @@
+"""What crosses from the Python API into every backend: typed specs with named fields (the C++
+binding converts each once into its struct of csrc/include/fastmem/params.hpp; the numba and
+numpy backends read the same fields), the kinds as named enums, and the constants every backend
+shares (the C++ core's own are checked against these: tests/test_backends.py)."""
+
+import enum
+from typing import NamedTuple
+
+import numpy as np
+
+LAYERNORM_EPS = 1e-6  # LayerNorm of a read-out h: h / sqrt(|h|^2 + eps) (kernels/layernorm.hpp)
+SHARPNESS_TOL = 1e-6  # relative tolerance of the power iteration behind recorded sharpness (train.hpp)
+
+
+class OptimizerKind(enum.IntEnum):
+    SGD = 0
+    ADAM = 1
+    SIGN = 2
+
+
+class ScheduleKind(enum.IntEnum):
+    CONSTANT = 0
+    COSINE = 1
+    STEP = 2
+
+
+class ModelKind(enum.IntEnum):
+    """The trainable models of fastmem.models (models.hpp)."""
+
+    LEARNABLE = 1
+    EXPONENTIAL = 2
+
+
+class OptimizerSpec(NamedTuple):
+    """An optimizer and its schedule (params.hpp: OptimizerParams)."""
+
+    kind: OptimizerKind
+    lr: float
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    beta1: float = 0.0
+    beta2: float = 0.0
+    eps: float = 1e-8
+    schedule: ScheduleKind = ScheduleKind.CONSTANT
+    schedule_steps: int = 0
+    gamma: float = 1.0
+    min_lr: float = 0.0
+
+    @property
+    def normalized(self):
+        """Adam with betas (0, 0): the stateless update g / (|g| + eps) (OptimizerParams::is_normalized_adam)."""
+        return is_normalized_adam(self.kind, self.beta1, self.beta2)
+
+
+def is_normalized_adam(kind, beta1, beta2):
+    return kind == OptimizerKind.ADAM and beta1 == 0.0 and beta2 == 0.0
+
+
+class TrainSpec(NamedTuple):
+    """A training run (params.hpp: TrainParams): batch_size 0 is full-batch GD."""
+
+    steps: int
+    batch_size: int
+    seed: int
+    start_step: int = 0
+    layernorm: bool = False
+    chunk: int = 0
+    power_iters: int = 0
+
+
+class RecordSpec(NamedTuple):
+    """Where a run records (train.hpp: TrainRecord): ``steps`` ascending, each array (or None)
+    with one row per recorded step."""
+
+    steps: np.ndarray
+    loss: object = None
+    accuracy: object = None
+    margins: object = None
+    W: object = None
+    sharpness: object = None
+
+
+class ModelOptimizerSpec(NamedTuple):
+    """The models' optimizer (models.hpp: ModelOptimizer): SGD, or Adam with betas (0, 0), with
+    one learning rate per matrix."""
+
+    normalized: bool
+    eps: float
+    lr_E: float
+    lr_U: float
+    lr_W: float
