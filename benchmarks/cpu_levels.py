@@ -18,7 +18,7 @@ import numpy as np
 import fastmem as fm
 from fastmem import _core
 from fastmem.backends import cpp
-from fastmem.models import train_model
+from fastmem.memory.models import train_model
 
 
 def _grid_run(model, d, optimizer, layernorm, batch=16, ntrain=2**14):

@@ -8,18 +8,13 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import cmd, embeddings, kernels, models, pathcond, scansnap, sweeps
+from . import cmd, memory, pathcond, scansnap, sweeps
 from .backends import backends, get_num_threads, set_num_threads, use_backend
 from .errors import BackendUnavailableError, InvalidArgumentError, InvalidStateError, PerformanceWarning
-from .many import ManyRuns, train_many
-from .memory import AssociativeMemory
-from .metrics import accuracy, evaluate, gradient, loss, margins, sharpness
-from .optim import SGD, Adam, Constant, Cosine, SignGD, StepDecay
-from .state import TrainState
-from .step import step
+from .memory import (SGD, Adam, AssociativeMemory, Constant, Cosine, ManyRuns, Record, Run, SignGD, StepDecay, Task,
+                     TrainState, accuracy, dual, embeddings, evaluate, gradient, kernels, loss, margins, models,
+                     sharpness, step, train, train_many)
 from .sweeps import load_sweep, sweep
-from .task import Task
-from .train import Record, Run, train
 
 try:
     __version__ = version("fastmem")
@@ -29,7 +24,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = [
     "Adam", "AssociativeMemory", "BackendUnavailableError", "Constant", "Cosine", "InvalidArgumentError", "InvalidStateError",
     "ManyRuns", "PerformanceWarning", "Record",
-    "Run", "SGD", "SignGD", "StepDecay", "Task", "TrainState", "accuracy", "backends", "cmd", "embeddings",
-    "evaluate", "get_num_threads", "gradient", "kernels", "load_sweep", "loss", "margins", "models", "pathcond", "scansnap", "set_num_threads", "sharpness", "step", "sweep",
+    "Run", "SGD", "SignGD", "StepDecay", "Task", "TrainState", "accuracy", "backends", "cmd", "dual", "embeddings",
+    "evaluate", "get_num_threads", "gradient", "kernels", "load_sweep", "loss", "margins", "memory", "models", "pathcond", "scansnap", "set_num_threads", "sharpness", "step", "sweep",
     "sweeps", "train", "train_many", "use_backend",
 ]

@@ -58,7 +58,7 @@ def _writable(name, path):
 def _cmd_run(a):
     import fastmem as fm
     from fastmem import _validate as v
-    from fastmem import optim
+    from fastmem.memory import optim
 
     v.positive_int("--seed", a.seed, allow_zero=True, below=2**64)
     if a.momentum is not None and a.optimizer not in ("sgd", "gd"):

@@ -7,7 +7,7 @@ from conftest import random_problem
 from test_train import ALL, LINEAR
 
 import fastmem as fm
-import fastmem.dual
+import fastmem.memory.dual
 
 
 def _compare(got, want, dtype, factor):

@@ -15,7 +15,7 @@ import fastmem as fm
 from fastmem import sweeps as sw
 from fastmem.sweeps import runner
 from fastmem.sweeps.scaling_law import SCALING_LAW as SL
-from fastmem.models import train_model
+from fastmem.memory.models import train_model
 
 SMALL = {"d": [4, 8], "seed": [1, 2], "lr": [1.0], "batch_size": [4, 16], "ntrain": [64],
          "layernorm": [False, True], "optimizer": ["sgd", "adam"], "model": ["matrix", "learnable"], "N": 12,

@@ -180,7 +180,7 @@ def test_run_to_xarray(rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_reads_of_a_large_W(compiled_model, dtype, batch_size):
     compiled = compiled_model
-    from fastmem.models import train_model
+    from fastmem.memory.models import train_model
 
     d = 523
     E, U = fm.embeddings.gaussian(20, 5, d, seed=1, dtype=dtype)
@@ -207,7 +207,7 @@ def test_reads_of_a_large_W(compiled_model, dtype, batch_size):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_learnable_model_at_vector_widths(compiled_model, dtype, d, opt, batch_size, layernorm):
     compiled = compiled_model
-    from fastmem.models import train_model
+    from fastmem.memory.models import train_model
 
     E, U = fm.embeddings.gaussian(20, 5, d, seed=d, dtype=dtype)
     W = fm.kernels.normal((d, d), seed=d, scale=d**-0.5, dtype=dtype)
@@ -225,7 +225,7 @@ def test_learnable_results_do_not_depend_on_the_thread_count():
     if not fm.backends()["cpp"]["available"]:
         pytest.skip("the compiled core is not built")
     from fastmem import _core
-    from fastmem.models import train_model
+    from fastmem.memory.models import train_model
 
     d = 600
     E, U = fm.embeddings.gaussian(100, 5, d, seed=0)

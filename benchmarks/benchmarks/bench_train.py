@@ -87,7 +87,7 @@ class LearnableAdam00(_GridAdam00):
                          backend=backend)
 
     def run(self):
-        from fastmem.models import train_model
+        train_model = fm.models.train_model  # fm.models in every layout asv benchmarks
 
         train_model("learnable", self.E, self.U, self.task, self.opt, self.steps, **self.args)
 

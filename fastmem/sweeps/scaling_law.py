@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from .. import _validate as v
-from ..train import Record
+from ..memory.train import Record
 from . import grid as g
 from .experiment import Experiment, register
 
@@ -133,7 +133,7 @@ class _Setup:
 
     def representation(self, steps):
         """What fm.train would take for a run of this many steps (the models: "primal")."""
-        from ..dual import choose
+        from ..memory.dual import choose
 
         c = self.c
         if c["model"] != "matrix":
@@ -145,7 +145,7 @@ class _Setup:
     def train(self, steps, record, representation):
         import fastmem as fm
 
-        from ..models import train_model
+        from ..memory.models import train_model
 
         c = self.c
         if c["model"] == "matrix":

@@ -18,6 +18,7 @@
 #include "normal.hpp"
 #include "optim.hpp"
 #include "params.hpp"
+#include "problem.hpp"
 #include "rng.hpp"
 #include "scansnap_train.hpp"
 #include "train.hpp"

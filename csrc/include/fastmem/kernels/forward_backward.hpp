@@ -6,24 +6,12 @@
 #include <cstdint>
 #include <vector>
 
+#include "../problem.hpp"
 #include "layernorm.hpp"
 #include "sgd_rank_update.hpp"
 #include "softmax_xent_grad.hpp"
 
 namespace fastmem {
-
-template <class T>
-struct Problem {
-  InputEmbedding<T> emb;    // N x d input embeddings
-  MatrixView<const T> U;    // M x d output embeddings
-  const double* p;          // N token probabilities
-  const std::int64_t* y;    // N targets in [0, M)
-  bool layernorm = false;
-  index_t chunk = 0;
-  index_t N() const { return emb.E.rows; }
-  index_t d() const { return emb.E.cols; }
-  index_t M() const { return U.rows; }
-};
 
 template <class T>
 struct PassWorkspace {

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _validate as v
-from .backends import get
+from .. import _validate as v
+from ..backends import get
+from ..specs import ModelKind, ModelOptimizerSpec, RecordSpec, TrainSpec
 from .optim import SGD, Adam
-from .specs import ModelKind, ModelOptimizerSpec, RecordSpec, TrainSpec
 from .train import Record
 
 KINDS = {"learnable": ModelKind.LEARNABLE, "exponential": ModelKind.EXPONENTIAL}

@@ -5,7 +5,7 @@ Scores of token x are z(x) = e_x^T W U^T (row convention, see docs/model.md).
 
 import numpy as np
 
-from . import _validate as v
+from .. import _validate as v
 
 
 class AssociativeMemory:

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from . import _validate as v
+from .. import _validate as v
 
 
 class Task:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import InvalidStateError
+from ..errors import InvalidStateError
 
 FORMAT = 2
 # the arrays each representation keeps: always, and where the optimizer has state

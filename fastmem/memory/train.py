@@ -4,13 +4,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _validate as v
+from .. import _validate as v
+from ..backends import get
+from ..errors import InvalidArgumentError
+from ..specs import OptimizerKind, RecordSpec, TrainSpec
 from . import dual
 from ._problem import chunk_arg, problem_args
-from .backends import get
-from .errors import InvalidArgumentError
-from .memory import AssociativeMemory
-from .specs import OptimizerKind, RecordSpec, TrainSpec
+from .model import AssociativeMemory
 from .state import TrainState, optimizer_kind
 
 METRICS = ("loss", "accuracy", "margins", "W", "sharpness")

@@ -8,10 +8,10 @@ import numbers
 
 import numpy as np
 
-from . import _arrays
-from . import _validate as v
+from .. import _arrays
+from .. import _validate as v
+from ..backends import get
 from ._problem import chunk_arg
-from .backends import get
 
 
 def softmax_xent_grad(Q, U, y, w=None, chunk=None, backend=None):

@@ -6,7 +6,7 @@ Every constructor returns ``(E, U)`` as C-contiguous arrays of ``dtype``
 
 import numpy as np
 
-from . import _validate as v
+from .. import _validate as v
 
 
 def _dims(N, M, d):

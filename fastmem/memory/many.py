@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _arrays
-from . import _validate as v
-from .backends import get
+from .. import _arrays
+from .. import _validate as v
+from ..backends import get
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The arguments every backend kernel shares, built once from a memory and a task."""
 
-from . import _validate as v
+from .. import _validate as v
 
 
 def problem_args(memory, task):

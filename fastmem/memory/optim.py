@@ -7,8 +7,8 @@ W <- (1 - lr_t * weight_decay) W - lr_t * update.
 
 from dataclasses import dataclass, field
 
-from . import _validate as v
-from .specs import OptimizerKind, OptimizerSpec, ScheduleKind
+from .. import _validate as v
+from ..specs import OptimizerKind, OptimizerSpec, ScheduleKind
 
 
 @dataclass(frozen=True)

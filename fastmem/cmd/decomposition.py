@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _validate as v
-from .backends import get
+from .. import _validate as v
+from ..backends import get
 
 
 @dataclass

@@ -25,8 +25,8 @@ import os
 
 import numpy as np
 
-from . import _validate as v
-from .specs import OptimizerKind
+from .. import _validate as v
+from ..specs import OptimizerKind
 
 REPRESENTATIONS = ("auto", "primal", "dual", "projected")
 

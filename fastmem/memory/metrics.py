@@ -6,9 +6,9 @@ L(W) = sum_x p(x) (logsumexp z(x) - z_{y(x)}(x)).
 
 import numpy as np
 
-from . import _validate as v
+from .. import _validate as v
+from ..backends import get
 from ._problem import chunk_arg, problem_args
-from .backends import get
 
 
 def evaluate(memory, task, gradient=False, backend=None, chunk=None):
