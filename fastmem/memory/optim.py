@@ -16,7 +16,7 @@ class Constant:
     """lr_t = lr."""
 
     def _params(self):
-        return dict(schedule=ScheduleKind.CONSTANT)
+        return ScheduleKind.CONSTANT, 0, 1.0, 0.0  # schedule, schedule_steps, gamma, min_lr
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Cosine:
         v.positive_float("Cosine.min_lr", self.min_lr, allow_zero=True)
 
     def _params(self):
-        return dict(schedule=ScheduleKind.COSINE, schedule_steps=self.steps, min_lr=float(self.min_lr))
+        return ScheduleKind.COSINE, self.steps, 1.0, float(self.min_lr)
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class StepDecay:
         v.positive_float("StepDecay.gamma", self.gamma)
 
     def _params(self):
-        return dict(schedule=ScheduleKind.STEP, schedule_steps=self.every, gamma=float(self.gamma))
+        return ScheduleKind.STEP, self.every, float(self.gamma), 0.0
 
 
 def _schedule(s):
@@ -77,7 +77,7 @@ class SGD:
         object.__setattr__(self, "schedule", _schedule(self.schedule))
 
     def _params(self):
-        return _pack("sgd", self, momentum=self.momentum)
+        return _pack(OptimizerKind.SGD, self, momentum=self.momentum)
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ class Adam:
         object.__setattr__(self, "schedule", _schedule(self.schedule))
 
     def _params(self):
-        return _pack("adam", self, beta1=self.betas[0], beta2=self.betas[1], eps=self.eps)
+        return _pack(OptimizerKind.ADAM, self, beta1=self.betas[0], beta2=self.betas[1], eps=self.eps)
 
 
 @dataclass(frozen=True)
@@ -123,13 +123,18 @@ class SignGD:
         object.__setattr__(self, "schedule", _schedule(self.schedule))
 
     def _params(self):
-        return _pack("sign", self)
+        return _pack(OptimizerKind.SIGN, self)
 
 
 def _pack(kind, opt, momentum=0.0, beta1=0.0, beta2=0.0, eps=1e-8):
-    """The optimizer's OptimizerSpec, what the backends read."""
-    return OptimizerSpec(OptimizerKind[kind.upper()], float(opt.lr), float(momentum), float(opt.weight_decay),
-                         float(beta1), float(beta2), float(eps), **opt.schedule._params())
+    """The optimizer's OptimizerSpec, what the backends read: made once per optimizer (a frozen
+    dataclass, so it cannot go stale), as fm.train asks for it several times a call."""
+    spec = opt.__dict__.get("_spec")
+    if spec is None:
+        spec = OptimizerSpec(kind, float(opt.lr), float(momentum), float(opt.weight_decay), float(beta1),
+                             float(beta2), float(eps), *opt.schedule._params())
+        object.__setattr__(opt, "_spec", spec)
+    return spec
 
 
 def make(name, lr, **kw):
