@@ -7,7 +7,6 @@
 #include <cmath>
 #include <cstring>
 
-#include "interrupt.hpp"
 #include "kernels/scansnap.hpp"
 #include "params.hpp"
 #include "train.hpp"
@@ -61,48 +60,47 @@ void write_record(const State<T>& st, const Facts& facts, const Output<T>& out, 
     for (index_t i = 0; i < M; ++i) std::memcpy(out.rec_Z + (k * M + i) * M, st.Z.row(i), sizeof(T) * M);
 }
 
+// On the memory's loop, drive() (train.hpp): record at step t (the loss of t's batch before
+// its update, and the state), then take step t.
 template <class T>
 TrainResult train(const Facts& facts, const Sequences& seq, const Spec& sp, State<T> st, const Output<T>& out) {
   const index_t M = st.Z.cols;
-  TrainResult res;
   Histograms<T> h;
   Gradients<T> gr;
   TouchedRows ty, tz;
-  std::vector<std::int64_t> mark(M, -1), slot(M, -1), keys_y, keys_z, entry_row;
+  std::vector<std::int64_t> mark(M, -1), slot(M, -1), keys_y, keys_z, entry_row, flat;
   if (sp.population) population_batch(facts, h);
   const double weight = 1.0 / static_cast<double>(sp.population ? facts.F : sp.batch);
-  StopPoller poller;
-  index_t rk = 0;
-  for (index_t i = 0; i <= sp.steps; ++i) {
-    const index_t t = sp.start_step + i;
-    const bool record = rk < sp.n_record && sp.record[rk] == t;
-    if (i == sp.steps && !record) break;
-    if (i > 0 && poller.stop()) {
-      res.status = Status::Interrupted;
-      break;
-    }
-    if (!sp.population) sample_batch(facts, seq, sp.seed, t, sp.batch, sp.L, M, h);
+  index_t computed = -1, rk = 0;
+  // step i's batch, its loss and the pieces of both gradients (once per step)
+  auto batch = [&](index_t i) {
+    if (computed == i) return;
+    if (!sp.population) sample_batch(facts, seq, sp.seed, sp.start_step + i, sp.batch, sp.L, M, h);
     forward_backward<T>(st.Yt, st.Z, h, weight, gr);
     if (i < sp.steps) out.loss[i] = gr.loss;
-    if (record) write_record(st, facts, out, rk++, gr.loss);
+    computed = i;
+  };
+  auto record = [&](index_t i, TrainResult& res) {
+    if (rk >= sp.n_record || sp.record[rk] != sp.start_step + i) return;
+    batch(i);
+    write_record(st, facts, out, rk++, gr.loss);
     res.records = rk;
-    if (!std::isfinite(gr.loss)) {  // recorded (as drive() records), then the run stops
-      res.status = Status::Diverged;
-      break;
-    }
-    if (i == sp.steps) break;
+    if (!std::isfinite(gr.loss)) res.status = Status::Diverged;
+  };
+  auto step = [&](index_t i) {
+    batch(i);
+    if (!std::isfinite(gr.loss)) return false;
     // The entries of the gradients: Y^T's rows are the context tokens, Z's the queries.
-    keys_y.clear(), keys_z.clear(), entry_row.clear();
+    keys_y.clear(), keys_z.clear(), entry_row.clear(), flat.clear();
     for (index_t b = 0; b < h.rows(); ++b) {
       keys_z.push_back(h.q[b]);
-      for (index_t j = 0; j < h.len[b]; ++j) keys_y.push_back(h.tok[h.start[b] + j]), entry_row.push_back(b);
+      for (index_t j = 0; j < h.len[b]; ++j) {
+        keys_y.push_back(h.tok[h.start[b] + j]);
+        entry_row.push_back(b), flat.push_back(h.start[b] + j);
+      }
     }
     group_by(keys_y, mark, ty);
     group_by(keys_z, mark, tz);
-    // the flat entry e of keys_y is histogram entry start[row] + (its position in the row)
-    std::vector<std::int64_t>& flat = keys_y;  // reused: flat index of each entry
-    for (index_t b = 0, e = 0; b < h.rows(); ++b)
-      for (index_t j = 0; j < h.len[b]; ++j) flat[e++] = h.start[b] + j;
     const index_t adam_t = sp.adam_t0 + i + 1;
     update_rows<T>(st.Yt, st.mY, st.vY, sp.opt, sp.lr_y, adam_t, ty, slot, [&](index_t k, T* G) {
       for (index_t a = ty.first[k]; a < ty.first[k + 1]; ++a) {
@@ -119,9 +117,10 @@ TrainResult train(const Facts& facts, const Sequences& seq, const Spec& sp, Stat
         for (index_t j = 0; j < h.len[b]; ++j) G[h.tok[h.start[b] + j]] += gr.dz[h.start[b] + j];
       }
     });
-    res.steps_done = i + 1;
-  }
-  return res;
+    computed = -1;
+    return true;
+  };
+  return drive(sp.steps, record, step);
 }
 
 }  // namespace fastmem::scansnap
