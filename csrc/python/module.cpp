@@ -575,7 +575,7 @@ py::tuple py_scansnap_train(py::array Yt, py::array Z, py::object mY, py::object
     sp.seed = spec.attr("seed").cast<std::uint64_t>();
     sp.start_step = spec.attr("start_step").cast<index_t>(), sp.steps = spec.attr("steps").cast<index_t>();
     sp.lr_y = spec.attr("lr_y").cast<double>(), sp.lr_z = spec.attr("lr_z").cast<double>();
-    sp.opt.kind = static_cast<Optimizer>(spec.attr("optimizer").cast<int>());
+    sp.opt.kind = static_cast<Optimizer>(spec.attr("optimizer").cast<int>());  // specs.OptimizerKind: SGD 0, ADAM 1
     sp.opt.momentum = spec.attr("momentum").cast<double>();
     sp.opt.beta1 = spec.attr("beta1").cast<double>(), sp.opt.beta2 = spec.attr("beta2").cast<double>();
     sp.opt.eps = spec.attr("eps").cast<double>();

@@ -1033,7 +1033,7 @@ def scansnap_train(Yt, Z, mY, vY, mZ, vZ, facts, sequences, spec, out):
         res = _ss_train(Yt, Z, mY if mY is not None else none2, vY if vY is not None else none2,
                         mZ if mZ is not None else none2, vZ if vZ is not None else none2, *fa, *sq,
                         sequences is not None, spec.population, spec.batch, spec.L, np.uint64(spec.seed),
-                        spec.start_step, spec.steps, spec.lr_y, spec.lr_z, spec.optimizer, spec.momentum, spec.beta1,
+                        spec.start_step, spec.steps, spec.lr_y, spec.lr_z, int(spec.optimizer), spec.momentum, spec.beta1,
                         spec.beta2, spec.eps, spec.adam_t0, spec.record, out.loss, out.rec_loss,
                         out.rec_Zq if out.rec_Zq is not None else rec3, out.rec_Y if out.rec_Y is not None else rec3,
                         out.rec_Z if out.rec_Z is not None else rec3, out.rec_Zq is not None, out.rec_Y is not None,

@@ -8,21 +8,15 @@ core in csrc/include/fastmem exactly.
 
 import numpy as np
 
+from .._rng import splitmix64 as _splitmix64
 from ..specs import LAYERNORM_EPS as _LN_EPS
-from ..specs import RecordSpec
+from ..specs import OptimizerKind, RecordSpec
 
 INFO = {"precision": "float64 internally"}
 _F = np.float64
 
 
 # --- sampling: the counter-based stream of rng.hpp ---------------------------------
-
-def _splitmix64(z):
-    z = np.asarray(z, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
 
 def _uniform(seed, counters):
     key = _splitmix64(np.array([seed], dtype=np.uint64))
@@ -572,7 +566,7 @@ def _scansnap_grads(Y, Z, C, q, n, weight):
 
 def _torch_step(W, G, state, key, spec, lr, t):
     """torch.optim.SGD (momentum, no dampening) / Adam, in place on float64 W."""
-    if spec.optimizer == 0:
+    if spec.optimizer == OptimizerKind.SGD:
         if spec.momentum == 0.0:
             W -= lr * G
             return
@@ -598,7 +592,7 @@ def scansnap_train(Yt, Z, mY, vY, mZ, vZ, facts, sequences, spec, out):
     M = Z.shape[0]
     Y, Zw = Yt.T.astype(_F), Z.astype(_F)
     state = {}
-    if spec.optimizer == 1:
+    if spec.optimizer == OptimizerKind.ADAM:
         state = {"Y": (mY.T.astype(_F), vY.T.astype(_F)), "Z": (mZ.astype(_F), vZ.astype(_F))}
     elif spec.momentum != 0.0:
         state = {"Y": mY.T.astype(_F), "Z": mZ.astype(_F)}
@@ -643,7 +637,7 @@ def scansnap_train(Yt, Z, mY, vY, mZ, vZ, facts, sequences, spec, out):
 
     status, done, rk = _drive(spec.steps, RecordSpec(np.asarray(spec.record) - spec.start_step), record, step)
     Yt[...], Z[...] = Y.T, Zw
-    if spec.optimizer == 1:
+    if spec.optimizer == OptimizerKind.ADAM:
         mY[...], vY[...], mZ[...], vZ[...] = state["Y"][0].T, state["Y"][1].T, state["Z"][0], state["Z"][1]
     elif spec.momentum != 0.0:
         mY[...], mZ[...] = state["Y"].T, state["Z"]

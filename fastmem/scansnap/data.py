@@ -9,7 +9,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _validate as v
-from ..backends.numpy_ref import _splitmix64
+from .._rng import splitmix64 as _splitmix64
 
 _MASK32 = np.uint64(0xFFFFFFFF)
 _TWO32 = 1 << 32

@@ -10,11 +10,12 @@ import numpy as np
 
 from .. import _validate as v
 from ..backends import get
-from ..backends.numpy_ref import _splitmix64
+from ..specs import OptimizerKind
+from .._rng import splitmix64 as _splitmix64
 from .data import Facts, Sequences
 from .metrics import attention_metrics
 
-OPTIMIZERS = {"sgd": 0, "adam": 1}
+OPTIMIZERS = {"sgd": OptimizerKind.SGD, "adam": OptimizerKind.ADAM}  # the values kernels/scansnap.hpp reads
 SIMULATORS = ("sampled", "population")
 INITS = ("zero", "torch")
 RECORDABLE = ("attention", "Y", "Z")
