@@ -9,22 +9,17 @@ diag G and must give the same z to 1e-8.
 """
 
 import argparse
-import importlib.util
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 
 import fastmem as fm
+from _ports import load_port
 
 
 def _port():
-    path = Path(__file__).resolve().parents[1] / "tests" / "torch_pathcond.py"
-    spec = importlib.util.spec_from_file_location("torch_pathcond", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_port("torch_pathcond")
 
 
 def mlp_3072_500x7_10():

@@ -14,7 +14,6 @@ Model2 (tests/torch_scansnap.py), side by side in one run.
 """
 
 import argparse
-import importlib.util
 import json
 import resource
 import statistics
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 import fastmem as fm
+from _ports import load_port
 
 ss = fm.scansnap
 GRID = {"num_last": [1, 3, 5, 10], "lr_z": [0.5, 1.0, 2.0, 3.0], "ratio": [1.0, 2.0, 5.0, 10.0],
@@ -35,11 +35,7 @@ GRID = {"num_last": [1, 3, 5, 10], "lr_z": [0.5, 1.0, 2.0, 3.0], "ratio": [1.0, 
 
 
 def _port():
-    path = Path(__file__).resolve().parents[1] / "tests" / "torch_scansnap.py"
-    spec = importlib.util.spec_from_file_location("torch_scansnap", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_port("torch_scansnap")
 
 
 def scale_facts():
