@@ -575,17 +575,14 @@ py::tuple py_scansnap_train(py::array Yt, py::array Z, py::object mY, py::object
     sp.seed = spec.attr("seed").cast<std::uint64_t>();
     sp.start_step = spec.attr("start_step").cast<index_t>(), sp.steps = spec.attr("steps").cast<index_t>();
     sp.lr_y = spec.attr("lr_y").cast<double>(), sp.lr_z = spec.attr("lr_z").cast<double>();
-    sp.opt.kind = static_cast<Optimizer>(spec.attr("optimizer").cast<int>());  // specs.OptimizerKind: SGD 0, ADAM 1
-    sp.opt.momentum = spec.attr("momentum").cast<double>();
-    sp.opt.beta1 = spec.attr("beta1").cast<double>(), sp.opt.beta2 = spec.attr("beta2").cast<double>();
-    sp.opt.eps = spec.attr("eps").cast<double>();
+    sp.opt = optimizer_params(spec.attr("opt"));
     sp.adam_t0 = spec.attr("adam_t0").cast<index_t>();
     py::array record = field_array<py::array>(spec, "record");
     sp.n_record = record.shape(0);
     sp.record = cvec<std::int64_t>(record, sp.n_record, "spec.record");
-    const bool stateful = !sp.opt.stateless();
+    const bool stateful = !sp.opt.is_plain_sgd();
     require(!stateful || (!st.mY.empty() && !st.mZ.empty()), "mY and mZ are needed by this optimizer");
-    require(sp.opt.kind != Optimizer::Adam || (!st.vY.empty() && !st.vZ.empty()), "Adam needs vY and vZ");
+    require(sp.opt.kind != OptimizerKind::Adam || (!st.vY.empty() && !st.vZ.empty()), "Adam needs vY and vZ");
     require(sp.batch >= 1 && sp.L >= 2 && sp.steps >= 0, "spec: batch >= 1, L >= 2, steps >= 0");
 
     Facts fa;

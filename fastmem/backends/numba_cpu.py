@@ -921,26 +921,6 @@ def _ss_forward_backward(Yt, Z, hq, hn, hstart, hlen, htok, hcnt, weight, r, g, 
 
 
 @njit(cache=True)
-def _ss_update(W, m, v, opt, mu, b1, b2, eps, lr, t, G, touched):
-    """update_rows: G holds the gradient of the touched rows (zero elsewhere)."""
-    if opt == 0 and mu == 0.0:
-        for i in range(W.shape[0]):
-            if touched[i]:
-                W[i] -= lr * G[i]
-    elif opt == 0:
-        for i in range(W.shape[0]):
-            m[i] = mu * m[i] + G[i]
-            W[i] -= lr * m[i]
-    else:
-        bc1, bc2 = 1.0 - b1**t, 1.0 - b2**t
-        step_size, inv = lr / bc1, 1.0 / math.sqrt(bc2)
-        for i in range(W.shape[0]):
-            m[i] = b1 * m[i] + (1.0 - b1) * G[i]
-            v[i] = b2 * v[i] + (1.0 - b2) * G[i] * G[i]
-            W[i] -= step_size * m[i] / (np.sqrt(v[i]) * inv + eps)
-
-
-@njit(cache=True)
 def _ss_train(Yt, Z, mY, vY, mZ, vZ, fq, fn, fptr, ftok, fprob, fthr, falias, stok, star, use_seq, population, B, L,
               seed, start, steps, lr_y, lr_z, opt, mu, b1, b2, eps, adam_t0, record, loss_out, rec_loss, rec_Zq, rec_Y,
               rec_Z, has_zq, has_y, has_z):
@@ -1009,8 +989,8 @@ def _ss_train(Yt, Z, mY, vY, mZ, vZ, fq, fn, fptr, ftok, fprob, fthr, falias, st
                 GY[htok[j]] += g[j] * r[b]
                 GZ[hq[b], htok[j]] += dz[j]
         at = adam_t0 + i + 1
-        _ss_update(Yt, mY, vY, opt, mu, b1, b2, eps, lr_y, at, GY, ty)
-        _ss_update(Z, mZ, vZ, opt, mu, b1, b2, eps, lr_z, at, GZ, tz)
+        _optimizer_step(opt, Yt, GY, mY, vY, lr_y, 1.0, mu, b1, b2, eps, at)  # zero outside the touched rows
+        _optimizer_step(opt, Z, GZ, mZ, vZ, lr_z, 1.0, mu, b1, b2, eps, at)
         for l in range(M):
             if ty[l]:
                 GY[l] = 0.0
@@ -1033,8 +1013,8 @@ def scansnap_train(Yt, Z, mY, vY, mZ, vZ, facts, sequences, spec, out):
         res = _ss_train(Yt, Z, mY if mY is not None else none2, vY if vY is not None else none2,
                         mZ if mZ is not None else none2, vZ if vZ is not None else none2, *fa, *sq,
                         sequences is not None, spec.population, spec.batch, spec.L, np.uint64(spec.seed),
-                        spec.start_step, spec.steps, spec.lr_y, spec.lr_z, int(spec.optimizer), spec.momentum, spec.beta1,
-                        spec.beta2, spec.eps, spec.adam_t0, spec.record, out.loss, out.rec_loss,
+                        spec.start_step, spec.steps, spec.lr_y, spec.lr_z, int(spec.opt.kind), spec.opt.momentum,
+                        spec.opt.beta1, spec.opt.beta2, spec.opt.eps, spec.adam_t0, spec.record, out.loss, out.rec_loss,
                         out.rec_Zq if out.rec_Zq is not None else rec3, out.rec_Y if out.rec_Y is not None else rec3,
                         out.rec_Z if out.rec_Z is not None else rec3, out.rec_Zq is not None, out.rec_Y is not None,
                         out.rec_Z is not None)

@@ -10,7 +10,7 @@ import numpy as np
 
 from .._rng import splitmix64 as _splitmix64
 from ..specs import LAYERNORM_EPS as _LN_EPS
-from ..specs import OptimizerKind, RecordSpec
+from ..specs import RecordSpec
 
 INFO = {"precision": "float64 internally"}
 _F = np.float64
@@ -564,38 +564,18 @@ def _scansnap_grads(Y, Z, C, q, n, weight):
     return loss, dY, dZ
 
 
-def _torch_step(W, G, state, key, spec, lr, t):
-    """torch.optim.SGD (momentum, no dampening) / Adam, in place on float64 W."""
-    if spec.optimizer == OptimizerKind.SGD:
-        if spec.momentum == 0.0:
-            W -= lr * G
-            return
-        m = state[key]
-        m *= spec.momentum
-        m += G
-        W -= lr * m
-        return
-    m, v = state[key]
-    m *= spec.beta1
-    m += (1.0 - spec.beta1) * G
-    v *= spec.beta2
-    v += (1.0 - spec.beta2) * G * G
-    bc1, bc2 = 1.0 - spec.beta1**t, 1.0 - spec.beta2**t
-    W -= (lr / bc1) * m / (np.sqrt(v) / np.sqrt(bc2) + spec.eps)
-
-
 def scansnap_train(Yt, Z, mY, vY, mZ, vZ, facts, sequences, spec, out):
     """The Scan and Snap training loop on dense float64 arrays (one-hot-free, but every product
     dense): the reference the histogram kernels are tested against."""
     from ..scansnap.data import draw
 
     M = Z.shape[0]
-    Y, Zw = Yt.T.astype(_F), Z.astype(_F)
-    state = {}
-    if spec.optimizer == OptimizerKind.ADAM:
-        state = {"Y": (mY.T.astype(_F), vY.T.astype(_F)), "Z": (mZ.astype(_F), vZ.astype(_F))}
-    elif spec.momentum != 0.0:
-        state = {"Y": mY.T.astype(_F), "Z": mZ.astype(_F)}
+    P = {"Y": Yt.T.astype(_F), "Z": Z.astype(_F)}
+    # the optimizers' state as _optimizer_step keeps it (Y's in Y's layout)
+    held = {"Y": (mY, vY, True), "Z": (mZ, vZ, False)}
+    state = {k: {"t": spec.adam_t0, **{name: None if a is None else (a.T if tr else a).astype(_F)
+                                       for name, a in (("m", m), ("v", v))}} for k, (m, v, tr) in held.items()}
+    Y, Zw = P["Y"], P["Z"]
     cache = {}
 
     def batch_grads(t):
@@ -630,15 +610,15 @@ def scansnap_train(Yt, Z, mY, vY, mZ, vZ, facts, sequences, spec, out):
         loss, dY, dZ = batch_grads(t)
         if not np.isfinite(loss):
             return False
-        _torch_step(Y, dY, state, "Y", spec, spec.lr_y, spec.adam_t0 + t + 1)
-        _torch_step(Zw, dZ, state, "Z", spec, spec.lr_z, spec.adam_t0 + t + 1)
+        P["Y"][...] = _optimizer_step(spec.opt, spec.lr_y, dY, P["Y"], state["Y"])
+        P["Z"][...] = _optimizer_step(spec.opt, spec.lr_z, dZ, P["Z"], state["Z"])
         cache.clear()
         return True
 
     status, done, rk = _drive(spec.steps, RecordSpec(np.asarray(spec.record) - spec.start_step), record, step)
     Yt[...], Z[...] = Y.T, Zw
-    if spec.optimizer == OptimizerKind.ADAM:
-        mY[...], vY[...], mZ[...], vZ[...] = state["Y"][0].T, state["Y"][1].T, state["Z"][0], state["Z"][1]
-    elif spec.momentum != 0.0:
-        mY[...], mZ[...] = state["Y"].T, state["Z"]
+    for k, (m, v, tr) in held.items():
+        for name, a in (("m", m), ("v", v)):
+            if a is not None:
+                a[...] = state[k][name].T if tr else state[k][name]
     return status, done, rk

@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import _validate as v
 from ..backends import get
-from ..specs import OptimizerKind
+from ..specs import OptimizerKind, OptimizerSpec
 from .._rng import splitmix64 as _splitmix64
 from .data import Facts, Sequences
 from .metrics import attention_metrics
@@ -34,11 +34,7 @@ class Spec(NamedTuple):
     steps: int
     lr_y: float
     lr_z: float
-    optimizer: int
-    momentum: float
-    beta1: float
-    beta2: float
-    eps: float
+    opt: OptimizerSpec  # SGD (momentum) or Adam; its lr unused (lr_y and lr_z)
     adam_t0: int
     record: np.ndarray
 
@@ -233,8 +229,8 @@ def train(data, steps=100, *, batch=128, L=128, lr_z=1.0, ratio=1.0, lr_y=None, 
         names = ("mY", "mZ", "vY", "vZ") if optimizer == "adam" else ("mY", "mZ")
         opt_state = {k: old[k].copy() if k in old else np.zeros((M, M), dtype) for k in names}
     adam_t0 = resume._opt_state.get("adam_t", 0) if resume is not None else 0
-    spec = Spec(simulator == "population", batch, L, seed, start, steps, lr_y, lr_z, OPTIMIZERS[optimizer],
-                momentum, betas[0], betas[1], eps, adam_t0, rec_steps)
+    opt = OptimizerSpec(OPTIMIZERS[optimizer], 0.0, momentum if optimizer == "sgd" else 0.0, 0.0, *betas, eps)
+    spec = Spec(simulator == "population", batch, L, seed, start, steps, lr_y, lr_z, opt, adam_t0, rec_steps)
     R, F = len(rec_steps), (data.F if isinstance(data, Facts) else 0)
     out = Outputs(np.full(steps, np.nan), np.full(R, np.nan),
                   np.zeros((R, F, M), dtype) if "attention" in record else None,

@@ -19,7 +19,7 @@ struct Spec {
   std::uint64_t seed = 0;
   index_t start_step = 0, steps = 0;
   double lr_y = 1.0, lr_z = 1.0;
-  OptimizerSpec opt;
+  OptimizerParams opt;  // SGD (momentum) or Adam; lr, weight decay and schedule unused (lr_y, lr_z)
   index_t adam_t0 = 0;                      // Adam steps already taken (resuming)
   const std::int64_t* record = nullptr;     // ascending global steps in [start_step, start_step + steps]
   index_t n_record = 0;

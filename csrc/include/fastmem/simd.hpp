@@ -56,13 +56,30 @@ template <class T>
 inline vec<T> splat(T x) {
   return x - vec<T>{};  // one broadcast: x - 0 is x (0 + x is not, for x = -0: an addition)
 }
+// The sum of N lanes by halves, lane l plus lane l + N/2, recursively (the reduce intrinsics'
+// order), each half a narrower vector: extracts and adds in registers, where a loop over the
+// stored lanes would add one lane at a time.
+template <class T, int N>
+FASTMEM_ALWAYS_INLINE T sum_halves(const T* lane) {
+  if constexpr (N == 1) {
+    return lane[0];
+  } else {
+    typedef T half __attribute__((vector_size(N / 2 * sizeof(T))));
+    half lo, hi;
+    std::memcpy(&lo, lane, sizeof lo);
+    std::memcpy(&hi, lane + N / 2, sizeof hi);
+    lo += hi;
+    T folded[N / 2];
+    std::memcpy(folded, &lo, sizeof lo);
+    return sum_halves<T, N / 2>(folded);
+  }
+}
+
 template <class T>
-inline T sum(const vec<T>& v) {  // pairwise halves, as the reduce intrinsics do
+inline T sum(const vec<T>& v) {
   T h[lanes<T>];
   std::memcpy(h, &v, sizeof v);
-  for (int w = lanes<T> / 2; w >= 1; w /= 2)
-    for (int l = 0; l < w; ++l) h[l] += h[l + w];
-  return h[0];
+  return sum_halves<T, lanes<T>>(h);
 }
 
 // sum_i a[i] b[i], vectorised (a plain loop is not: the compiler may not reorder the sum).

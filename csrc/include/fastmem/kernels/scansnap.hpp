@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "../parallel.hpp"
+#include "../params.hpp"
 #include "../rng.hpp"
 #include "../simd.hpp"
 #include "../views.hpp"
@@ -158,37 +159,13 @@ void population_batch(const Facts& facts, Histograms<T>& h) {
 }
 
 // Per-row results of the forward/backward pass: r (rows x M) = (softmax - e_n) * weight,
-// and per histogram entry g (the normalised attention bag) and dz (dloss/dZ[q, tok]).
+// and per histogram entry g (the normalised attention bag), dz (dloss/dZ[q, tok]) and u
+// (dloss/df, scratch).
 template <class T>
 struct Gradients {
   std::vector<T> r, g, dz, u;
   double loss = 0.0;
 };
-
-// The sum of a vector's lanes by halves (the order of simd::sum), each half a narrower
-// vector, so that the compiler extracts and adds in registers instead of storing the lanes.
-template <class T, int N>
-FASTMEM_ALWAYS_INLINE T sum_by_halves(const T* lanes_in_a_vector) {
-  if constexpr (N == 1) {
-    return lanes_in_a_vector[0];
-  } else {
-    typedef T half __attribute__((vector_size(N / 2 * sizeof(T))));
-    half lo, hi;
-    std::memcpy(&lo, lanes_in_a_vector, sizeof lo);
-    std::memcpy(&hi, lanes_in_a_vector + N / 2, sizeof hi);
-    lo += hi;
-    T folded[N / 2];
-    std::memcpy(folded, &lo, sizeof lo);
-    return sum_by_halves<T, N / 2>(folded);
-  }
-}
-
-template <class T>
-FASTMEM_ALWAYS_INLINE T lane_sum(simd::vec<T> acc) {
-  T lanes[simd::lanes<T>];
-  std::memcpy(lanes, &acc, sizeof acc);
-  return sum_by_halves<T, simd::lanes<T>>(lanes);
-}
 
 // v[j] = Yt[tok[j]] . r for j < s: four rows at a time, so that four independent chains of
 // multiply-adds share each load of r (one chain waits on each addition's latency).
@@ -205,7 +182,7 @@ void dots(MatrixView<const T> Yt, const std::int64_t* tok, index_t s, const T* r
       a0 += simd::load(y0 + i) * ri, a1 += simd::load(y1 + i) * ri;
       a2 += simd::load(y2 + i) * ri, a3 += simd::load(y3 + i) * ri;
     }
-    T s0 = lane_sum<T>(a0), s1 = lane_sum<T>(a1), s2 = lane_sum<T>(a2), s3 = lane_sum<T>(a3);
+    T s0 = simd::sum<T>(a0), s1 = simd::sum<T>(a1), s2 = simd::sum<T>(a2), s3 = simd::sum<T>(a3);
     for (index_t i = full; i < M; ++i) s0 += y0[i] * r[i], s1 += y1[i] * r[i], s2 += y2[i] * r[i], s3 += y3[i] * r[i];
     v[j] = s0, v[j + 1] = s1, v[j + 2] = s2, v[j + 3] = s3;
   }
@@ -213,7 +190,7 @@ void dots(MatrixView<const T> Yt, const std::int64_t* tok, index_t s, const T* r
     const T* y = Yt.row(tok[j]);
     simd::vec<T> a = {};
     for (index_t i = 0; i < full; i += W) a += simd::load(y + i) * simd::load(r + i);
-    T acc = lane_sum<T>(a);
+    T acc = simd::sum<T>(a);
     for (index_t i = full; i < M; ++i) acc += y[i] * r[i];
     v[j] = acc;
   }
@@ -315,9 +292,8 @@ void forward_backward(MatrixView<const T> Yt, MatrixView<const T> Z, const Histo
   out.loss = loss;
 }
 
-// Rows of a parameter matrix that have a gradient this step, each with its entries: row
-// order[k] of the touched rows gets sum over entries e in [first[k], first[k+1]) of
-// coef[e] * (a dense M-row `vec[e]` of r, or the unit vector e_col[e]).
+// Rows of a parameter matrix that have a gradient this step: row[k] (ascending) and the
+// entries contributing to it, entry[first[k] .. first[k+1]) (indices into the grouped keys).
 struct TouchedRows {
   std::vector<std::int64_t> row, first, entry;
 };
@@ -340,24 +316,14 @@ inline void group_by(const std::vector<std::int64_t>& keys, std::vector<std::int
   for (std::int64_t r : t.row) mark[r] = -1;
 }
 
-enum class Optimizer : int { SGD = 0, Adam = 1 };
-
-struct OptimizerSpec {
-  Optimizer kind = Optimizer::SGD;
-  double momentum = 0.0;
-  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
-  // SGD without momentum touches only the rows with a gradient.
-  bool stateless() const { return kind == Optimizer::SGD && momentum == 0.0; }
-};
-
 // One optimizer step of W (torch.optim.SGD / Adam semantics, no weight decay) whose gradient
 // is zero outside the touched rows; row_grad(k, G) writes touched row k's gradient into G
 // (M entries, zeroed). adam_t: the step count after this step (bias correction).
 template <class T, class RowGrad>
-void update_rows(MatrixView<T> W, MatrixView<T> m, MatrixView<T> v, const OptimizerSpec& o, double lr, index_t adam_t,
+void update_rows(MatrixView<T> W, MatrixView<T> m, MatrixView<T> v, const OptimizerParams& o, double lr, index_t adam_t,
                  const TouchedRows& t, std::vector<std::int64_t>& slot, RowGrad&& row_grad) {
   const index_t cols = W.cols, K = static_cast<index_t>(t.row.size());
-  const bool stateless = o.stateless();
+  const bool stateless = o.is_plain_sgd();  // touches only the rows with a gradient
   const index_t rows = stateless ? K : W.rows;
   for (index_t k = 0; k < K; ++k) slot[t.row[k]] = k;
   const T lrt = static_cast<T>(lr), mu = static_cast<T>(o.momentum);
@@ -380,7 +346,7 @@ void update_rows(MatrixView<T> W, MatrixView<T> m, MatrixView<T> v, const Optimi
       if (stateless) {
 #pragma omp simd
         for (index_t j = 0; j < cols; ++j) w[j] -= lrt * G[j];
-      } else if (o.kind == Optimizer::SGD) {
+      } else if (o.kind == OptimizerKind::SGD) {
         T* mr = m.row(row);
         if (has) {
 #pragma omp simd
