@@ -7,6 +7,7 @@ one-hot row path of the C++ core is not specialised here (dense E gives the same
 """
 
 import math
+import types
 
 import numba as nb
 import numpy as np
@@ -310,9 +311,65 @@ def _batch(N, b, p, cdf, key, given, t, gt, slot):
     return distinct[:nd].copy(), count[:nd] / b
 
 
+# --- the one loop (drive() in train.hpp) ---------------------------------------------------
+
+def _drive_loop(steps, ctx):
+    """drive() in train.hpp: record at t, then take step t, until `steps` or divergence.
+    record(t, r, ctx) writes the records due at t from record r on and returns (next r,
+    diverged); step(t, ctx) returns False when the loss turned non-finite."""
+    r, status, done = 0, 0, 0
+    for t in range(steps + 1):
+        r, diverged = record(t, r, ctx)  # noqa: F821 (bound per representation by _driver)
+        done = t
+        if diverged:
+            status = 1
+        if t == steps or status != 0:
+            break
+        if not step(t, ctx):  # noqa: F821
+            status = 1
+            break
+    return status, done, r
+
+
+def _driver(name, record, step):
+    """_drive_loop compiled for one representation: its record and step bound as the loop's
+    globals. numba cannot cache a function that takes another as an argument (a dynamic global)
+    nor a closure over one (the cache key pickles the dispatcher with a per-process id), so each
+    representation gets its own compiled copy of the one loop's code."""
+    f = types.FunctionType(_drive_loop.__code__, {"record": record, "step": step, "range": range, "__name__": __name__},
+                           "_drive_" + name)
+    f.__qualname__ = f.__name__
+    return njit(cache=True)(f)
+
+
 @njit(cache=True)
-def _record(rec_steps, r, t, E, U, W, p, y, ln, chunk, rl, ra, rm, rW, rs, flags, iters, seed):
-    """Records of step t (primal W); returns (next r, diverged)."""
+def _step_batch(t, prob, batches, opt):
+    """Step t's distinct tokens, their weights (E's dtype) and the learning rate."""
+    E, U, p, y, ln, chunk = prob
+    b, cdf, seed, given, start, slot = batches
+    gt = start + t
+    toks, w = _batch(E.shape[0], b, p, cdf, _splitmix64(seed), given, t, gt, slot)
+    kind, lr0, mom, wd, b1, b2, eps, sched, ssteps, gamma, min_lr = opt
+    return toks, w.astype(E.dtype), _lr_at(sched, lr0, ssteps, gamma, min_lr, gt)
+
+
+@njit(cache=True)
+def _store_memory(r, W, prob, rec):
+    """The W and sharpness records of record r."""
+    E, U, p, y, ln, chunk = prob
+    rec_steps, rl, ra, rm, rW, rs, flags, iters, seed = rec
+    if flags[3]:
+        rW[r] = W
+    if flags[4]:
+        rs[r] = _sharpness(E, U, W, p, y, iters, SHARPNESS_TOL, seed)
+
+
+@njit(cache=True)
+def _primal_record(t, r, ctx):
+    prob, batches, opt, rec, state = ctx
+    E, U, p, y, ln, chunk = prob
+    rec_steps, rl, ra, rm, rW, rs, flags, iters, seed = rec
+    W = state[0]
     diverged = False
     while r < len(rec_steps) and rec_steps[r] == t:
         if flags[0] or flags[1] or flags[2]:
@@ -322,10 +379,7 @@ def _record(rec_steps, r, t, E, U, W, p, y, ln, chunk, rl, ra, rm, rW, rs, flags
                 rm[r] = margins
             if not np.isfinite(loss):
                 diverged = True
-        if flags[3]:
-            rW[r] = W
-        if flags[4]:
-            rs[r] = _sharpness(E, U, W, p, y, iters, SHARPNESS_TOL, seed)
+        _store_memory(r, W, prob, rec)
         r += 1
     return r, diverged
 
@@ -383,74 +437,62 @@ def _optimizer_step(kind, W, g, m, v, lr, decay, mom, b1, b2, eps, t):
 
 
 @njit(cache=True)
-def _train(E, U, W, p, y, cdf, given, kind, lr0, mom, wd, b1, b2, eps, sched, ssteps, gamma, min_lr,
-           steps, b, seed, start, ln, chunk, rec_steps, rl, ra, rm, rW, rs, flags, iters, m, v, t0):
-    N = E.shape[0]
-    key = _splitmix64(np.uint64(seed))
-    slot = np.full(N, -1, dtype=np.int64)
-    opt_t = t0
-    r, status, done = 0, 0, 0
-    for t in range(steps + 1):
-        r, div = _record(rec_steps, r, t, E, U, W, p, y, ln, chunk, rl, ra, rm, rW, rs, flags, iters, seed)
-        done = t
-        if div:
-            status = 1
-        if t == steps or status != 0:
-            break
-        gt = start + t
-        lr = _lr_at(sched, lr0, ssteps, gamma, min_lr, gt)
-        toks, w = _batch(N, b, p, cdf, key, given, t, gt, slot)
-        loss, _, h, Eb = _forward_backward(E, U, W, toks, w.astype(E.dtype), y[toks], ln, chunk)
-        if not np.isfinite(loss):
-            status = 1
-            break
-        opt_t += 1
-        decay = 1.0 - lr * wd
-        if kind == 0 and mom == 0.0 and wd == 0.0:
-            if Eb.shape[0] * W.size <= (1 << 20):
-                _rank_update(W, Eb, h, -lr)  # a few rows: no d x d gradient buffer
-            else:
-                W -= W.dtype.type(lr) * (Eb.T @ h)  # many rows: BLAS
-        elif (kind == 1 and b1 == 0.0 and b2 == 0.0) or kind == 2:
-            _normalized_rank_update(W, Eb, h, lr, eps, decay, kind == 2)
+def _primal_step(t, ctx):
+    prob, batches, opt, rec, state = ctx
+    E, U, p, y, ln, chunk = prob
+    kind, lr0, mom, wd, b1, b2, eps, sched, ssteps, gamma, min_lr = opt
+    W, m, v, opt_t = state
+    toks, w, lr = _step_batch(t, prob, batches, opt)
+    loss, _, h, Eb = _forward_backward(E, U, W, toks, w, y[toks], ln, chunk)
+    if not np.isfinite(loss):
+        return False
+    opt_t[0] += 1
+    decay = 1.0 - lr * wd
+    if kind == 0 and mom == 0.0 and wd == 0.0:
+        if Eb.shape[0] * W.size <= (1 << 20):
+            _rank_update(W, Eb, h, -lr)  # a few rows: no d x d gradient buffer
         else:
-            _optimizer_step(kind, W, Eb.T @ h, m, v, lr, decay, mom, b1, b2, eps, opt_t)
-    return status, done, r, opt_t
+            W -= W.dtype.type(lr) * (Eb.T @ h)  # many rows: BLAS
+    elif (kind == 1 and b1 == 0.0 and b2 == 0.0) or kind == 2:
+        _normalized_rank_update(W, Eb, h, lr, eps, decay, kind == 2)
+    else:
+        _optimizer_step(kind, W, Eb.T @ h, m, v, lr, decay, mom, b1, b2, eps, opt_t[0])
+    return True
 
 
-def _rec_args(rec, dt, N, d):
+_drive_primal = _driver("primal", _primal_record, _primal_step)
+
+
+def _context(E, U, p, y, cdf, tokens, opt, tp, rec):
+    """The parts of a run's context every representation shares: (problem, batches, optimizer,
+    records). Unrequested records get (small) scratch buffers so that one compiled signature
+    serves all."""
+    N, d, dt = E.shape[0], E.shape[1], E.dtype
     R = len(rec.steps)
     flags = np.array([getattr(rec, k) is not None for k in ("loss", "accuracy", "margins", "W", "sharpness")])
-    # unrequested records get (small) scratch buffers so that one compiled signature serves all
-    bufs = [getattr(rec, k) if getattr(rec, k) is not None else np.empty(shape if k in ("loss", "accuracy") else (0,) * len(shape),
-                                                       dtype=dt)
-            for k, shape in (("loss", (R,)), ("accuracy", (R,)), ("margins", (R, N)), ("W", (R, d, d)),
-                             ("sharpness", (R,)))]
-    return np.asarray(rec.steps, dtype=np.int64), bufs, flags
-
-
-def _opt_args(opt):
-    return (int(opt.kind), opt.lr, opt.momentum, opt.weight_decay, opt.beta1, opt.beta2, opt.eps,
-            int(opt.schedule), opt.schedule_steps, opt.gamma, opt.min_lr)
-
-
-def _common(E, U, tokens, tp):
+    bufs = tuple(getattr(rec, k) if getattr(rec, k) is not None else np.empty(shape, dtype=dt)
+                 for k, shape in (("loss", (R,)), ("accuracy", (R,)), ("margins", (0, 0)), ("W", (0, 0, 0)),
+                                  ("sharpness", (0,))))
+    records = (np.asarray(rec.steps, dtype=np.int64), *bufs, flags, int(tp.power_iters), np.uint64(tp.seed))
     given = tokens if tokens is not None else np.empty((0, 1), dtype=np.int64)
-    chunk = _chunk(E.shape[0], U.shape[0], E.itemsize, tp.chunk)
-    return given, chunk
+    batches = (int(tp.batch_size), cdf if cdf is not None else np.ones(1), np.uint64(tp.seed), given,
+               int(tp.start_step), np.full(N, -1, dtype=np.int64))
+    chunk = _chunk(N, U.shape[0], E.itemsize, tp.chunk)
+    optimizer = (int(opt.kind), float(opt.lr), float(opt.momentum), float(opt.weight_decay), float(opt.beta1),
+                 float(opt.beta2), float(opt.eps), int(opt.schedule), int(opt.schedule_steps), float(opt.gamma),
+                 float(opt.min_lr))
+    return (E, U, p, y, bool(tp.layernorm), chunk), batches, optimizer, records
 
 
 def train(E, onehot_col, onehot_scale, U, W, p, y, cdf, tokens, opt, tp, rec, m, v, t0):
     d, dt = E.shape[1], E.dtype
-    given, chunk = _common(E, U, tokens, tp)
-    steps_arr, bufs, flags = _rec_args(rec, dt, E.shape[0], d)
     m_ = m if m is not None else np.zeros((d, d), dtype=dt)
     v_ = v if v is not None else np.zeros((d, d), dtype=dt)
-    cdf_ = cdf if cdf is not None else np.ones(1)
+    opt_t = np.array([t0], dtype=np.int64)
+    ctx = (*_context(E, U, p, y, cdf, tokens, opt, tp, rec), (W, m_, v_, opt_t))
     with np.errstate(over="ignore", invalid="ignore"):
-        out = _train(E, U, W, p, y, cdf_, given, *_opt_args(opt), tp.steps, tp.batch_size, np.uint64(tp.seed),
-                     tp.start_step, tp.layernorm, chunk, steps_arr, *bufs, flags, tp.power_iters, m_, v_, t0)
-    return tuple(int(o) for o in out)
+        status, done, r = _drive_primal(tp.steps, ctx)
+    return int(status), int(done), int(r), int(opt_t[0])
 
 
 # --- the dual engine (dual_step.hpp) --------------------------------------------------------
@@ -517,9 +559,8 @@ def _dual_residual(readout, Z, U, y, toks, w, chunk):
 
 
 @njit(cache=True)
-def _train_dual(E, U, W0, p, y, cdf, given, lr0, mom, wd, sched, ssteps, gamma, min_lr, steps, b, seed, start,
-                rec_steps, rl, ra, rm, rW, rs, flags, iters, Z, A, B, V, c, fresh, readout, chunk):
-    N = E.shape[0]
+def _dual_setup(E, U, W0, Z, A, B, V, c, fresh, readout):
+    """The Gram matrices K_E, K_U (the identity for read-outs); a fresh run starts from W0."""
     KE = E @ E.T
     KU = np.eye(E.shape[1], dtype=E.dtype) if readout else U @ U.T
     if fresh:
@@ -527,69 +568,72 @@ def _train_dual(E, U, W0, p, y, cdf, given, lr0, mom, wd, sched, ssteps, gamma, 
         A[:] = 0
         B[:] = 0
         V[:] = 0
-        c = 1.0
-    key = _splitmix64(np.uint64(seed))
-    slot = np.full(N, -1, dtype=np.int64)
-    pw = p.astype(E.dtype)
-    r, status, done = 0, 0, 0
-    for t in range(steps + 1):
-        while r < len(rec_steps) and rec_steps[r] == t:
-            if flags[0] or flags[1] or flags[2]:
-                loss, margins, _ = _dual_residual(readout, Z, U, y, np.arange(N), pw, chunk)
-                if _store_scores(r, loss, margins, p, rl, ra, rm, flags):
-                    status = 1
-            if flags[3] or flags[4]:
-                W = (c * W0 - E.T @ (A if readout else A @ U)).astype(E.dtype)
-                if flags[3]:
-                    rW[r] = W
-                if flags[4]:
-                    rs[r] = _sharpness(E, U, W, p, y, iters, SHARPNESS_TOL, seed)
-            r += 1
-        done = t
-        if t == steps or status != 0:
-            break
-        gt = start + t
-        lr = _lr_at(sched, lr0, ssteps, gamma, min_lr, gt)
-        toks, w = _batch(N, b, p, cdf, key, given, t, gt, slot)
-        loss, _, G = _dual_residual(readout, Z, U, y, toks, w.astype(E.dtype), chunk)
-        if not np.isfinite(loss):
-            status = 1
-            break
-        GK = G @ KU
-        decay = 1.0 - lr * wd
-        if decay != 1.0:
-            Z *= decay
-            A *= decay
-            c *= decay
-        KEb = np.ascontiguousarray(KE[toks])  # K_E symmetric: its columns x_b are its rows
-        if mom != 0.0:
-            B *= mom
-            V *= mom
-            for i in range(len(toks)):
-                B[toks[i]] += G[i]
-            V += KEb.T @ GK
-            Z -= lr * V
-            A += lr * B
-        else:
-            Z -= lr * (KEb.T @ GK)
-            for i in range(len(toks)):
-                A[toks[i]] += lr * G[i]
-    return status, done, r, c
+        c[0] = 1.0
+    return KE, KU
+
+
+@njit(cache=True)
+def _dual_record(t, r, ctx):
+    prob, batches, opt, rec, state = ctx
+    E, U, p, y, ln, chunk = prob
+    rec_steps, rl, ra, rm, rW, rs, flags, iters, seed = rec
+    W0, Z, A, B, V, c, KE, KU, pw = state
+    diverged = False
+    while r < len(rec_steps) and rec_steps[r] == t:
+        if flags[0] or flags[1] or flags[2]:
+            loss, margins, _ = _dual_residual(ln, Z, U, y, np.arange(E.shape[0]), pw, chunk)
+            if _store_scores(r, loss, margins, p, rl, ra, rm, flags):
+                diverged = True
+        if flags[3] or flags[4]:
+            _store_memory(r, (c[0] * W0 - E.T @ (A if ln else A @ U)).astype(E.dtype), prob, rec)
+        r += 1
+    return r, diverged
+
+
+@njit(cache=True)
+def _dual_step(t, ctx):
+    prob, batches, opt, rec, state = ctx
+    E, U, p, y, ln, chunk = prob
+    kind, lr0, mom, wd, b1, b2, eps, sched, ssteps, gamma, min_lr = opt
+    W0, Z, A, B, V, c, KE, KU, pw = state
+    toks, w, lr = _step_batch(t, prob, batches, opt)
+    loss, _, G = _dual_residual(ln, Z, U, y, toks, w, chunk)
+    if not np.isfinite(loss):
+        return False
+    GK = G @ KU
+    decay = 1.0 - lr * wd
+    if decay != 1.0:
+        Z *= decay
+        A *= decay
+        c[0] *= decay
+    KEb = np.ascontiguousarray(KE[toks])  # K_E symmetric: its columns x_b are its rows
+    if mom != 0.0:
+        B *= mom
+        V *= mom
+        for i in range(len(toks)):
+            B[toks[i]] += G[i]
+        V += KEb.T @ GK
+        Z -= lr * V
+        A += lr * B
+    else:
+        Z -= lr * (KEb.T @ GK)
+        for i in range(len(toks)):
+            A[toks[i]] += lr * G[i]
+    return True
+
+
+_drive_dual = _driver("dual", _dual_record, _dual_step)
 
 
 def train_dual(E, onehot_col, onehot_scale, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A, B, V, c, fresh):
-    given, chunk = _common(E, U, tokens, tp)
-    steps_arr, bufs, flags = _rec_args(rec, E.dtype, E.shape[0], E.shape[1])
     B_ = B if B is not None else np.zeros_like(Z)
     V_ = V if V is not None else np.zeros_like(Z)
-    cdf_ = cdf if cdf is not None else np.ones(1)
-    kind, lr, mom, wd, _, _, _, sched, ssteps, gamma, min_lr = _opt_args(opt)
+    c_ = np.array([c], dtype=np.float64)
+    KE, KU = _dual_setup(E, U, W0, Z, A, B_, V_, c_, fresh, bool(tp.layernorm))
+    state = (W0, Z, A, B_, V_, c_, KE, KU, p.astype(E.dtype))
     with np.errstate(over="ignore", invalid="ignore"):
-        status, done, r, c = _train_dual(E, U, W0, p, y, cdf_, given, lr, mom, wd, sched, ssteps, gamma, min_lr,
-                                         tp.steps, tp.batch_size, np.uint64(tp.seed), tp.start_step,
-                                         steps_arr, *bufs, flags, tp.power_iters, Z, A, B_, V_, c, fresh,
-                                         tp.layernorm, chunk)
-    return int(status), int(done), int(r), float(c)
+        status, done, r = _drive_dual(tp.steps, (*_context(E, U, p, y, cdf, tokens, opt, tp, rec), state))
+    return int(status), int(done), int(r), float(c_[0])
 
 
 def rebuild_W(E, onehot_col, onehot_scale, U, W0, A, c, W_out):
@@ -604,23 +648,41 @@ def sgd_step(W, E, onehot_col, onehot_scale, U, x, y, lr, layernorm, out):
     return float(loss)
 
 
+@njit(cache=True)
+def _many_record(t, r, ctx):
+    """Every step of a run of many: its population loss and accuracy (kept in out), and the
+    gradient G the next step takes (not after the last)."""
+    E, U, W, p, y, lr, steps, chunk, G, out = ctx
+    loss, acc, _, g = _population(E, U, W, p, y, False, chunk)
+    out[0], out[1] = loss, acc
+    if not np.isfinite(loss):
+        return r, True
+    if t < steps:
+        G[:] = g
+    return r, False
+
+
+@njit(cache=True)
+def _many_step(t, ctx):
+    E, U, W, p, y, lr, steps, chunk, G, out = ctx
+    W -= lr * G
+    return True
+
+
+_drive_many = _driver("many", _many_record, _many_step)
+
+
 # Serial over runs: a prange here ran the per-run BLAS calls inside numba's threads and was
 # 30x slower than this loop on 2 cores.
 @njit(cache=True)
 def _train_many(E, U, W, p, y, lr, steps, loss, accuracy, status, chunk):
+    G = np.empty_like(W[0])
+    out = np.zeros(2)
     for r in range(E.shape[0]):
         Wr = W[r].copy()
-        st = 0
-        lo, acc = 0.0, 0.0
-        for t in range(steps + 1):
-            lo, acc, _, g = _population(E[r], U[r], Wr, p[r], y[r], False, chunk)
-            if not np.isfinite(lo):
-                st = 1
-                break
-            if t < steps:
-                Wr -= E.dtype.type(lr[r]) * g
+        st, _, _ = _drive_many(steps, (E[r], U[r], Wr, p[r], y[r], E.dtype.type(lr[r]), steps, chunk, G, out))
         W[r] = Wr
-        loss[r], accuracy[r], status[r] = lo, acc, st
+        loss[r], accuracy[r], status[r] = out[0], out[1], st
 
 
 def train_many(E, U, W, p, y, lr, steps, loss, accuracy, status):
@@ -628,49 +690,48 @@ def train_many(E, U, W, p, y, lr, steps, loss, accuracy, status):
 
 
 @njit(cache=True)
-def _train_projected(E, U, V, p, y, cdf, given, sign, lr0, wd, eps, sched, ssteps, gamma, min_lr, steps, b, seed,
-                     start, rec_steps, rl, ra, rm, flags):
-    N = E.shape[0]
-    key = _splitmix64(np.uint64(seed))
-    slot = np.full(N, -1, dtype=np.int64)
-    pw = p.astype(E.dtype)
-    r, status, done = 0, 0, 0
-    for t in range(steps + 1):
-        while r < len(rec_steps) and rec_steps[r] == t:
-            if flags[0] or flags[1] or flags[2]:
-                loss, margins, _ = _residual(E @ V, y, np.arange(N), pw)
-                if _store_scores(r, loss, margins, p, rl, ra, rm, flags):
-                    status = 1
-            r += 1
-        done = t
-        if t == steps or status != 0:
-            break
-        gt = start + t
-        lr = _lr_at(sched, lr0, ssteps, gamma, min_lr, gt)
-        toks, w = _batch(N, b, p, cdf, key, given, t, gt, slot)
-        Eb = np.ascontiguousarray(E[toks])
-        loss, _, G = _residual(Eb @ V, y[toks], np.arange(len(toks)), w.astype(E.dtype))
-        if not np.isfinite(loss):
-            status = 1
-            break
-        S = (Eb.T @ G) @ U  # the W gradient, d x d
-        for i in range(S.shape[0]):
-            for j in range(S.shape[1]):
-                g = S[i, j]
-                S[i, j] = (1.0 if g > 0 else (-1.0 if g < 0 else 0.0)) if sign else g / (abs(g) + eps)
-        V[:] = V.dtype.type(1.0 - lr * wd) * V - V.dtype.type(lr) * (S @ U.T)
-    return status, done, r
+def _projected_record(t, r, ctx):
+    prob, batches, opt, rec, state = ctx
+    E, U, p, y, ln, chunk = prob
+    rec_steps, rl, ra, rm, rW, rs, flags, iters, seed = rec
+    V, pw = state
+    diverged = False
+    while r < len(rec_steps) and rec_steps[r] == t:
+        if flags[0] or flags[1] or flags[2]:
+            loss, margins, _ = _residual(E @ V, y, np.arange(E.shape[0]), pw)
+            if _store_scores(r, loss, margins, p, rl, ra, rm, flags):
+                diverged = True
+        r += 1
+    return r, diverged
+
+
+@njit(cache=True)
+def _projected_step(t, ctx):
+    prob, batches, opt, rec, state = ctx
+    E, U, p, y, ln, chunk = prob
+    kind, lr0, mom, wd, b1, b2, eps, sched, ssteps, gamma, min_lr = opt
+    V, pw = state
+    toks, w, lr = _step_batch(t, prob, batches, opt)
+    Eb = np.ascontiguousarray(E[toks])
+    loss, _, G = _residual(Eb @ V, y[toks], np.arange(len(toks)), w)
+    if not np.isfinite(loss):
+        return False
+    S = (Eb.T @ G) @ U  # the W gradient, d x d
+    for i in range(S.shape[0]):
+        for j in range(S.shape[1]):
+            g = S[i, j]
+            S[i, j] = (1.0 if g > 0 else (-1.0 if g < 0 else 0.0)) if kind == 2 else g / (abs(g) + eps)
+    V[:] = V.dtype.type(1.0 - lr * wd) * V - V.dtype.type(lr) * (S @ U.T)
+    return True
+
+
+_drive_projected = _driver("projected", _projected_record, _projected_step)
 
 
 def train_projected(E, U, V, p, y, cdf, tokens, opt, tp, rec):
-    given, _ = _common(E, U, tokens, tp)
-    steps_arr, bufs, flags = _rec_args(rec, E.dtype, E.shape[0], E.shape[1])
-    kind, lr, _, wd, _, _, eps, sched, ssteps, gamma, min_lr = _opt_args(opt)
-    cdf_ = cdf if cdf is not None else np.ones(1)
+    ctx = (*_context(E, U, p, y, cdf, tokens, opt, tp, rec), (V, p.astype(E.dtype)))
     with np.errstate(over="ignore", invalid="ignore"):
-        out = _train_projected(E, U, V, p, y, cdf_, given, kind == 2, lr, wd, eps, sched, ssteps, gamma, min_lr,
-                               tp.steps, tp.batch_size, np.uint64(tp.seed), tp.start_step, steps_arr,
-                               bufs[0], bufs[1], bufs[2], flags)
+        out = _drive_projected(tp.steps, ctx)
     return tuple(int(o) for o in out)
 
 
@@ -921,101 +982,119 @@ def _ss_forward_backward(Yt, Z, hq, hn, hstart, hlen, htok, hcnt, weight, r, g, 
 
 
 @njit(cache=True)
-def _ss_train(Yt, Z, mY, vY, mZ, vZ, fq, fn, fptr, ftok, fprob, fthr, falias, stok, star, use_seq, population, B, L,
-              seed, start, steps, lr_y, lr_z, opt, mu, b1, b2, eps, adam_t0, record, loss_out, rec_loss, rec_Zq, rec_Y,
-              rec_Z, has_zq, has_y, has_z):
-    M = Z.shape[0]
-    dt = Z.dtype
-    key = _splitmix64(np.uint64(seed))
-    if population:
-        R = fq.shape[0]
-        hq, hn = fq.copy(), fn.copy()
-        hstart, hlen = fptr[:-1].copy(), fptr[1:] - fptr[:-1]
-        htok = ftok.copy()
-        hcnt = fprob.astype(dt)
-    else:
-        R = B
-        hq, hn = np.empty(B, np.int64), np.empty(B, np.int64)
-        hstart = np.arange(B) * (L - 1)
-        hlen = np.empty(B, np.int64)
-        htok = np.empty(B * (L - 1), np.int64)
-        hcnt = np.empty(B * (L - 1), dt)
-    weight = 1.0 / R
-    r = np.empty((R, M), dt)
-    g, dz, u = np.empty_like(hcnt), np.empty_like(hcnt), np.empty_like(hcnt)
-    count = np.zeros(M, np.int64)
-    ctx = np.empty(max(L - 1, 1), np.int64)
-    GY, GZ = np.zeros((M, M), dt), np.zeros((M, M), dt)
-    ty, tz = np.zeros(M, np.bool_), np.zeros(M, np.bool_)
-    status, done, rk = 0, 0, 0
-    for i in range(steps + 1):
-        t = start + i
-        is_rec = rk < len(record) and record[rk] == t
-        if i == steps and not is_rec:
-            break
+def _ss_batch(i, ctx):
+    """Step i's batch, its loss and the pieces of both gradients (once per step), as batch() in
+    scansnap_train.hpp; the loss of a step taken goes to loss_out. Returns the loss."""
+    data, hist, work, opt, params, out = ctx
+    fq, fn, fptr, ftok, fprob, fthr, falias, stok, star, use_seq, population, B, L, seed, start = data
+    hq, hn, hstart, hlen, htok, hcnt, count, ctxbuf, weight = hist
+    r, g, dz, u, GY, GZ, ty, tz, computed, batch_loss = work
+    Yt, Z = params[0], params[1]
+    loss_out = out[1]
+    if computed[0] != i:
         if not population:
-            _ss_sample(fq, fn, fptr, ftok, fthr, falias, stok, star, use_seq, key, t, B, L, M, count, hq, hn, hlen,
-                       htok, hcnt, ctx)
-        loss = _ss_forward_backward(Yt, Z, hq, hn, hstart, hlen, htok, hcnt, weight, r, g, dz, u)
-        if i < steps:
-            loss_out[i] = loss
-        if is_rec:
-            rec_loss[rk] = loss
-            if has_zq:
-                for f in range(fq.shape[0]):
-                    rec_Zq[rk, f] = Z[fq[f]]
-            if has_y:
-                rec_Y[rk] = Yt.T
-            if has_z:
-                rec_Z[rk] = Z
-            rk += 1
-        if not np.isfinite(loss):
-            status = 1
-            break
-        if i == steps:
-            break
-        # the sparse gradients, summed entry by entry in the core's order
-        for b in range(R):
-            for j in range(hstart[b], hstart[b] + hlen[b]):
-                ty[htok[j]] = True
-                tz[hq[b]] = True
-        for l in range(M):
-            if ty[l]:
-                GY[l] = 0.0
-            if tz[l]:
-                GZ[l] = 0.0
-        for b in range(R):
-            for j in range(hstart[b], hstart[b] + hlen[b]):
-                GY[htok[j]] += g[j] * r[b]
-                GZ[hq[b], htok[j]] += dz[j]
-        at = adam_t0 + i + 1
-        _optimizer_step(opt, Yt, GY, mY, vY, lr_y, 1.0, mu, b1, b2, eps, at)  # zero outside the touched rows
-        _optimizer_step(opt, Z, GZ, mZ, vZ, lr_z, 1.0, mu, b1, b2, eps, at)
-        for l in range(M):
-            if ty[l]:
-                GY[l] = 0.0
-                ty[l] = False
-            if tz[l]:
-                GZ[l] = 0.0
-                tz[l] = False
-        done = i + 1
-    return status, done, rk
+            _ss_sample(fq, fn, fptr, ftok, fthr, falias, stok, star, use_seq, _splitmix64(seed), start + i, B, L,
+                       Z.shape[0], count, hq, hn, hlen, htok, hcnt, ctxbuf)
+        batch_loss[0] = _ss_forward_backward(Yt, Z, hq, hn, hstart, hlen, htok, hcnt, weight, r, g, dz, u)
+        if i < opt[0]:
+            loss_out[i] = batch_loss[0]
+        computed[0] = i
+    return batch_loss[0]
+
+
+@njit(cache=True)
+def _ss_record(i, rk, ctx):
+    data, hist, work, opt, params, out = ctx
+    start = data[14]
+    fq = data[0]
+    Yt, Z = params[0], params[1]
+    record, loss_out, rec_loss, rec_Zq, rec_Y, rec_Z, has_zq, has_y, has_z = out
+    if rk >= len(record) or record[rk] != start + i:
+        return rk, False
+    loss = _ss_batch(i, ctx)
+    rec_loss[rk] = loss
+    if has_zq:
+        for f in range(fq.shape[0]):
+            rec_Zq[rk, f] = Z[fq[f]]
+    if has_y:
+        rec_Y[rk] = Yt.T
+    if has_z:
+        rec_Z[rk] = Z
+    return rk + 1, not np.isfinite(loss)
+
+
+@njit(cache=True)
+def _ss_step(i, ctx):
+    data, hist, work, opt, params, out = ctx
+    hq, hn, hstart, hlen, htok, hcnt, count, ctxbuf, weight = hist
+    r, g, dz, u, GY, GZ, ty, tz, computed, batch_loss = work
+    steps, lr_y, lr_z, kind, mu, b1, b2, eps, adam_t0 = opt
+    Yt, Z, mY, vY, mZ, vZ = params
+    M, R = Z.shape[0], r.shape[0]
+    if not np.isfinite(_ss_batch(i, ctx)):
+        return False
+    # the sparse gradients, summed entry by entry in the core's order
+    for b in range(R):
+        for j in range(hstart[b], hstart[b] + hlen[b]):
+            ty[htok[j]] = True
+            tz[hq[b]] = True
+    for l in range(M):
+        if ty[l]:
+            GY[l] = 0.0
+        if tz[l]:
+            GZ[l] = 0.0
+    for b in range(R):
+        for j in range(hstart[b], hstart[b] + hlen[b]):
+            GY[htok[j]] += g[j] * r[b]
+            GZ[hq[b], htok[j]] += dz[j]
+    at = adam_t0 + i + 1
+    _optimizer_step(kind, Yt, GY, mY, vY, lr_y, 1.0, mu, b1, b2, eps, at)  # zero outside the touched rows
+    _optimizer_step(kind, Z, GZ, mZ, vZ, lr_z, 1.0, mu, b1, b2, eps, at)
+    for l in range(M):
+        if ty[l]:
+            GY[l] = 0.0
+            ty[l] = False
+        if tz[l]:
+            GZ[l] = 0.0
+            tz[l] = False
+    computed[0] = -1
+    return True
+
+
+_drive_scansnap = _driver("scansnap", _ss_record, _ss_step)
+
+
+@njit(cache=True)
+def _ss_histograms(fq, fn, fptr, ftok, fprob, population, B, L, dt):
+    """The batch's histograms: the facts' supports for the population, else B rows of L - 1."""
+    if population:
+        return fq.copy(), fn.copy(), fptr[:-1].copy(), fptr[1:] - fptr[:-1], ftok.copy(), fprob.astype(dt)
+    return (np.empty(B, np.int64), np.empty(B, np.int64), np.arange(B) * (L - 1), np.empty(B, np.int64),
+            np.empty(B * (L - 1), np.int64), np.empty(B * (L - 1), dt))
 
 
 def scansnap_train(Yt, Z, mY, vY, mZ, vZ, facts, sequences, spec, out):
     dt = Z.dtype
+    M = Z.shape[0]
     none2 = np.zeros((1, 1), dt)
     i64, u64, f64 = np.zeros(1, np.int64), np.zeros(1, np.uint64), np.zeros(1)
     fa = facts if facts is not None else (i64, i64, np.zeros(2, np.int64), i64, f64, u64, i64)
     sq = sequences if sequences is not None else (np.zeros((1, spec.L), np.int64), i64)
+    population, B, L = bool(spec.population), int(spec.batch), int(spec.L)
+    data = (*fa, *sq, sequences is not None, population, B, L, np.uint64(spec.seed), int(spec.start_step))
+    hq, hn, hstart, hlen, htok, hcnt = _ss_histograms(fa[0], fa[1], fa[2], fa[3], fa[4], population, B, L, dt)
+    R = len(hq)
+    hist = (hq, hn, hstart, hlen, htok, hcnt, np.zeros(M, np.int64), np.empty(max(L - 1, 1), np.int64), 1.0 / R)
+    work = (np.empty((R, M), dt), np.empty_like(hcnt), np.empty_like(hcnt), np.empty_like(hcnt),
+            np.zeros((M, M), dt), np.zeros((M, M), dt), np.zeros(M, np.bool_), np.zeros(M, np.bool_),
+            np.array([-1], np.int64), np.zeros(1))
+    opt = (int(spec.steps), float(spec.lr_y), float(spec.lr_z), int(spec.opt.kind), float(spec.opt.momentum),
+           float(spec.opt.beta1), float(spec.opt.beta2), float(spec.opt.eps), int(spec.adam_t0))
+    params = tuple(a if a is not None else none2 for a in (Yt, Z, mY, vY, mZ, vZ))
     rec3 = np.zeros((1, 1, 1), dt)
+    outs = (np.asarray(spec.record, np.int64), out.loss, out.rec_loss,
+            *(a if a is not None else rec3 for a in (out.rec_Zq, out.rec_Y, out.rec_Z)),
+            out.rec_Zq is not None, out.rec_Y is not None, out.rec_Z is not None)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        res = _ss_train(Yt, Z, mY if mY is not None else none2, vY if vY is not None else none2,
-                        mZ if mZ is not None else none2, vZ if vZ is not None else none2, *fa, *sq,
-                        sequences is not None, spec.population, spec.batch, spec.L, np.uint64(spec.seed),
-                        spec.start_step, spec.steps, spec.lr_y, spec.lr_z, int(spec.opt.kind), spec.opt.momentum,
-                        spec.opt.beta1, spec.opt.beta2, spec.opt.eps, spec.adam_t0, spec.record, out.loss, out.rec_loss,
-                        out.rec_Zq if out.rec_Zq is not None else rec3, out.rec_Y if out.rec_Y is not None else rec3,
-                        out.rec_Z if out.rec_Z is not None else rec3, out.rec_Zq is not None, out.rec_Y is not None,
-                        out.rec_Z is not None)
+        res = _drive_scansnap(int(spec.steps), (data, hist, work, opt, params, outs))
     return tuple(int(x) for x in res)
