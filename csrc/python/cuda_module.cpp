@@ -7,6 +7,7 @@
 #include <string>
 
 #include "../cuda/launchers.hpp"
+#include <fastmem/static_switch.hpp>
 
 namespace py = pybind11;
 using namespace fastmem;
@@ -21,9 +22,9 @@ void* stream(std::uintptr_t s) { return reinterpret_cast<void*>(s); }
 
 template <class F>
 auto dispatch(const std::string& dtype, F&& f) {
-  if (dtype == "float32") return f(float{});
-  if (dtype == "float64") return f(double{});
-  throw py::type_error("fastmem CUDA kernels take float32 or float64 arrays, got " + dtype);
+  if (dtype != "float32" && dtype != "float64")
+    throw py::type_error("fastmem CUDA kernels take float32 or float64 arrays, got " + dtype);
+  return dtype_switch(dtype == "float32" ? Dtype::Float32 : Dtype::Float64, f);
 }
 
 py::tuple device_count() {

@@ -121,9 +121,10 @@ auto opt_ptr(py::object o, index_t n, const char* name) {
 // Calls f(T{}) with T the floating type of `a`.
 template <class F>
 auto dispatch(const py::array& a, F&& f) {
-  if (a.dtype().is(py::dtype::of<float>())) return f(float{});
-  if (a.dtype().is(py::dtype::of<double>())) return f(double{});
-  throw py::type_error("fastmem kernels take float32 or float64 arrays");
+  const bool f32 = a.dtype().is(py::dtype::of<float>());
+  if (!f32 && !a.dtype().is(py::dtype::of<double>()))
+    throw py::type_error("fastmem kernels take float32 or float64 arrays");
+  return dtype_switch(f32 ? Dtype::Float32 : Dtype::Float64, f);
 }
 
 template <class T>

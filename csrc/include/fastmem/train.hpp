@@ -114,14 +114,17 @@ struct BatchSource {
   }
 };
 
-// The loop every representation shares: record at t, then take step t, until
+// The loop every representation and model shares: record at t, then take step t, until
 // `steps`, divergence or a stop asked through the installed StopProbe (polled between
-// steps; what was recorded stays). record(t, res) writes res.records / res.status;
-// step(t) returns false when the loss turned non-finite.
+// steps; what was recorded stays). A representation is a policy of two callables over its
+// own state: record(t, res) writes the records due at t (res.records) and flags a non-finite
+// loss (res.status); step(t) takes step t and returns false when the loss turned non-finite.
+// Batching (BatchSource), schedules (lr_at) and the record writers (store_metrics,
+// store_memory) are the pieces the policies share. `poller`: one shared by the runs of a
+// parallel region (train_many), else the run's own.
 template <class RecordFn, class StepFn>
-TrainResult drive(index_t steps, RecordFn&& record, StepFn&& step) {
+TrainResult drive(index_t steps, RecordFn&& record, StepFn&& step, StopPoller& poller) {
   TrainResult res;
-  StopPoller poller;
   for (index_t t = 0;; ++t) {
     record(t, res);
     res.steps_done = t;
@@ -136,6 +139,12 @@ TrainResult drive(index_t steps, RecordFn&& record, StepFn&& step) {
     }
   }
   return res;
+}
+
+template <class RecordFn, class StepFn>
+TrainResult drive(index_t steps, RecordFn&& record, StepFn&& step) {
+  StopPoller poller;
+  return drive(steps, record, step, poller);
 }
 
 // Writes the loss / accuracy / margins of a record and flags a non-finite loss.

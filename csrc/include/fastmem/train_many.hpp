@@ -9,12 +9,13 @@
 #include "interrupt.hpp"
 #include "kernels/metrics.hpp"
 #include "parallel.hpp"
+#include "train.hpp"
 
 namespace fastmem {
 
-// One run: at each t = 0..steps the population loss of W; a non-finite loss ends the
-// run as diverged, otherwise W -= lr * grad (not after the last). Same order of
-// operations as train() with batch_size 0 and a record at the last step.
+// One run on drive(): at each t = 0..steps the population loss of W (a non-finite loss ends the
+// run as diverged) and its gradient; a step is W -= lr * grad. Same order of operations as
+// train() with batch_size 0 and a record at the last step.
 template <class T>
 void train_one_of_many(const TrainManyParams<T>& P, index_t r, PassWorkspace<T>& ws, std::vector<T>& grad,
                        StopPoller& poller) {
@@ -27,23 +28,19 @@ void train_one_of_many(const TrainManyParams<T>& P, index_t r, PassWorkspace<T>&
   MatrixView<T> W(P.W + r * d * d, d, d), G(grad.data(), d, d);
   const T lr = static_cast<T>(P.lr[r]);
   PopulationMetrics m;
-  std::int8_t status = 0;
-  for (index_t t = 0;; ++t) {
-    m = population_metrics(prob, MatrixView<const T>(W), static_cast<T*>(nullptr), t < P.steps ? G : MatrixView<T>(), ws);
-    if (!std::isfinite(m.loss)) {
-      status = 1;
-      break;
-    }
-    if (t == P.steps) break;
-    if (poller.stop()) {
-      status = static_cast<std::int8_t>(Status::Interrupted);
-      break;
-    }
+  auto record = [&](index_t t, TrainResult& res) {
+    m = population_metrics(prob, MatrixView<const T>(W), static_cast<T*>(nullptr), t < P.steps ? G : MatrixView<T>(),
+                           ws);
+    if (!std::isfinite(m.loss)) res.status = Status::Diverged;
+  };
+  auto step = [&](index_t) {
     for (index_t k = 0; k < d * d; ++k) W.ptr[k] -= lr * G.ptr[k];
-  }
+    return true;
+  };
+  const TrainResult res = drive(P.steps, record, step, poller);
   P.loss[r] = static_cast<T>(m.loss);
   P.accuracy[r] = static_cast<T>(m.accuracy);
-  P.status[r] = status;
+  P.status[r] = static_cast<std::int8_t>(res.status);
 }
 
 template <class T>

@@ -12,6 +12,7 @@
 
 #include "kernels/normalized_rank_update.hpp"
 #include "simd.hpp"
+#include "static_switch.hpp"
 #include "train.hpp"
 
 namespace fastmem {
@@ -64,30 +65,22 @@ void projected_rows_any(MatrixView<T> VT, MatrixView<const T> AT, MatrixView<con
   }
 }
 
-template <class T, int M>
-void projected_rows_fixed(MatrixView<T> VT, MatrixView<const T> AT, const simd::PaddedRows<T>& U, T lr, T eps,
-                          T decay, bool sign, index_t i0, index_t i1) {
-  if (sign)
-    projected_rows<T, M, true>(VT, AT, U, lr, eps, decay, i0, i1);
-  else
-    projected_rows<T, M, false>(VT, AT, U, lr, eps, decay, i0, i1);
-}
-
 // VT, AT: M x d; U_padded: simd::PaddedRows of U, made once per run.
 template <class T>
 void projected_update(MatrixView<T> VT, MatrixView<const T> AT, MatrixView<const T> U,
                       const simd::PaddedRows<T>& U_padded, T lr, T eps, T decay, bool sign) {
   const index_t M = VT.rows, d = VT.cols;
   parallel_blocks(d, threads_for(d, d * (2 * M + 1)), [&](int, index_t i0, index_t i1) {
-    switch (M) {  // the small M of real runs in registers
-      case 2: return projected_rows_fixed<T, 2>(VT, AT, U_padded, lr, eps, decay, sign, i0, i1);
-      case 3: return projected_rows_fixed<T, 3>(VT, AT, U_padded, lr, eps, decay, sign, i0, i1);
-      case 4: return projected_rows_fixed<T, 4>(VT, AT, U_padded, lr, eps, decay, sign, i0, i1);
-      case 5: return projected_rows_fixed<T, 5>(VT, AT, U_padded, lr, eps, decay, sign, i0, i1);
-      case 6: return projected_rows_fixed<T, 6>(VT, AT, U_padded, lr, eps, decay, sign, i0, i1);
-      case 8: return projected_rows_fixed<T, 8>(VT, AT, U_padded, lr, eps, decay, sign, i0, i1);
-      default: return projected_rows_any<T>(VT, AT, U, lr, eps, decay, sign, i0, i1);
-    }
+    int_switch<2, 3, 4, 5, 6, 8>(M, [&](auto Mc) {  // the small M of real runs in registers
+      constexpr int kM = decltype(Mc)::value;
+      if constexpr (kM == 0) {
+        projected_rows_any<T>(VT, AT, U, lr, eps, decay, sign, i0, i1);
+      } else {
+        bool_switch(sign, [&](auto Sign) {
+          projected_rows<T, kM, decltype(Sign)::value>(VT, AT, U_padded, lr, eps, decay, i0, i1);
+        });
+      }
+    });
   });
 }
 

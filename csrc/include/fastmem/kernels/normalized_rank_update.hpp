@@ -15,6 +15,7 @@
 #include "../errors.hpp"
 #include "../parallel.hpp"
 #include "../simd.hpp"
+#include "../static_switch.hpp"
 #include "../views.hpp"
 
 namespace fastmem {
@@ -99,13 +100,11 @@ void normalized_columns(MatrixView<T> W, MatrixView<const T> EbT, MatrixView<con
 template <class T, int NV>
 void normalized_columns(bool sign, MatrixView<T> W, MatrixView<const T> EbT, MatrixView<const T> H,
                         MatrixView<const T> EnT, MatrixView<T> Qn, index_t c0, index_t c1, const StepScalars<T>& k) {
-  const bool decay = k.decay != T(1);
-  if (sign)
-    decay ? normalized_columns<T, NV, true, true>(W, EbT, H, EnT, Qn, c0, c1, k)
-          : normalized_columns<T, NV, true, false>(W, EbT, H, EnT, Qn, c0, c1, k);
-  else
-    decay ? normalized_columns<T, NV, false, true>(W, EbT, H, EnT, Qn, c0, c1, k)
-          : normalized_columns<T, NV, false, false>(W, EbT, H, EnT, Qn, c0, c1, k);
+  bool_switch(sign, [&](auto Sign) {
+    bool_switch(k.decay != T(1), [&](auto Decay) {
+      normalized_columns<T, NV, decltype(Sign)::value, decltype(Decay)::value>(W, EbT, H, EnT, Qn, c0, c1, k);
+    });
+  });
 }
 
 }  // namespace detail
