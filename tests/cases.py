@@ -1,9 +1,12 @@
 """The one table of shapes and tolerances every backend is tested on."""
 
+import contextlib
+
 import numpy as np
 import pytest
 
 import fastmem as fm
+from fastmem.backends import numpy_ref
 
 # (b, d, M, chunk) for the fused kernel: b = 1, M = 2, M not a multiple of the
 # chunk, a chunk of 1, and M = 65,537 (streamed in many chunks).
@@ -38,6 +41,56 @@ def assert_close(got, want, dtype, scale=None, factor=1.0):
     scale = max(np.abs(want).max(initial=0.0), scale or 0.0, 1e-30)
     err = np.abs(got - want).max(initial=0.0)
     assert err <= factor * RTOL[dtype] * scale, f"max error {err:.3g} > {factor * RTOL[dtype]:.1g} * {scale:.3g}"
+
+
+@contextlib.contextmanager
+def naive_precision(dtype):
+    """The numpy reference computing in ``dtype`` itself (every product, softmax and update in
+    float32, as a plain numpy or PyTorch float32 implementation of the same steps would): the
+    naive same-precision run that float32 kernels are held to."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(numpy_ref, "_F", dtype)
+        yield
+
+
+# The compiled kernels' own rounding, which a short well-conditioned run does not amplify: their
+# float32 exp is Cephes' polynomial (within 2 ulp) and their softmax streams over chunks, so a few
+# dozen steps end some ulps from where plain numpy float32 (1-2 ulps off there) ends.
+KERNEL_ULPS = 32
+
+
+def assert_within_naive(got, want, naive, dtype, scale=1.0):
+    """A float32 trajectory at most twice as far from the float64 reference ``want`` as the naive
+    float32 run ``naive`` of the same steps, plus KERNEL_ULPS of ``scale``: in max norm,
+    |got - want| <= 2 |naive - want| + KERNEL_ULPS eps max(scale, |want|)."""
+    got, want, naive = (np.asarray(a, dtype=np.float64) for a in (got, want, naive))
+    naive_err = np.abs(naive - want).max(initial=0.0)
+    err = np.abs(got - want).max(initial=0.0)
+    bound = 2 * naive_err + KERNEL_ULPS * np.finfo(dtype).eps * max(scale, np.abs(want).max(initial=0.0))
+    assert err <= bound, f"max error {err:.3g} > {bound:.3g} (twice the naive run's {naive_err:.3g} + ulps)"
+
+
+def train_with_naive(train, dtype):
+    """(float64 reference, naive run) of ``train(backend)``, a call of fm.train or the like."""
+    want = train("numpy")
+    with naive_precision(dtype):
+        naive = train("numpy")
+    return want, naive
+
+
+def assert_trajectory(got, train, dtype, names, factor64=20):
+    """The arrays ``names`` of the run ``got`` against the reference run ``train("numpy")``: in
+    float64 within factor64 * RTOL, in float32 within twice the naive float32 run's error."""
+    if dtype == np.float64:
+        want = train("numpy")
+        for name in names:
+            assert_close(getattr(got, name), getattr(want, name), dtype, scale=1.0, factor=factor64)
+        return want
+    want, naive = train_with_naive(train, dtype)
+    for name in names:
+        assert_within_naive(getattr(got, name), getattr(want, name), getattr(naive, name), dtype)
+    return want
+
 
 # Optimizers of the trajectory tests (test_train.py).
 TRAIN_OPTIMIZERS = [

@@ -7,7 +7,7 @@ import pytest
 
 import fastmem as fm
 from fastmem import scansnap as ss
-from cases import DTYPES, SCANSNAP_DATA as CASES, SCANSNAP_OPTIMIZERS as OPTIMIZERS, assert_close
+from cases import DTYPES, SCANSNAP_DATA as CASES, SCANSNAP_OPTIMIZERS as OPTIMIZERS, assert_close, assert_trajectory
 
 
 
@@ -25,16 +25,13 @@ def test_train_matches_the_reference(backend, make, batch, L, opt, dtype):
     sims = ["sampled", "population"] if isinstance(data, ss.Facts) else ["sampled"]
     for sim in sims:
         got = _run(data, batch, L, backend, dtype, sim, **opt)
-        want = _run(data, batch, L, "numpy", np.float64, sim, **opt)
+        want = assert_trajectory(got, lambda be: _run(data, batch, L, be, dtype, sim, **opt), dtype,
+                                 ["loss", "Y", "Z"], factor64=10)
         assert got.status == want.status == "ok" and got.steps_done == 6
         assert got.Y.dtype == dtype and got.Z.dtype == dtype
-        assert_close(got.loss, want.loss, dtype, factor=10)
-        assert_close(got.Y, want.Y, dtype, factor=10)
-        assert_close(got.Z, want.Z, dtype, factor=10)
-        assert_close(got.records.Y, want.records.Y, dtype, factor=10)
-        assert_close(got.records.Z, want.records.Z, dtype, factor=10)
-        if got.records.attention is not None:
-            assert_close(got.records.attention, want.records.attention, dtype, factor=10)
+        names = ("Y", "Z", "attention") if got.records.attention is not None else ("Y", "Z")
+        assert_trajectory(got.records, lambda be: _run(data, batch, L, be, dtype, sim, **opt).records, dtype, names,
+                          factor64=10)
         assert not np.allclose(got.Y, got.records.Y[0])  # trained: the comparison could fail
 
 

@@ -4,7 +4,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from cases import DTYPES, PROBLEMS, TRAIN_OPTIMIZERS as OPTIMIZERS, assert_close
+from cases import DTYPES, PROBLEMS, TRAIN_OPTIMIZERS as OPTIMIZERS, assert_close, assert_trajectory
 from conftest import random_problem
 
 import fastmem as fm
@@ -38,9 +38,7 @@ def test_trajectory_matches_reference_float32(compiled, rng, opt, batch_size, la
     mem, task = random_problem(rng, 30, 5, 8, np.float32, layernorm=layernorm)
     kw = dict(steps=60, batch_size=batch_size, seed=1, record=ALL, representation="primal")
     got = fm.train(mem, task, opt, backend=compiled, **kw)
-    want = fm.train(mem, task, opt, backend="numpy", **kw)
-    assert_close(got.loss, want.loss, np.float32, scale=1.0, factor=20)
-    assert_close(got.W, want.W, np.float32, scale=1.0, factor=20)
+    assert_trajectory(got, lambda be: fm.train(mem, task, opt, backend=be, **kw), np.float32, ["loss", "W"])
 
 
 @pytest.mark.parametrize("opt", [p for p in OPTIMIZERS if not p.values[0].linear])
@@ -50,8 +48,7 @@ def test_sign_like_updates_float32_track_the_loss(compiled, rng, opt):
     mem, task = random_problem(rng, 30, 5, 8, np.float32)
     kw = dict(steps=60, batch_size=16, seed=1, record=fm.Record(steps="all"))
     got = fm.train(mem, task, opt, backend=compiled, **kw)
-    want = fm.train(mem, task, opt, backend="numpy", **kw)
-    assert_close(got.loss, want.loss, np.float32, scale=1.0, factor=100)
+    assert_trajectory(got, lambda be: fm.train(mem, task, opt, backend=be, **kw), np.float32, ["loss"])
 
 
 # The stateless normalised updates (Adam(0, 0), sign descent) take one pass over W per step
@@ -72,10 +69,9 @@ def test_normalized_updates_at_vector_widths(compiled, dtype, d, opt, steps, bat
     mem, task = fm.AssociativeMemory(E, U, W=W, layernorm=layernorm), fm.Task.zipf(20, 5, 1.0)
     kw = dict(steps=steps, batch_size=batch_size, seed=3, record=ALL, representation="primal")
     got = fm.train(mem, task, opt, backend=compiled, **kw)
-    want = fm.train(mem, task, opt, backend="numpy", **kw)
+    want = assert_trajectory(got, lambda be: fm.train(mem, task, opt, backend=be, **kw), dtype,
+                             ["loss", "margins", "W_history"])
     assert got.status == want.status == "ok"
-    for name in ("loss", "margins", "W_history"):
-        assert_close(getattr(got, name), getattr(want, name), dtype, scale=1.0, factor=20)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -86,9 +82,8 @@ def test_500_sgd_steps_on_the_same_sampled_tokens(compiled, rng, dtype):
     rec = fm.Record(steps=25, metrics=("loss", "accuracy"))
     got = fm.train(mem, task, fm.SGD(lr=1.0), 500, seed=9, batch_size=16, record=rec, backend=compiled,
                    representation="primal")
-    want = fm.train(mem, task, fm.SGD(lr=1.0), 500, tokens=tokens, record=rec, backend="numpy")
-    assert_close(got.loss, want.loss, dtype, scale=1.0, factor=20)
-    assert_close(got.W, want.W, dtype, factor=50)
+    assert_trajectory(got, lambda be: fm.train(mem, task, fm.SGD(lr=1.0), 500, tokens=tokens, record=rec, backend=be),
+                      dtype, ["loss", "W"], factor64=50)
     assert got.loss[-1] < 0.5 * got.loss[0]  # it learned
 
 
@@ -188,14 +183,12 @@ def test_reads_of_a_large_W(compiled_model, dtype, batch_size):
     task, rec = fm.Task.zipf(20, 5, 1.0), fm.Record(steps="all")
     kw = dict(batch_size=batch_size, seed=3, W=W, record=rec)
     got = train_model("learnable", E, U, task, fm.SGD(lr=0.5), 8, backend=compiled, **kw)
-    want = train_model("learnable", E, U, task, fm.SGD(lr=0.5), 8, backend="numpy", **kw)
-    for name in ("loss", "W", "E", "U"):
-        assert_close(getattr(got, name), getattr(want, name), dtype, scale=1.0, factor=20)
+    assert_trajectory(got, lambda be: train_model("learnable", E, U, task, fm.SGD(lr=0.5), 8, backend=be, **kw),
+                      dtype, ["loss", "W", "E", "U"])
     mem, opt = fm.AssociativeMemory(E, U, W=W), fm.SGD(lr=0.5, momentum=0.9)
     kw = dict(batch_size=batch_size, seed=3, record=rec, representation="primal")
-    got, want = (fm.train(mem, task, opt, 8, backend=be, **kw) for be in (compiled, "numpy"))
-    assert_close(got.loss, want.loss, dtype, scale=1.0, factor=20)
-    assert_close(got.W, want.W, dtype, factor=20)
+    got = fm.train(mem, task, opt, 8, backend=compiled, **kw)
+    assert_trajectory(got, lambda be: fm.train(mem, task, opt, 8, backend=be, **kw), dtype, ["loss", "W"])
 
 
 # The learnable model's W step is one pass over W (learnable_W_pass: dE = dH W^T and the update,
@@ -214,10 +207,9 @@ def test_learnable_model_at_vector_widths(compiled_model, dtype, d, opt, batch_s
     task = fm.Task.zipf(20, 5, 1.0)
     kw = dict(batch_size=batch_size, seed=3, W=W, layernorm=layernorm, record=fm.Record(steps="all"))
     got = train_model("learnable", E, U, task, opt, 20, backend=compiled, **kw)
-    want = train_model("learnable", E, U, task, opt, 20, backend="numpy", **kw)
+    want = assert_trajectory(got, lambda be: train_model("learnable", E, U, task, opt, 20, backend=be, **kw), dtype,
+                             ["loss", "W", "E", "U"])
     assert got.status == want.status == "ok"
-    for name in ("loss", "W", "E", "U"):
-        assert_close(getattr(got, name), getattr(want, name), dtype, scale=1.0, factor=20)
 
 
 def test_learnable_results_do_not_depend_on_the_thread_count():

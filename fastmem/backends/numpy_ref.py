@@ -67,7 +67,8 @@ def _score_stats(z, y):
 
 
 def _fused(q, u, y, w):
-    """(lse, zy, zother, H) of softmax_xent_grad, float64."""
+    """(lse, zy, zother, H) of softmax_xent_grad, in q's dtype."""
+    w = w.astype(q.dtype, copy=False)
     z = q @ u.T
     lse, zy, zother = _score_stats(z, y)
     h = w[:, None] * (np.exp(z - lse[:, None]) @ u - u[y])
@@ -582,14 +583,14 @@ def scansnap_train(Yt, Z, mY, vY, mZ, vZ, facts, sequences, spec, out):
         """Loss and gradients of step t's batch (the population: the same every step)."""
         if cache.get("t") != t:
             if spec.population:
-                C = np.zeros((len(facts.q), M))
+                C = np.zeros((len(facts.q), M), _F)
                 for f in range(len(facts.q)):
                     C[f, facts.tok[facts.ptr[f]:facts.ptr[f + 1]]] = facts.prob[facts.ptr[f]:facts.ptr[f + 1]]
                 q, n, weight = facts.q, facts.n, 1.0 / len(facts.q)
             else:
                 tokens, n = draw(facts, sequences, spec.seed, spec.start_step + t, spec.batch, spec.L)
                 q, weight = tokens[:, -1], 1.0 / spec.batch
-                C = np.zeros((spec.batch, M))
+                C = np.zeros((spec.batch, M), _F)
                 np.add.at(C, (np.repeat(np.arange(spec.batch), spec.L - 1), tokens[:, :-1].ravel()), 1.0)
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 cache.update(t=t, grads=_scansnap_grads(Y, Zw, C, q, n, weight))
