@@ -407,7 +407,7 @@ void py_train_many(py::array E, py::array U, py::array W, py::array p, py::array
   });
 }
 
-void py_rebuild_W(py::array E, py::object oc, py::object os, py::object U, py::array W0, py::array A, double c,
+void py_dual_rebuild_W(py::array E, py::object oc, py::object os, py::object U, py::array W0, py::array A, double c,
                   py::array W_out) {
   dispatch(E, [&](auto tag) {
     using T = decltype(tag);
@@ -422,7 +422,7 @@ void py_rebuild_W(py::array E, py::object oc, py::object os, py::object U, py::a
     auto Wv = matrix<T>(W_out, "W_out");
     require(Av.rows == emb.E.rows && Av.cols == (U.is_none() ? emb.E.cols : Uv.rows) &&
                 Wv.rows == emb.E.cols && Wv.cols == emb.E.cols && W0v.rows == Wv.rows && W0v.cols == Wv.cols,
-            "rebuild_W needs A (N x M, or N x d without U), W0 and W_out (d x d)");
+            "dual_rebuild_W needs A (N x M, or N x d without U), W0 and W_out (d x d)");
     std::vector<T> au;
     py::gil_scoped_release nogil;
     dual_rebuild_W(emb, Uv, W0v, c, Av, Wv, au);
@@ -705,7 +705,7 @@ PYBIND11_MODULE(FASTMEM_MODULE_NAME, m) {
   m.def("sharpness", &py_sharpness);
   m.def("train", &py_train);
   m.def("train_dual", &py_train_dual);
-  m.def("rebuild_W", &py_rebuild_W);
+  m.def("dual_rebuild_W", &py_dual_rebuild_W);
   m.def("sgd_step", &py_sgd_step);
   m.def("train_many", &py_train_many);
   m.def("train_projected", &py_train_projected);

@@ -37,7 +37,7 @@ SIGNATURES = {
     "train_model": ("kind", "E", "U", "W", "p", "y", "cdf", "tokens", "opt", "tp", "rec"),
     "cmd_assign_fit": ("theta", "refs", "mode", "a", "b", "corr"),
     "cmd_online_update": ("theta_t", "r_t", "mode", "n", "r_mean", "r_m2", "theta_mean", "co"),
-    "rebuild_W": ("E", "onehot_col", "onehot_scale", "U", "W0", "A", "c", "W_out"),
+    "dual_rebuild_W": ("E", "onehot_col", "onehot_scale", "U", "W0", "A", "c", "W_out"),
     "train_many": ("E", "U", "W", "p", "y", "lr", "steps", "loss", "accuracy", "status"),
     "train_projected": ("E", "U", "V", "p", "y", "cdf", "tokens", "opt", "tp", "rec"),
     "pathcond_solve": ("weights", "groups", "z", "objective", "tol", "max_sweeps", "enorm"),

@@ -41,8 +41,8 @@ def sgd_step(W, E, onehot_col, onehot_scale, U, x, y, lr, layernorm, out):
     return _core.sgd_step(W, E, onehot_col, onehot_scale, U, x, y, lr, layernorm, out)
 
 
-def rebuild_W(E, onehot_col, onehot_scale, U, W0, A, c, W_out):
-    _core.rebuild_W(E, onehot_col, onehot_scale, U, W0, A, c, W_out)
+def dual_rebuild_W(E, onehot_col, onehot_scale, U, W0, A, c, W_out):
+    _core.dual_rebuild_W(E, onehot_col, onehot_scale, U, W0, A, c, W_out)
 
 
 def cmd_assign_fit(theta, refs, mode, a, b, corr):

@@ -636,7 +636,7 @@ def train_dual(E, onehot_col, onehot_scale, U, W0, p, y, cdf, tokens, opt, tp, r
     return int(status), int(done), int(r), float(c_[0])
 
 
-def rebuild_W(E, onehot_col, onehot_scale, U, W0, A, c, W_out):
+def dual_rebuild_W(E, onehot_col, onehot_scale, U, W0, A, c, W_out):
     W_out[...] = W0.dtype.type(c) * W0 - E.T @ (A if U is None else A @ U)
 
 

@@ -265,7 +265,7 @@ def _residual(Z, y, toks, w):
     return float(w @ (lse - zy)), zy - zother, w[:, None] * G
 
 
-def rebuild_W(E, onehot_col, onehot_scale, U, W0, A, c, W_out):
+def dual_rebuild_W(E, onehot_col, onehot_scale, U, W0, A, c, W_out):
     AU = A.astype(_F) if U is None else A.astype(_F) @ U.astype(_F)
     W_out[...] = c * W0.astype(_F) - E.astype(_F).T @ AU
 

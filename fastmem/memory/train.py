@@ -114,7 +114,7 @@ class Run:
             m = self._memory
             E, oc, os_, U, _, _ = problem_args(m, self._task)
             self._W = np.empty_like(m.W)
-            get(self.backend).rebuild_W(E, oc, os_, None if m.layernorm else U, m.W, self.A, self.c, self._W)
+            get(self.backend).dual_rebuild_W(E, oc, os_, None if m.layernorm else U, m.W, self.A, self.c, self._W)
         return self._W
 
     @property
