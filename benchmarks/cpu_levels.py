@@ -34,7 +34,7 @@ def _gd_step(n=1024):
     W = np.zeros((n, n), np.float32)
     rng = np.random.default_rng(0)
     x, y = np.arange(n), rng.integers(0, n, n)
-    return lambda: fm.step(W, E, U, x, y, 0.1, backend="cpp")
+    return lambda: fm.sgd_step(W, E, U, x, y, 0.1, backend="cpp")
 
 
 def _sgd(d, rep):

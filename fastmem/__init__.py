@@ -13,7 +13,7 @@ from .backends import backends, get_num_threads, set_num_threads, use_backend
 from .errors import BackendUnavailableError, InvalidArgumentError, InvalidStateError, PerformanceWarning
 from .memory import (SGD, Adam, AssociativeMemory, Constant, Cosine, ManyRuns, Record, Run, SignGD, StepDecay, Task,
                      TrainState, accuracy, dual, embeddings, evaluate, gradient, kernels, loss, margins, models,
-                     sharpness, step, train, train_many)
+                     population_metrics, sgd_step, sharpness, step, train, train_many)
 from .sweeps import load_sweep, sweep
 
 try:
@@ -25,6 +25,7 @@ __all__ = [
     "Adam", "AssociativeMemory", "BackendUnavailableError", "Constant", "Cosine", "InvalidArgumentError", "InvalidStateError",
     "ManyRuns", "PerformanceWarning", "Record",
     "Run", "SGD", "SignGD", "StepDecay", "Task", "TrainState", "accuracy", "backends", "cmd", "dual", "embeddings",
-    "evaluate", "get_num_threads", "gradient", "kernels", "load_sweep", "loss", "margins", "memory", "models", "pathcond", "scansnap", "set_num_threads", "sharpness", "step", "sweep",
+    "evaluate", "get_num_threads", "gradient", "kernels", "load_sweep", "loss", "margins", "memory", "models",
+    "pathcond", "population_metrics", "scansnap", "set_num_threads", "sgd_step", "sharpness", "step", "sweep",
     "sweeps", "train", "train_many", "use_backend",
 ]

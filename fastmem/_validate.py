@@ -37,7 +37,7 @@ def float_matrix(name, a, shape=None, dtype=None, device=False):
     xp = np
     if _arrays.is_device(a):
         if not device:
-            fail(name, "a host (numpy) array: this runs on the host (on a GPU: fm.train_many, fm.step, "
+            fail(name, "a host (numpy) array: this runs on the host (on a GPU: fm.train_many, fm.sgd_step, "
                  "fm.kernels)", "an array on a CUDA device")
         a = _arrays.as_cupy(a)
         xp = _arrays.cupy()

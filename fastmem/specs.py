@@ -69,10 +69,10 @@ class TrainSpec(NamedTuple):
 
 
 class RecordSpec(NamedTuple):
-    """Where a run records (train.hpp: TrainRecord): ``steps`` ascending, each array (or None)
-    with one row per recorded step."""
+    """Where a run records (train.hpp: TrainRecord): at the steps ``at`` (ascending), each array
+    (or None) with one row per recorded step."""
 
-    steps: np.ndarray
+    at: np.ndarray
     loss: object = None
     accuracy: object = None
     margins: object = None

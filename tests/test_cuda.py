@@ -93,9 +93,9 @@ def test_torch_gpu_tensors_are_updated_in_place(cupy, rng):
     W = rng.standard_normal((6, 6))
     Wt = torch.tensor(W, device="cuda")
     ptr = Wt.data_ptr()
-    loss = fm.step(Wt, torch.tensor(E, device="cuda"), torch.tensor(U, device="cuda"), [1, 1, 3], [0, 2, 3], lr=0.5)
+    loss = fm.sgd_step(Wt, torch.tensor(E, device="cuda"), torch.tensor(U, device="cuda"), [1, 1, 3], [0, 2, 3], lr=0.5)
     want = W.copy()
-    want_loss = fm.step(want, E, U, [1, 1, 3], [0, 2, 3], lr=0.5, backend="numpy")
+    want_loss = fm.sgd_step(want, E, U, [1, 1, 3], [0, 2, 3], lr=0.5, backend="numpy")
     assert Wt.data_ptr() == ptr
     np.testing.assert_allclose(Wt.cpu().numpy(), want, rtol=1e-10, atol=1e-12)
     assert loss == pytest.approx(want_loss, rel=1e-10)

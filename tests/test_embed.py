@@ -51,17 +51,17 @@ def test_step_updates_the_callers_buffer(placed, rng, dtype, layernorm, b):
     x, y = rng.integers(0, 9, b), rng.integers(0, 4, b)
     x[-1] = x[0]  # a duplicate draw
     before = W.data.ptr if placed.device else W.ctypes.data
-    loss = fm.step(W, E, U, *placed.put(x, y), lr=0.5, layernorm=layernorm, backend=placed.backend)
+    loss = fm.sgd_step(W, E, U, *placed.put(x, y), lr=0.5, layernorm=layernorm, backend=placed.backend)
     assert (W.data.ptr if placed.device else W.ctypes.data) == before
     want = mem.W.astype(float).copy()
-    want_loss = fm.step(want, mem.E.astype(float), mem.U.astype(float), x, y, lr=0.5, layernorm=layernorm,
+    want_loss = fm.sgd_step(want, mem.E.astype(float), mem.U.astype(float), x, y, lr=0.5, layernorm=layernorm,
                         backend="numpy")
     assert_close(placed.get(W), want, dtype, scale=1.0, factor=10)
     assert loss == pytest.approx(want_loss, rel=1e-5 if dtype == np.float32 else 1e-12)
     # out= leaves W alone
     W2 = placed.put(mem.W.copy())
     out = placed.xp.zeros_like(W2)
-    fm.step(W2, E, U, *placed.put(x, y), lr=0.5, out=out, layernorm=layernorm, backend=placed.backend)
+    fm.sgd_step(W2, E, U, *placed.put(x, y), lr=0.5, out=out, layernorm=layernorm, backend=placed.backend)
     np.testing.assert_array_equal(placed.get(W2), mem.W)
     assert_close(placed.get(out), want, dtype, scale=1.0, factor=10)
 
@@ -79,7 +79,7 @@ def test_the_device_step_logic_matches_the_reference_on_numpy(compiled, rng, lay
     loss = arraycode.sgd_step(np, be.softmax_xent_grad, be.sgd_rank_update, W, mem.E, mem.U, x, y, 0.5,
                               layernorm, W)
     want = mem.W.copy()
-    want_loss = fm.step(want, mem.E, mem.U, x, y, lr=0.5, layernorm=layernorm, backend="numpy")
+    want_loss = fm.sgd_step(want, mem.E, mem.U, x, y, lr=0.5, layernorm=layernorm, backend="numpy")
     np.testing.assert_allclose(W, want, rtol=1e-12, atol=1e-12)
     assert loss == pytest.approx(want_loss, rel=1e-12)
 
@@ -100,7 +100,7 @@ class DLPackOnly:
 def test_step_writes_through_dlpack_without_a_copy(rng):
     mem, _ = random_problem(rng, 6, 3, 4, np.float32)
     W = mem.W.copy()
-    fm.step(DLPackOnly(W), DLPackOnly(mem.E), DLPackOnly(mem.U), [1, 2], [0, 2], lr=1.0)
+    fm.sgd_step(DLPackOnly(W), DLPackOnly(mem.E), DLPackOnly(mem.U), [1, 2], [0, 2], lr=1.0)
     assert not np.array_equal(W, mem.W)  # the buffer behind the DLPack object changed
 
 
@@ -109,9 +109,9 @@ def test_step_on_torch_tensors_in_place(rng):
     mem, _ = random_problem(rng, 6, 3, 4, np.float32)
     W, E, U = (torch.from_numpy(a.copy()) for a in (mem.W, mem.E, mem.U))
     ptr = W.data_ptr()
-    fm.step(W, E, U, torch.tensor([0, 5]), torch.tensor([1, 2]), lr=1.0)
+    fm.sgd_step(W, E, U, torch.tensor([0, 5]), torch.tensor([1, 2]), lr=1.0)
     want = mem.W.copy()
-    fm.step(want, mem.E, mem.U, [0, 5], [1, 2], lr=1.0)
+    fm.sgd_step(want, mem.E, mem.U, [0, 5], [1, 2], lr=1.0)
     assert W.data_ptr() == ptr
     np.testing.assert_array_equal(W.numpy(), want)
 
@@ -121,11 +121,11 @@ def test_step_on_jax_arrays_needs_a_writeable_out(rng):
     mem, _ = random_problem(rng, 6, 3, 4, np.float32)
     W = jnp.asarray(mem.W)
     with pytest.raises(ValueError, match="^out: expected a writeable array"):
-        fm.step(W, jnp.asarray(mem.E), jnp.asarray(mem.U), [0], [1], lr=1.0)
+        fm.sgd_step(W, jnp.asarray(mem.E), jnp.asarray(mem.U), [0], [1], lr=1.0)
     out = np.empty_like(mem.W)
-    fm.step(W, jnp.asarray(mem.E), jnp.asarray(mem.U), [0], [1], lr=1.0, out=out)
+    fm.sgd_step(W, jnp.asarray(mem.E), jnp.asarray(mem.U), [0], [1], lr=1.0, out=out)
     want = mem.W.copy()
-    fm.step(want, mem.E, mem.U, [0], [1], lr=1.0)
+    fm.sgd_step(want, mem.E, mem.U, [0], [1], lr=1.0)
     np.testing.assert_array_equal(out, want)
 
 
@@ -141,7 +141,7 @@ def test_step_errors(name, kwargs, msg):
     args = dict(W=np.zeros((4, 4), np.float32), E=E, U=U, x=[0], y=[1], lr=1.0)
     args.update(kwargs)
     with pytest.raises(ValueError, match=msg):
-        fm.step(**args)
+        fm.sgd_step(**args)
 
 
 

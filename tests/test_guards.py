@@ -31,7 +31,7 @@ def test_step_refuses_non_finite_input_and_leaves_W_alone(backend, bad, value):
     arrays[bad] = _poison(arrays[bad], value)
     before = arrays["W"].copy()
     with pytest.raises(fm.InvalidArgumentError, match=f"^{bad}: expected finite values"):
-        fm.step(arrays["W"], arrays["E"], arrays["U"], [0, 1], [0, 1], 0.5, backend=backend)
+        fm.sgd_step(arrays["W"], arrays["E"], arrays["U"], [0, 1], [0, 1], 0.5, backend=backend)
     np.testing.assert_array_equal(arrays["W"], before)
 
 
@@ -186,6 +186,22 @@ def test_format_1_states_still_load(tmp_path):
     assert fm.TrainState.load(path).optimizer == "adam"
 
 
+def test_format_2_dual_states_load_their_momentum_under_its_new_names(tmp_path):
+    # formats 1 and 2 called the dual momentum buffers B and V (now mA and mZ)
+    opt = fm.SGD(lr=0.5, momentum=0.9)
+    path, run = _saved_state(tmp_path, opt, representation="dual")
+    with np.load(path, allow_pickle=False) as f:
+        meta = json.loads(str(f["__meta__"]))
+        data = {{"mA": "B", "mZ": "V"}.get(k, k): f[k] for k in f.files if k != "__meta__"}
+    np.savez(path, __meta__=np.array(json.dumps({**meta, "format": 2})), **data)
+    state = fm.TrainState.load(path)
+    assert np.array_equal(state.mA, run.state.mA) and np.array_equal(state.mZ, run.state.mZ)
+    E, U, task = _problem()
+    again = fm.train(fm.AssociativeMemory(E, U), task, opt, 3, batch_size=2, resume=state)
+    want = fm.train(fm.AssociativeMemory(E, U), task, opt, 3, batch_size=2, resume=run.state)
+    assert np.array_equal(again.loss, want.loss) and np.array_equal(again.state.Z, want.state.Z)
+
+
 # ---- integers, dtypes, CMD, the command line -------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, name", [
@@ -214,7 +230,7 @@ def test_sample_tokens_refuses_out_of_range_counters():
      "lr"),
     (lambda: fm.train_many(np.ones((2, 3)), np.ones((2, 3)), np.zeros((1, 3, 3)), [0.5, 0.5], [0, 1], 1 + 0j, 2),
      "lr"),
-    (lambda: fm.step(np.zeros((3, 3), np.float16), np.ones((2, 3), np.float16), np.ones((2, 3), np.float16),
+    (lambda: fm.sgd_step(np.zeros((3, 3), np.float16), np.ones((2, 3), np.float16), np.ones((2, 3), np.float16),
                      [0], [0], 1.0), "E"),
 ])
 def test_complex_string_and_half_inputs_are_refused_by_name(make, name):

@@ -42,8 +42,8 @@ def test_reference_hessian_matches_finite_differences(rng):
 @pytest.mark.parametrize("N, M, d", PROBLEMS)
 def test_population_metrics_match_reference(compiled, rng, N, M, d, layernorm, dtype):
     mem, task = random_problem(rng, N, M, d, dtype, W_scale=2.0, layernorm=layernorm)
-    got = fm.evaluate(mem, task, gradient=True, backend=compiled)
-    want = fm.evaluate(mem, task, gradient=True, backend="numpy")
+    got = fm.population_metrics(mem, task, gradient=True, backend=compiled)
+    want = fm.population_metrics(mem, task, gradient=True, backend="numpy")
     assert got["margins"].dtype == got["gradient"].dtype == dtype
     # lse - z_y cancels: its rounding is relative to the scores, not to the loss
     score_scale = np.abs(want["margins"]).max()
@@ -67,8 +67,8 @@ def test_onehot_embeddings_take_the_row_path_with_the_same_result(compiled, rng,
     mem = fm.AssociativeMemory(E, U, W=rng.standard_normal((d, d)).astype(dtype))
     assert mem.onehot is not None
     task = fm.Task.zipf(N, M, 1.0)
-    got = fm.evaluate(mem, task, gradient=True, backend=compiled)
-    want = fm.evaluate(mem, task, gradient=True, backend="numpy")
+    got = fm.population_metrics(mem, task, gradient=True, backend=compiled)
+    want = fm.population_metrics(mem, task, gradient=True, backend="numpy")
     assert_close(got["gradient"], want["gradient"], dtype, factor=10)
     assert_close(got["margins"], want["margins"], dtype, factor=10)
 
@@ -101,8 +101,22 @@ def test_accuracy_and_loss_of_a_known_memory(backend):
     W[np.arange(4), y] = 3.0
     W[[0, 3], 1] = 1.0  # tokens 0 and 3 keep margin 2
     task = fm.Task(np.array([0.1, 0.2, 0.3, 0.4]), y)
-    out = fm.evaluate(fm.AssociativeMemory(E, U, W=W), task, backend=backend)
+    out = fm.population_metrics(fm.AssociativeMemory(E, U, W=W), task, backend=backend)
     np.testing.assert_allclose(out["margins"], [2.0, 3.0, 3.0, 2.0])
     assert out["accuracy"] == pytest.approx(1.0)
     want = 0.5 * np.log1p(np.exp(-2.0)) + 0.5 * np.log1p(np.exp(-3.0))
     assert out["loss"] == pytest.approx(want, rel=1e-12)
+
+
+def test_the_former_names_warn_and_give_the_same_results(rng):
+    # fm.evaluate and fm.step took the compiled core's names (population_metrics, sgd_step)
+    mem, task = random_problem(rng, 6, 3, 4, np.float64)
+    with pytest.warns(DeprecationWarning, match="fm.population_metrics"):
+        old = fm.evaluate(mem, task, backend="numpy")
+    new = fm.population_metrics(mem, task, backend="numpy")
+    assert old["loss"] == new["loss"] and np.array_equal(old["margins"], new["margins"])
+    W_old, W_new = mem.W.copy(), mem.W.copy()
+    with pytest.warns(DeprecationWarning, match="fm.sgd_step"):
+        loss_old = fm.step(W_old, mem.E, mem.U, [1, 4], [0, 2], lr=0.5, backend="numpy")
+    loss_new = fm.sgd_step(W_new, mem.E, mem.U, [1, 4], [0, 2], lr=0.5, backend="numpy")
+    assert loss_old == loss_new and np.array_equal(W_old, W_new) and not np.array_equal(W_new, mem.W)

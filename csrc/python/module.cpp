@@ -255,10 +255,10 @@ TrainParams train_params(const py::object& tpd) {
 
 template <class T>
 TrainRecord<T> train_record(const py::object& rec) {
-  py::array steps = rec.attr("steps").cast<py::array>();
+  py::array at = rec.attr("at").cast<py::array>();
   TrainRecord<T> r;
-  r.count = steps.shape(0);
-  r.steps = cvec<std::int64_t>(steps, r.count, "record steps");
+  r.count = at.shape(0);
+  r.at = cvec<std::int64_t>(at, r.count, "record steps");
   r.loss = opt_ptr<T>(rec.attr("loss"), r.count, "record loss");
   r.accuracy = opt_ptr<T>(rec.attr("accuracy"), r.count, "record accuracy");
   r.margins = opt_ptr<T>(rec.attr("margins"), r.count, "record margins");
@@ -293,7 +293,7 @@ py::tuple py_train(py::array E, py::object oc, py::object os, py::array U, py::a
 
 py::tuple py_train_dual(py::array E, py::object oc, py::object os, py::array U, py::array W0, py::array p,
                         py::array y, py::object cdf, py::object tokens, py::object opt, py::object tpd, py::object rec,
-                        py::array Z, py::array A, py::object B, py::object V, double c, bool fresh) {
+                        py::array Z, py::array A, py::object mA, py::object mZ, double c, bool fresh) {
   return dispatch(E, [&](auto tag) {
     using T = decltype(tag);
     const TrainParams tp = train_params(tpd);
@@ -306,10 +306,10 @@ py::tuple py_train_dual(py::array E, py::object oc, py::object os, py::array U, 
     DualState<T> st;
     st.Z = matrix<T>(Z, "Z");
     st.A = matrix<T>(A, "A");
-    if (!B.is_none()) {
-      py::array b = B.cast<py::array>(), v = V.cast<py::array>();
-      st.B = matrix<T>(b, "B");
-      st.V = matrix<T>(v, "V");
+    if (!mA.is_none()) {
+      py::array ma = mA.cast<py::array>(), mz = mZ.cast<py::array>();
+      st.mA = matrix<T>(ma, "mA");
+      st.mZ = matrix<T>(mz, "mZ");
     }
     st.c = c;
     st.fresh = fresh;

@@ -32,7 +32,7 @@ SIGNATURES = {
     "train": ("E", "onehot_col", "onehot_scale", "U", "W", "p", "y", "cdf", "tokens", "opt", "tp", "rec",
               "m", "v", "t0"),
     "train_dual": ("E", "onehot_col", "onehot_scale", "U", "W0", "p", "y", "cdf", "tokens", "opt", "tp", "rec",
-                   "Z", "A", "B", "V", "c", "fresh"),
+                   "Z", "A", "mA", "mZ", "c", "fresh"),
     "sgd_step": ("W", "E", "onehot_col", "onehot_scale", "U", "x", "y", "lr", "layernorm", "out"),
     "train_model": ("kind", "E", "U", "W", "p", "y", "cdf", "tokens", "opt", "tp", "rec"),
     "cmd_assign_fit": ("theta", "refs", "mode", "a", "b", "corr"),

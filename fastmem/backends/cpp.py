@@ -33,8 +33,9 @@ def train(E, onehot_col, onehot_scale, U, W, p, y, cdf, tokens, opt, tp, rec, m,
     return _core.train(E, onehot_col, onehot_scale, U, W, p, y, cdf, tokens, opt, tp, rec, m, v, t0)
 
 
-def train_dual(E, onehot_col, onehot_scale, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A, B, V, c, fresh):
-    return _core.train_dual(E, onehot_col, onehot_scale, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A, B, V, c, fresh)
+def train_dual(E, onehot_col, onehot_scale, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A, mA, mZ, c, fresh):
+    return _core.train_dual(E, onehot_col, onehot_scale, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A, mA, mZ, c,
+                            fresh)
 
 
 def sgd_step(W, E, onehot_col, onehot_scale, U, x, y, lr, layernorm, out):

@@ -357,7 +357,7 @@ def _step_batch(t, prob, batches, opt):
 def _store_memory(r, W, prob, rec):
     """The W and sharpness records of record r."""
     E, U, p, y, ln, chunk = prob
-    rec_steps, rl, ra, rm, rW, rs, flags, iters, seed = rec
+    rec_at, rl, ra, rm, rW, rs, flags, iters, seed = rec
     if flags[3]:
         rW[r] = W
     if flags[4]:
@@ -368,10 +368,10 @@ def _store_memory(r, W, prob, rec):
 def _primal_record(t, r, ctx):
     prob, batches, opt, rec, state = ctx
     E, U, p, y, ln, chunk = prob
-    rec_steps, rl, ra, rm, rW, rs, flags, iters, seed = rec
+    rec_at, rl, ra, rm, rW, rs, flags, iters, seed = rec
     W = state[0]
     diverged = False
-    while r < len(rec_steps) and rec_steps[r] == t:
+    while r < len(rec_at) and rec_at[r] == t:
         if flags[0] or flags[1] or flags[2]:
             loss, acc, margins, _ = _population(E, U, W, p, y, ln, chunk)
             rl[r], ra[r] = loss, acc
@@ -468,12 +468,12 @@ def _context(E, U, p, y, cdf, tokens, opt, tp, rec):
     records). Unrequested records get (small) scratch buffers so that one compiled signature
     serves all."""
     N, d, dt = E.shape[0], E.shape[1], E.dtype
-    R = len(rec.steps)
+    R = len(rec.at)
     flags = np.array([getattr(rec, k) is not None for k in ("loss", "accuracy", "margins", "W", "sharpness")])
     bufs = tuple(getattr(rec, k) if getattr(rec, k) is not None else np.empty(shape, dtype=dt)
                  for k, shape in (("loss", (R,)), ("accuracy", (R,)), ("margins", (0, 0)), ("W", (0, 0, 0)),
                                   ("sharpness", (0,))))
-    records = (np.asarray(rec.steps, dtype=np.int64), *bufs, flags, int(tp.power_iters), np.uint64(tp.seed))
+    records = (np.asarray(rec.at, dtype=np.int64), *bufs, flags, int(tp.power_iters), np.uint64(tp.seed))
     given = tokens if tokens is not None else np.empty((0, 1), dtype=np.int64)
     batches = (int(tp.batch_size), cdf if cdf is not None else np.ones(1), np.uint64(tp.seed), given,
                int(tp.start_step), np.full(N, -1, dtype=np.int64))
@@ -559,15 +559,15 @@ def _dual_residual(readout, Z, U, y, toks, w, chunk):
 
 
 @njit(cache=True)
-def _dual_setup(E, U, W0, Z, A, B, V, c, fresh, readout):
+def _dual_setup(E, U, W0, Z, A, mA, mZ, c, fresh, readout):
     """The Gram matrices K_E, K_U (the identity for read-outs); a fresh run starts from W0."""
     KE = E @ E.T
     KU = np.eye(E.shape[1], dtype=E.dtype) if readout else U @ U.T
     if fresh:
         Z[:] = E @ W0 if readout else (E @ W0) @ U.T
         A[:] = 0
-        B[:] = 0
-        V[:] = 0
+        mA[:] = 0
+        mZ[:] = 0
         c[0] = 1.0
     return KE, KU
 
@@ -576,10 +576,10 @@ def _dual_setup(E, U, W0, Z, A, B, V, c, fresh, readout):
 def _dual_record(t, r, ctx):
     prob, batches, opt, rec, state = ctx
     E, U, p, y, ln, chunk = prob
-    rec_steps, rl, ra, rm, rW, rs, flags, iters, seed = rec
-    W0, Z, A, B, V, c, KE, KU, pw = state
+    rec_at, rl, ra, rm, rW, rs, flags, iters, seed = rec
+    W0, Z, A, mA, mZ, c, KE, KU, pw = state
     diverged = False
-    while r < len(rec_steps) and rec_steps[r] == t:
+    while r < len(rec_at) and rec_at[r] == t:
         if flags[0] or flags[1] or flags[2]:
             loss, margins, _ = _dual_residual(ln, Z, U, y, np.arange(E.shape[0]), pw, chunk)
             if _store_scores(r, loss, margins, p, rl, ra, rm, flags):
@@ -595,7 +595,7 @@ def _dual_step(t, ctx):
     prob, batches, opt, rec, state = ctx
     E, U, p, y, ln, chunk = prob
     kind, lr0, mom, wd, b1, b2, eps, sched, ssteps, gamma, min_lr = opt
-    W0, Z, A, B, V, c, KE, KU, pw = state
+    W0, Z, A, mA, mZ, c, KE, KU, pw = state
     toks, w, lr = _step_batch(t, prob, batches, opt)
     loss, _, G = _dual_residual(ln, Z, U, y, toks, w, chunk)
     if not np.isfinite(loss):
@@ -608,13 +608,13 @@ def _dual_step(t, ctx):
         c[0] *= decay
     KEb = np.ascontiguousarray(KE[toks])  # K_E symmetric: its columns x_b are its rows
     if mom != 0.0:
-        B *= mom
-        V *= mom
+        mA *= mom
+        mZ *= mom
         for i in range(len(toks)):
-            B[toks[i]] += G[i]
-        V += KEb.T @ GK
-        Z -= lr * V
-        A += lr * B
+            mA[toks[i]] += G[i]
+        mZ += KEb.T @ GK
+        Z -= lr * mZ
+        A += lr * mA
     else:
         Z -= lr * (KEb.T @ GK)
         for i in range(len(toks)):
@@ -625,12 +625,12 @@ def _dual_step(t, ctx):
 _drive_dual = _driver("dual", _dual_record, _dual_step)
 
 
-def train_dual(E, onehot_col, onehot_scale, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A, B, V, c, fresh):
-    B_ = B if B is not None else np.zeros_like(Z)
-    V_ = V if V is not None else np.zeros_like(Z)
+def train_dual(E, onehot_col, onehot_scale, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A, mA, mZ, c, fresh):
+    mA_ = mA if mA is not None else np.zeros_like(Z)
+    mZ_ = mZ if mZ is not None else np.zeros_like(Z)
     c_ = np.array([c], dtype=np.float64)
-    KE, KU = _dual_setup(E, U, W0, Z, A, B_, V_, c_, fresh, bool(tp.layernorm))
-    state = (W0, Z, A, B_, V_, c_, KE, KU, p.astype(E.dtype))
+    KE, KU = _dual_setup(E, U, W0, Z, A, mA_, mZ_, c_, fresh, bool(tp.layernorm))
+    state = (W0, Z, A, mA_, mZ_, c_, KE, KU, p.astype(E.dtype))
     with np.errstate(over="ignore", invalid="ignore"):
         status, done, r = _drive_dual(tp.steps, (*_context(E, U, p, y, cdf, tokens, opt, tp, rec), state))
     return int(status), int(done), int(r), float(c_[0])
@@ -693,10 +693,10 @@ def train_many(E, U, W, p, y, lr, steps, loss, accuracy, status):
 def _projected_record(t, r, ctx):
     prob, batches, opt, rec, state = ctx
     E, U, p, y, ln, chunk = prob
-    rec_steps, rl, ra, rm, rW, rs, flags, iters, seed = rec
+    rec_at, rl, ra, rm, rW, rs, flags, iters, seed = rec
     V, pw = state
     diverged = False
-    while r < len(rec_steps) and rec_steps[r] == t:
+    while r < len(rec_at) and rec_at[r] == t:
         if flags[0] or flags[1] or flags[2]:
             loss, margins, _ = _residual(E @ V, y, np.arange(E.shape[0]), pw)
             if _store_scores(r, loss, margins, p, rl, ra, rm, flags):

@@ -185,9 +185,9 @@ def _batch(tp, tokens, cdf, p, t):
 def _drive(steps, rec, record, step):
     """The loop of drive() in train.hpp: record at t, then step t; record(r) returns the loss it saw."""
     status, r, done = 0, 0, 0
-    rec_steps = rec.steps
+    rec_at = rec.at
     for t in range(steps + 1):
-        while r < len(rec_steps) and rec_steps[r] == t:
+        while r < len(rec_at) and rec_at[r] == t:
             loss = record(r)
             if loss is not None and not np.isfinite(loss):
                 status = 1
@@ -280,22 +280,22 @@ def _readout_residual(Q, U, y, toks, w):
     return float(w @ (lse - zy)), zy - zother, (dh - h * (h * dh).sum(axis=1, keepdims=True)) / r
 
 
-def train_dual(E, onehot_col, onehot_scale, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A, B, V, c, fresh):
+def train_dual(E, onehot_col, onehot_scale, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A, mA, mZ, c, fresh):
     with np.errstate(over="ignore", invalid="ignore"):
         return _train_dual(E.astype(_F), U.astype(_F), W0.astype(_F), p, y, cdf, tokens, opt, tp, rec,
-                           Z, A, B, V, c, fresh)
+                           Z, A, mA, mZ, c, fresh)
 
 
-def _train_dual(E, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A, B, V, c, fresh):
+def _train_dual(E, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A, mA, mZ, c, fresh):
     readout = tp.layernorm  # state on the read-outs E W (N x d) instead of the scores
     KE = E @ E.T
     KU = np.eye(E.shape[1]) if readout else U @ U.T
     zeros = np.zeros(Z.shape)
     if fresh:
-        st = {"Z": E @ W0 if readout else E @ W0 @ U.T, "A": zeros, "c": 1.0, "B": zeros, "V": zeros}
+        st = {"Z": E @ W0 if readout else E @ W0 @ U.T, "A": zeros, "c": 1.0, "mA": zeros, "mZ": zeros}
     else:
         st = {"Z": Z.astype(_F), "A": A.astype(_F), "c": c,
-              "B": zeros if B is None else B.astype(_F), "V": zeros if V is None else V.astype(_F)}
+              "mA": zeros if mA is None else mA.astype(_F), "mZ": zeros if mZ is None else mZ.astype(_F)}
 
     def W():
         return st["c"] * W0 - E.T @ (st["A"] if readout else st["A"] @ U)
@@ -323,19 +323,19 @@ def _train_dual(E, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A, B, V, c, fresh)
         decay = 1.0 - lr * opt.weight_decay
         full = np.zeros_like(st["A"])
         np.add.at(full, slice(None) if toks is None else toks, G)
-        st["B"] = opt.momentum * st["B"] + full
-        st["V"] = opt.momentum * st["V"] + KE @ full @ KU
-        st["Z"] = decay * st["Z"] - lr * st["V"]
-        st["A"] = decay * st["A"] + lr * st["B"]
+        st["mA"] = opt.momentum * st["mA"] + full
+        st["mZ"] = opt.momentum * st["mZ"] + KE @ full @ KU
+        st["Z"] = decay * st["Z"] - lr * st["mZ"]
+        st["A"] = decay * st["A"] + lr * st["mA"]
         st["c"] *= decay
-        for name in ("Z", "A", "B", "V"):
+        for name in ("Z", "A", "mA", "mZ"):
             st[name] = _held(st[name], Z.dtype)
         return True
 
     status, done, r = _drive(tp.steps, rec, record, step)
     Z[...], A[...] = st["Z"], st["A"]
-    if B is not None:
-        B[...], V[...] = st["B"], st["V"]
+    if mA is not None:
+        mA[...], mZ[...] = st["mA"], st["mZ"]
     return status, done, r, st["c"]
 
 

@@ -64,7 +64,7 @@ def _shape_facts(memory):
 
 def dual_bytes(memory, optimizer, facts=None):
     """Memory the dual engine allocates: the Grams it keeps (none where diagonal), the state
-    Z and A (and B, V with momentum), N x R each."""
+    Z and A (and the momentum buffers mA, mZ), N x R each."""
     N, M, R = memory.N, memory.M, memory.d if memory.layernorm else memory.M
     KE_diag, KU_diag = facts or _shape_facts(memory)
     states = 4 if optimizer._params().momentum != 0.0 else 2

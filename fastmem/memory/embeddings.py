@@ -39,18 +39,18 @@ def orthogonal(N, M, d=None, dtype=np.float32):
     return np.eye(N, d, dtype=dtype), np.eye(M, d, dtype=dtype)
 
 
-def correlated(N, M, d, alpha, seed=0, dtype=np.float32):
-    """Unit input embeddings whose pairwise cosines are about ``alpha`` (in [0, 1)).
+def correlated(N, M, d, cosine, seed=0, dtype=np.float32):
+    """Unit input embeddings whose pairwise cosines are about ``cosine`` (in [0, 1)).
 
-    e_x ∝ sqrt(alpha) c + sqrt(1 - alpha) g_x with c, g_x independent unit vectors;
+    e_x ∝ sqrt(cosine) c + sqrt(1 - cosine) g_x with c, g_x independent unit vectors;
     U is Gaussian on the sphere.
     """
     N, M, d = _dims(N, M, d)
-    alpha = v.unit_interval("alpha", alpha)
+    cosine = v.unit_interval("cosine", cosine)
     rng = np.random.default_rng(seed)
     g = rng.standard_normal((N + 1, d))
     g /= np.linalg.norm(g, axis=1, keepdims=True)
-    E = np.sqrt(alpha) * g[:1] + np.sqrt(1.0 - alpha) * g[1:]
+    E = np.sqrt(cosine) * g[:1] + np.sqrt(1.0 - cosine) * g[1:]
     E /= np.linalg.norm(E, axis=1, keepdims=True)
     U = rng.standard_normal((M, d))
     U /= np.linalg.norm(U, axis=1, keepdims=True)
@@ -58,7 +58,8 @@ def correlated(N, M, d, alpha, seed=0, dtype=np.float32):
 
 
 def two_token(alpha, dtype=np.float64):
-    """The paper's two-token geometry: E = [[1, 0], [alpha, sqrt(1 - alpha^2)]], U = I (d = 2)."""
+    """The paper's two-token geometry: E = [[1, 0], [alpha, sqrt(1 - alpha^2)]], U = I (d = 2);
+    ``alpha`` is the cosine of the two embeddings, in the paper's notation."""
     if not -1.0 <= alpha <= 1.0:
         v.fail("alpha", "a cosine in [-1, 1]", alpha)
     E = np.array([[1.0, 0.0], [alpha, np.sqrt(1.0 - alpha * alpha)]], dtype=dtype)

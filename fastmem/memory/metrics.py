@@ -4,6 +4,8 @@ All take ``(memory, task)`` and an optional ``backend``; the loss is
 L(W) = sum_x p(x) (logsumexp z(x) - z_{y(x)}(x)).
 """
 
+import warnings
+
 import numpy as np
 
 from .. import _validate as v
@@ -11,7 +13,7 @@ from ..backends import get
 from ._problem import chunk_arg, problem_args
 
 
-def evaluate(memory, task, gradient=False, backend=None, chunk=None):
+def population_metrics(memory, task, gradient=False, backend=None, chunk=None):
     """One pass over all N tokens.
 
     Returns a dict: ``loss`` (float), ``accuracy`` (float, p-weighted fraction of
@@ -31,22 +33,22 @@ def evaluate(memory, task, gradient=False, backend=None, chunk=None):
 
 def loss(memory, task, backend=None):
     """Population cross-entropy loss (float)."""
-    return evaluate(memory, task, backend=backend)["loss"]
+    return population_metrics(memory, task, backend=backend)["loss"]
 
 
 def accuracy(memory, task, backend=None):
     """sum_x p(x) [m(x) > 0] (float)."""
-    return evaluate(memory, task, backend=backend)["accuracy"]
+    return population_metrics(memory, task, backend=backend)["accuracy"]
 
 
 def margins(memory, task, backend=None):
     """m(x) = z_y(x) - max_{k != y} z_k(x) for every token, shape (N,), the memory's dtype."""
-    return evaluate(memory, task, backend=backend)["margins"]
+    return population_metrics(memory, task, backend=backend)["margins"]
 
 
 def gradient(memory, task, backend=None):
     """grad_W L = E^T G U, shape (d, d), the memory's dtype."""
-    return evaluate(memory, task, gradient=True, backend=backend)["gradient"]
+    return population_metrics(memory, task, gradient=True, backend=backend)["gradient"]
 
 
 def sharpness(memory, task, iters=100, tol=1e-6, seed=0, backend=None, chunk=None):
@@ -58,3 +60,11 @@ def sharpness(memory, task, iters=100, tol=1e-6, seed=0, backend=None, chunk=Non
     iters = v.positive_int("iters", iters)
     tol = v.positive_float("tol", tol)
     return float(get(backend).sharpness(E, oc, os_, U, memory.W, p, y, chunk_arg(chunk), iters, tol, seed))
+
+
+def evaluate(*args, **kwargs):
+    """Deprecated: the former name of :func:`population_metrics` (the compiled core's name); it will
+    be removed."""
+    warnings.warn("fm.evaluate is now fm.population_metrics (the name the compiled core uses); fm.evaluate "
+                  "will be removed", DeprecationWarning, stacklevel=2)
+    return population_metrics(*args, **kwargs)

@@ -9,11 +9,13 @@ import numpy as np
 
 from ..errors import InvalidStateError
 
-FORMAT = 2
+FORMAT = 3
 # the arrays each representation keeps: always, and where the optimizer has state
 REQUIRED = {"primal": ("W",), "dual": ("Z", "A")}
-OPTIONAL = {"primal": ("m", "v"), "dual": ("B", "V")}
-_ARRAYS = ("W", "m", "v", "Z", "A", "B", "V")
+OPTIONAL = {"primal": ("m", "v"), "dual": ("mA", "mZ")}
+_ARRAYS = ("W", "m", "v", "Z", "A", "mA", "mZ")
+# formats 1 and 2 named the dual momentum buffers B and V
+_FORMER_NAMES = {"B": "mA", "V": "mZ"}
 OPTIMIZERS = ("sgd", "sgd-momentum", "adam", "sign")
 
 
@@ -27,7 +29,7 @@ def optimizer_kind(optimizer):
 def stateful_arrays(representation, kind):
     """The optimizer-state arrays a run of this representation and optimizer kind keeps."""
     if representation == "dual":
-        return ("B", "V") if kind == "sgd-momentum" else ()
+        return ("mA", "mZ") if kind == "sgd-momentum" else ()
     return {"sgd": (), "sgd-momentum": ("m",), "adam": ("m", "v"), "sign": ()}[kind]
 
 
@@ -37,8 +39,8 @@ class TrainState:
     ("sgd", "sgd-momentum", "adam" or "sign").
 
     Primal runs keep ``W`` and the optimizer moments ``m``, ``v`` (and ``opt_t``, the
-    steps they have seen); dual runs keep ``Z``, ``A`` (and ``B``, ``V`` with momentum)
-    and ``c``. Pass it to ``fm.train(..., resume=state)`` with the same memory, task
+    steps they have seen); dual runs keep ``Z``, ``A`` (and with momentum ``mA``, the
+    momentum of A, and ``mZ`` = K_E mA K_U, that of Z) and ``c``. Pass it to ``fm.train(..., resume=state)`` with the same memory, task
     and optimizer to continue the run as if it had never stopped.
     """
 
@@ -88,8 +90,10 @@ class TrainState:
             raise InvalidStateError(f"{path}: its header has no {exc.args[0]!r}") from None
         except ValueError:
             raise InvalidStateError(f"{path}: header 'c' is not a float in hex") from None
-        if meta.get("format") not in (1, FORMAT):
-            raise InvalidStateError(f"{path}: format {meta.get('format')!r}, this fastmem reads 1 and {FORMAT}")
+        if meta.get("format") not in (1, 2, FORMAT):
+            raise InvalidStateError(f"{path}: format {meta.get('format')!r}, this fastmem reads 1 to {FORMAT}")
+        if meta["format"] < 3:
+            state.arrays = {_FORMER_NAMES.get(k, k): a for k, a in state.arrays.items()}
         state.validate(str(path), legacy=meta.get("format") == 1)
         return state
 
@@ -109,7 +113,7 @@ class TrainState:
             bad("c a finite number", repr(self.c))
         if legacy and self.optimizer is None:  # format 1 did not record it: what the arrays say
             has = set(self.arrays)
-            self.optimizer = ("adam" if "v" in has else "sgd-momentum" if has & {"m", "B"} else "sgd")
+            self.optimizer = ("adam" if "v" in has else "sgd-momentum" if has & {"m", "mA"} else "sgd")
         if self.optimizer not in OPTIMIZERS:
             bad(f"optimizer in {OPTIMIZERS}", repr(self.optimizer))
         rep, names = self.representation, set(self.arrays)

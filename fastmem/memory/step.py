@@ -1,5 +1,7 @@
 """One training step on arrays the caller owns, for simulators that run their own loop."""
 
+import warnings
+
 import numpy as np
 
 from .. import _arrays
@@ -21,7 +23,7 @@ def _host_view(a, name):
     v.fail(name, "a numpy array or an array exporting DLPack", type(a).__name__)
 
 
-def step(W, E, U, x, y, lr, out=None, layernorm=False, backend=None):
+def sgd_step(W, E, U, x, y, lr, out=None, layernorm=False, backend=None):
     """One SGD step on the batch (x, y): ``out = W - lr * grad`` of the mean cross-entropy
     of the b draws, where draw i is token x[i] with target y[i].
 
@@ -85,3 +87,10 @@ def _device_step(W, E, U, x, y, lr, out, layernorm, backend):
     y = v.tokens("y", y, U.shape[0], shape=x.shape, device=True)
     lr = v.positive_float("lr", lr)
     return float(get(backend, device=True).sgd_step(Wd, E, None, None, U, x, y, lr, bool(layernorm), Od))
+
+
+def step(*args, **kwargs):
+    """Deprecated: the former name of :func:`sgd_step` (the compiled core's name); it will be removed."""
+    warnings.warn("fm.step is now fm.sgd_step (the name the compiled core uses); fm.step will be removed",
+                  DeprecationWarning, stacklevel=2)
+    return sgd_step(*args, **kwargs)

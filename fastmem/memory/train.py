@@ -252,10 +252,10 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=None, tokens=Non
             W, arrays = None, None
         elif rep == "dual":
             W, NR = None, (N, d if memory.layernorm else memory.M)
-            arrays = {k: buffer(k, NR, k in "ZA" or momentum) for k in "ZABV"}
+            arrays = {k: buffer(k, NR, k in ("Z", "A") or momentum) for k in ("Z", "A", "mA", "mZ")}
             status, steps_done, n_rec, c = be.train_dual(
                 E, oc, os_, U, memory.W, p, y, task.cdf, tokens, opt, tp, rec, arrays["Z"], arrays["A"],
-                arrays["B"], arrays["V"], resume.c if resume else 1.0, resume is None)
+                arrays["mA"], arrays["mZ"], resume.c if resume else 1.0, resume is None)
             dual_state, opt_t = (arrays["Z"], arrays["A"], c), 0
         else:
             W = buffer("W", (d, d)) if resume is not None else memory.W.copy()
@@ -279,7 +279,7 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=None, tokens=Non
 
 def _written(rec, n):
     """The first n records of each metric recorded."""
-    return {name: arr[:n] for name, arr in rec._asdict().items() if name != "steps" and arr is not None}
+    return {name: arr[:n] for name, arr in rec._asdict().items() if name != "at" and arr is not None}
 
 
 def _train_with_callback(memory, task, optimizer, steps, batch_size, seed, tokens, record, backend, chunk,

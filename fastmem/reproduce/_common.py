@@ -68,7 +68,7 @@ def landscape(E, U, task, extent, n=81, sharpness=False):
     for i, g1 in enumerate(g):
         for j, g0 in enumerate(g):
             mem = fm.AssociativeMemory(E, U, W=plane_W(g0, g1))
-            ev = fm.evaluate(mem, task)
+            ev = fm.population_metrics(mem, task)
             loss[i, j], err[i, j] = ev["loss"], 1.0 - ev["accuracy"]
             if sharpness:
                 sharp[i, j] = fm.sharpness(mem, task, iters=200)

@@ -131,7 +131,7 @@ def imbalance_experiment(out):
     """Zipf tokens with correlated embeddings: frequent and rare tokens compete, and the margins of
     rare tokens flip sign back and forth in a transitory regime before GD settles."""
     N, M, d, lr, T = 20, 2, 8, 3.0, 2000
-    E, U = fm.embeddings.correlated(N, M, d, alpha=0.5, seed=1, dtype=np.float64)
+    E, U = fm.embeddings.correlated(N, M, d, cosine=0.5, seed=1, dtype=np.float64)
     task = fm.Task.zipf(N, M, 1.0)
     run = fm.train(fm.AssociativeMemory(E, U), task, fm.SGD(lr=lr), T,
                    record=fm.Record(steps="all", metrics=("loss", "accuracy", "margins")))

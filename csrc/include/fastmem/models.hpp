@@ -277,7 +277,7 @@ TrainResult train_model(const ModelProblem<T>& pr, const ModelOptimizer& opt, co
   for (index_t x = 0; x < N; ++x) p_weights.push_back(static_cast<T>(pr.p[x]));
 
   auto record = [&](index_t t, TrainResult& res) {
-    for (; res.records < rec.count && rec.steps[res.records] == t; ++res.records) {
+    for (; rec.due(res.records, t); ++res.records) {
       const index_t r = res.records;
       T* m = rec.margins ? rec.margins + r * N : margin_buf.data();
       PopulationMetrics pm;

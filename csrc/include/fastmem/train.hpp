@@ -22,17 +22,20 @@
 
 namespace fastmem {
 
-// Outputs at the recorded steps (sorted, unique, in [0, steps], counted in
-// updates done). Any pointer but steps may be null to skip that metric.
+// Outputs at the recorded steps `at` (sorted, unique, in [0, steps], counted in
+// updates done). Any pointer but `at` may be null to skip that metric.
 template <class T>
 struct TrainRecord {
-  const std::int64_t* steps = nullptr;
+  const std::int64_t* at = nullptr;  // count
   index_t count = 0;
   T* loss = nullptr;       // count
   T* accuracy = nullptr;   // count
   T* margins = nullptr;    // count x N
   T* W = nullptr;          // count x d x d
   T* sharpness = nullptr;  // count
+
+  // Whether record r is due at step t.
+  bool due(index_t r, index_t t) const { return r < count && at[r] == t; }
 };
 
 struct TrainResult {
@@ -196,7 +199,7 @@ TrainResult train(const Problem<T>& prob, MatrixView<T> W_io, const double* cdf,
   MatrixView<T> grad(grad_buf.data(), fused_update ? 0 : d, fused_update ? 0 : d);
 
   auto record = [&](index_t t, TrainResult& res) {
-    for (; res.records < rec.count && rec.steps[res.records] == t; ++res.records) {
+    for (; rec.due(res.records, t); ++res.records) {
       const index_t r = res.records;
       if (rec.loss || rec.accuracy || rec.margins)
         store_metrics(rec, r,
@@ -286,11 +289,11 @@ double sgd_step(const Problem<T>& prob, MatrixView<const T> W, const std::int64_
 
 // The state of a dual run, caller-owned: Z and coefficients A (N x R), with R = M
 // (Z the scores E W U^T, W = c W0 - E^T A U) or, with LayerNorm, R = d (Z the
-// read-outs E W, W = c W0 - E^T A); with momentum, its coefficients B and their
-// image V = K_E B K_U (N x R, else empty). `fresh` starts from W0 (A = 0).
+// read-outs E W, W = c W0 - E^T A); with momentum, the momentum mA of A and its image
+// mZ = K_E mA K_U, the momentum of Z (N x R, else empty). `fresh` starts from W0 (A = 0).
 template <class T>
 struct DualState {
-  MatrixView<T> Z, A, B, V;
+  MatrixView<T> Z, A, mA, mZ;
   double c = 1.0;
   bool fresh = true;
 };
@@ -309,12 +312,12 @@ TrainResult train_dual(const Problem<T>& prob, MatrixView<const T> W0, DualState
   const index_t R = readout ? d : M;
   FASTMEM_CHECK_ARG(W0.rows == d && W0.cols == d, "W0 must be d x d");
   const bool momentum = opt.momentum != 0.0;
-  MatrixView<T> Z = st.Z, A = st.A, B = st.B, V = st.V;
+  MatrixView<T> Z = st.Z, A = st.A, mA = st.mA, mZ = st.mZ;
   double& c = st.c;
   FASTMEM_CHECK_ARG(Z.rows == N && Z.cols == R && A.rows == N && A.cols == R,
                     "Z and A must be N x M (N x d with LayerNorm)");
-  FASTMEM_CHECK_ARG(!momentum || (B.rows == N && B.cols == R && V.rows == N && V.cols == R),
-                    "momentum needs B and V, shaped like Z");
+  FASTMEM_CHECK_ARG(!momentum || (mA.rows == N && mA.cols == R && mZ.rows == N && mZ.cols == R),
+                    "momentum needs mA and mZ, shaped like Z");
   std::vector<T> ke, ke_diag, ku, ku_diag;
   const Gram<T> KE = make_gram(prob.emb.E, ke, ke_diag);
   Gram<T> KU;
@@ -328,7 +331,7 @@ TrainResult train_dual(const Problem<T>& prob, MatrixView<const T> W0, DualState
   bool w0_zero = true;
   if (st.fresh) {
     c = 1.0;
-    for (auto X : {Z, A, B, V})
+    for (auto X : {Z, A, mA, mZ})
       for (index_t x = 0; x < X.rows; ++x) std::fill(X.row(x), X.row(x) + X.cols, T(0));
     for (index_t i = 0; i < d && w0_zero; ++i)
       for (index_t j = 0; j < d; ++j) w0_zero = w0_zero && W0(i, j) == T(0);
@@ -381,7 +384,7 @@ TrainResult train_dual(const Problem<T>& prob, MatrixView<const T> W0, DualState
   };
 
   auto record = [&](index_t t, TrainResult& res) {
-    for (; res.records < rec.count && rec.steps[res.records] == t; ++res.records) {
+    for (; rec.due(res.records, t); ++res.records) {
       const index_t r = res.records;
       if (rec.loss || rec.accuracy || rec.margins) {
         T* m = rec.margins ? rec.margins + r * N : (margin_buf.resize(std::size_t(N)), margin_buf.data());
@@ -411,16 +414,16 @@ TrainResult train_dual(const Problem<T>& prob, MatrixView<const T> W0, DualState
       scale_all(A, decay);
       c *= double(decay);
     }
-    if (momentum) {  // B = mu B + G, V = K_E B K_U, Z -= lr V, A += lr B
+    if (momentum) {  // mA = mu mA + G, mZ = K_E mA K_U, Z -= lr mZ, A += lr mA
       const T mu = static_cast<T>(opt.momentum);
-      scale_all(B, mu);
-      dual_rows_add(tokens, MatrixView<const T>(G), T(1), B);
-      scale_all(V, mu);
-      dual_scores_update(KE, KU, tokens, MatrixView<const T>(G), T(1), V, ws);
+      scale_all(mA, mu);
+      dual_rows_add(tokens, MatrixView<const T>(G), T(1), mA);
+      scale_all(mZ, mu);
+      dual_scores_update(KE, KU, tokens, MatrixView<const T>(G), T(1), mZ, ws);
       for (index_t x = 0; x < N; ++x)
         for (index_t k = 0; k < R; ++k) {
-          Z(x, k) -= lrt * V(x, k);
-          A(x, k) += lrt * B(x, k);
+          Z(x, k) -= lrt * mZ(x, k);
+          A(x, k) += lrt * mA(x, k);
         }
     } else {
       dual_scores_update(KE, KU, tokens, MatrixView<const T>(G), -lrt, Z, ws);

@@ -1,7 +1,7 @@
 // The projected representation: V = W U^T (d x M) trained instead of W, for updates that
 // are an elementwise function of the gradient without state (Adam with betas (0, 0):
 // g / (|g| + eps); sign descent) and no LayerNorm. Scores are e_x^T V, and the gradient of
-// W is G = A U with A = E_b^T Delta (d x M, Delta the batch's residual rows), so
+// W is G = EG U with EG = E_b^T Delta (d x M, Delta the batch's residual rows; a_i its row i), so
 //   V_i <- (1 - lr wd) V_i - lr sum_j s(a_i . u_j) u_j,    u_j = U[:, j] (an M-vector):
 // d^2 (2 M + 1) flops per step whatever the batch, no d x d array read or kept (W itself
 // is not available afterwards). The published grid's Adam runs without LayerNorm.
@@ -17,13 +17,14 @@
 
 namespace fastmem {
 
-// Rows [i0, i1) of V (d x M) <- decay V - lr S U^T with S = s(A U), S never stored; V and A
-// are held transposed (VT, AT: M x d), the layout of the batch's dot products. One
-// vector of columns j at a time, s_j = s(a_i . u_j) then acc_m += s_j u_j, so that each
+// Rows [i0, i1) of V (d x M) <- decay V - lr S U^T with S = s(EG U), S never stored, where
+// EG = E_b^T Delta (d x M) is the batch's gradient in V (the W gradient is EG U). V and EG are
+// held transposed (VT, EGT: M x d), the layout of the batch's dot products. One vector of
+// columns j at a time, s_j = s(a_i . u_j) (a_i: row i of EG) then acc_m += s_j u_j, so that each
 // entry costs 2 M multiply-adds and a reciprocal, with a_i, acc and the u_j in registers;
 // two rows at a time share the loads of U. Padding columns of U are zero: s(0) = 0.
 template <class T, int M, bool Sign>
-void projected_rows(MatrixView<T> VT, MatrixView<const T> AT, const simd::PaddedRows<T>& U, T lr, T eps, T decay,
+void projected_rows(MatrixView<T> VT, MatrixView<const T> EGT, const simd::PaddedRows<T>& U, T lr, T eps, T decay,
                     index_t i0, index_t i1) {
   using vt = simd::vec<T>;
   constexpr int R = 2;
@@ -31,7 +32,7 @@ void projected_rows(MatrixView<T> VT, MatrixView<const T> AT, const simd::Padded
     const int rows = int(std::min<index_t>(R, i1 - i));
     vt a[R][M], acc[R][M] = {};
     for (int r = 0; r < R; ++r)
-      for (int m = 0; m < M; ++m) a[r][m] = simd::splat(r < rows ? AT(m, i + r) : T(0));
+      for (int m = 0; m < M; ++m) a[r][m] = simd::splat(r < rows ? EGT(m, i + r) : T(0));
     for (index_t j = 0; j < U.vecs; ++j) {
       vt u[M];
       for (int m = 0; m < M; ++m) u[m] = U.row(m)[j];
@@ -49,7 +50,7 @@ void projected_rows(MatrixView<T> VT, MatrixView<const T> AT, const simd::Padded
 
 // Any M: column by column.
 template <class T>
-void projected_rows_any(MatrixView<T> VT, MatrixView<const T> AT, MatrixView<const T> U, T lr, T eps, T decay,
+void projected_rows_any(MatrixView<T> VT, MatrixView<const T> EGT, MatrixView<const T> U, T lr, T eps, T decay,
                         bool sign, index_t i0, index_t i1) {
   const index_t d = U.cols, M = U.rows;
   std::vector<T> total(static_cast<std::size_t>(M));
@@ -57,7 +58,7 @@ void projected_rows_any(MatrixView<T> VT, MatrixView<const T> AT, MatrixView<con
     std::fill(total.begin(), total.end(), T(0));
     for (index_t j = 0; j < d; ++j) {
       T g = T(0);
-      for (index_t m = 0; m < M; ++m) g += AT(m, i) * U(m, j);
+      for (index_t m = 0; m < M; ++m) g += EGT(m, i) * U(m, j);
       const T s = normalized_update(g, eps, sign);
       for (index_t m = 0; m < M; ++m) total[m] += s * U(m, j);
     }
@@ -65,19 +66,19 @@ void projected_rows_any(MatrixView<T> VT, MatrixView<const T> AT, MatrixView<con
   }
 }
 
-// VT, AT: M x d; U_padded: simd::PaddedRows of U, made once per run.
+// VT, EGT: M x d; U_padded: simd::PaddedRows of U, made once per run.
 template <class T>
-void projected_update(MatrixView<T> VT, MatrixView<const T> AT, MatrixView<const T> U,
+void projected_update(MatrixView<T> VT, MatrixView<const T> EGT, MatrixView<const T> U,
                       const simd::PaddedRows<T>& U_padded, T lr, T eps, T decay, bool sign) {
   const index_t M = VT.rows, d = VT.cols;
   parallel_blocks(d, threads_for(d, d * (2 * M + 1)), [&](int, index_t i0, index_t i1) {
     int_switch<2, 3, 4, 5, 6, 8>(M, [&](auto Mc) {  // the small M of real runs in registers
       constexpr int kM = decltype(Mc)::value;
       if constexpr (kM == 0) {
-        projected_rows_any<T>(VT, AT, U, lr, eps, decay, sign, i0, i1);
+        projected_rows_any<T>(VT, EGT, U, lr, eps, decay, sign, i0, i1);
       } else {
         bool_switch(sign, [&](auto Sign) {
-          projected_rows<T, kM, decltype(Sign)::value>(VT, AT, U_padded, lr, eps, decay, i0, i1);
+          projected_rows<T, kM, decltype(Sign)::value>(VT, EGT, U_padded, lr, eps, decay, i0, i1);
         });
       }
     });
@@ -99,10 +100,10 @@ TrainResult train_projected(const Problem<T>& prob, MatrixView<T> V, const doubl
   FASTMEM_CHECK_ARG(V.rows == d && V.cols == M, "V must be d x M");
   const MatrixView<const T> E = prob.emb.E;
   BatchSource<T> batches(N, tp.batch_size, prob.p, cdf, given_tokens, tp.seed);
-  std::vector<T> z, g, at(std::size_t(M * d)), vt(std::size_t(M * d)), weights, p_weights, margin_buf;
+  std::vector<T> z, g, egt(std::size_t(M * d)), vt(std::size_t(M * d)), weights, p_weights, margin_buf;
   std::vector<std::int64_t> yb;
   for (index_t x = 0; x < N; ++x) p_weights.push_back(static_cast<T>(prob.p[x]));
-  const MatrixView<T> AT(at.data(), M, d), VT(vt.data(), M, d);  // A and V transposed: rows of d
+  const MatrixView<T> EGT(egt.data(), M, d), VT(vt.data(), M, d);  // EG and V transposed: rows of d
   for (index_t i = 0; i < d; ++i)
     for (index_t m = 0; m < M; ++m) VT(m, i) = V(i, m);
   const simd::PaddedRows<T> U_padded(prob.U);
@@ -126,7 +127,7 @@ TrainResult train_projected(const Problem<T>& prob, MatrixView<T> V, const doubl
   };
 
   auto record = [&](index_t t, TrainResult& res) {
-    for (; res.records < rec.count && rec.steps[res.records] == t; ++res.records) {
+    for (; rec.due(res.records, t); ++res.records) {
       const index_t r = res.records;
       if (!(rec.loss || rec.accuracy || rec.margins)) continue;
       T* m = rec.margins ? rec.margins + r * N : (margin_buf.resize(std::size_t(N)), margin_buf.data());
@@ -144,15 +145,15 @@ TrainResult train_projected(const Problem<T>& prob, MatrixView<T> V, const doubl
     const std::int64_t* tokens;
     const index_t rows = batches.next(t, gt, tokens, weights);
     if (!std::isfinite(residual(tokens, rows, weights.data(), true, nullptr))) return false;
-    std::fill(at.begin(), at.end(), T(0));
-    for (index_t m = 0; m < M; ++m)  // A^T = Delta^T E_b
+    std::fill(egt.begin(), egt.end(), T(0));
+    for (index_t m = 0; m < M; ++m)  // EG^T = Delta^T E_b
       for (index_t r = 0; r < rows; ++r) {
         const T* e = E.row(token_at(tokens, r));
         const T c = g[r * M + m];
-        T* a = AT.row(m);
+        T* a = EGT.row(m);
         for (index_t i = 0; i < d; ++i) a[i] += c * e[i];
       }
-    projected_update(VT, MatrixView<const T>(AT), prob.U, U_padded, static_cast<T>(lr), static_cast<T>(opt.eps),
+    projected_update(VT, MatrixView<const T>(EGT), prob.U, U_padded, static_cast<T>(lr), static_cast<T>(opt.eps),
                      static_cast<T>(1.0 - lr * opt.weight_decay), !adam00);
     return true;
   };
