@@ -43,7 +43,7 @@ int main() {
   for (index_t t = 0; t <= steps; t += 200) rec_steps.push_back(t);
   std::vector<float> loss(rec_steps.size()), acc(rec_steps.size());
   fastmem::TrainRecord<float> rec;
-  rec.steps = rec_steps.data();
+  rec.at = rec_steps.data();
   rec.count = index_t(rec_steps.size());
   rec.loss = loss.data();
   rec.accuracy = acc.data();
