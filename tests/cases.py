@@ -70,23 +70,17 @@ def assert_within_naive(got, want, naive, dtype, scale=1.0):
     assert err <= bound, f"max error {err:.3g} > {bound:.3g} (twice the naive run's {naive_err:.3g} + ulps)"
 
 
-def train_with_naive(train, dtype):
-    """(float64 reference, naive run) of ``train(backend)``, a call of fm.train or the like."""
-    want = train("numpy")
-    with naive_precision(dtype):
-        naive = train("numpy")
-    return want, naive
-
-
 def assert_trajectory(got, train, dtype, names, factor64=20):
-    """The arrays ``names`` of the run ``got`` against the reference run ``train("numpy")``: in
-    float64 within factor64 * RTOL, in float32 within twice the naive float32 run's error."""
+    """The arrays ``names`` of the run ``got`` against the reference run ``train("numpy")`` (a
+    call of fm.train or the like): in float64 within factor64 * RTOL, in float32 within twice
+    the error of the naive float32 run of the same steps. Returns the reference run."""
+    want = train("numpy")
     if dtype == np.float64:
-        want = train("numpy")
         for name in names:
             assert_close(getattr(got, name), getattr(want, name), dtype, scale=1.0, factor=factor64)
         return want
-    want, naive = train_with_naive(train, dtype)
+    with naive_precision(dtype):
+        naive = train("numpy")
     for name in names:
         assert_within_naive(getattr(got, name), getattr(want, name), getattr(naive, name), dtype)
     return want

@@ -4,7 +4,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from cases import DTYPES, PROBLEMS, TRAIN_OPTIMIZERS as OPTIMIZERS, assert_close, assert_trajectory
+from cases import DTYPES, PROBLEMS, TRAIN_OPTIMIZERS as OPTIMIZERS, assert_close, assert_trajectory, naive_precision
 from conftest import random_problem
 
 import fastmem as fm
@@ -39,6 +39,18 @@ def test_trajectory_matches_reference_float32(compiled, rng, opt, batch_size, la
     kw = dict(steps=60, batch_size=batch_size, seed=1, record=ALL, representation="primal")
     got = fm.train(mem, task, opt, backend=compiled, **kw)
     assert_trajectory(got, lambda be: fm.train(mem, task, opt, backend=be, **kw), np.float32, ["loss", "W"])
+
+
+def test_the_naive_float32_run_rounds_as_float32_arithmetic_does(rng):
+    # the yardstick of the float32 tests: the reference computing in float32 is off the float64
+    # reference (same float32 state) by float32 rounding, not by nothing and not by more
+    mem, task = random_problem(rng, 30, 5, 8, np.float32)
+    kw = dict(steps=60, batch_size=16, seed=1, record=ALL, representation="primal", backend="numpy")
+    want = fm.train(mem, task, fm.SGD(lr=0.1), **kw)
+    with naive_precision(np.float32):
+        naive = fm.train(mem, task, fm.SGD(lr=0.1), **kw)
+    err = np.abs(naive.W.astype(float) - want.W).max()
+    assert 0 < err < 1e3 * np.finfo(np.float32).eps * np.abs(want.W).max()
 
 
 @pytest.mark.parametrize("opt", [p for p in OPTIMIZERS if not p.values[0].linear])
