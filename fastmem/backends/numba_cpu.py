@@ -8,6 +8,7 @@ one-hot row path of the C++ core is not specialised here (dense E gives the same
 
 import math
 import types
+from collections import namedtuple
 
 import numba as nb
 import numpy as np
@@ -333,7 +334,7 @@ def _drive_loop(steps, ctx):
 
 def _driver(name, record, step):
     """_drive_loop compiled for one representation: its record and step bound as the loop's
-    globals. numba cannot cache a function that takes another as an argument (a dynamic global)
+    globals (and inlined into it: they take the whole context, which a call would pass by value). numba cannot cache a function that takes another as an argument (a dynamic global)
     nor a closure over one (the cache key pickles the dispatcher with a per-process id), so each
     representation gets its own compiled copy of the one loop's code."""
     f = types.FunctionType(_drive_loop.__code__, {"record": record, "step": step, "range": range, "__name__": __name__},
@@ -342,41 +343,57 @@ def _driver(name, record, step):
     return njit(cache=True)(f)
 
 
-@njit(cache=True)
+# The parts of a run's context every representation reads (named tuples: numba reads them by
+# field). A context is (problem, batches, optimizer, records, the representation's state).
+_Problem = namedtuple("_Problem", "E U p y layernorm chunk")
+_Batches = namedtuple("_Batches", "b cdf seed given start slot")
+_Optimizer = namedtuple("_Optimizer", "kind lr momentum weight_decay beta1 beta2 eps schedule schedule_steps gamma "
+                                      "min_lr")
+# at: the steps to record; flags: which of loss, accuracy, margins, W, sharpness are asked
+_Records = namedtuple("_Records", "at loss accuracy margins W sharpness flags power_iters seed")
+
+
+@njit(cache=True, inline="always")
 def _step_batch(t, prob, batches, opt):
     """Step t's distinct tokens, their weights (E's dtype) and the learning rate."""
-    E, U, p, y, ln, chunk = prob
-    b, cdf, seed, given, start, slot = batches
-    gt = start + t
-    toks, w = _batch(E.shape[0], b, p, cdf, _splitmix64(seed), given, t, gt, slot)
-    kind, lr0, mom, wd, b1, b2, eps, sched, ssteps, gamma, min_lr = opt
-    return toks, w.astype(E.dtype), _lr_at(sched, lr0, ssteps, gamma, min_lr, gt)
+    gt = batches.start + t
+    toks, w = _batch(prob.E.shape[0], batches.b, prob.p, batches.cdf, _splitmix64(batches.seed), batches.given, t,
+                     gt, batches.slot)
+    lr = _lr_at(opt.schedule, opt.lr, opt.schedule_steps, opt.gamma, opt.min_lr, gt)
+    return toks, w.astype(prob.E.dtype), lr
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
+def _due(rec, r, t):
+    """Whether record r is due at step t (TrainRecord::due)."""
+    return r < len(rec.at) and rec.at[r] == t
+
+
+@njit(cache=True, inline="always")
+def _wants_scores(rec):
+    return rec.flags[0] or rec.flags[1] or rec.flags[2]
+
+
+@njit(cache=True, inline="always")
 def _store_memory(r, W, prob, rec):
     """The W and sharpness records of record r."""
-    E, U, p, y, ln, chunk = prob
-    rec_at, rl, ra, rm, rW, rs, flags, iters, seed = rec
-    if flags[3]:
-        rW[r] = W
-    if flags[4]:
-        rs[r] = _sharpness(E, U, W, p, y, iters, SHARPNESS_TOL, seed)
+    if rec.flags[3]:
+        rec.W[r] = W
+    if rec.flags[4]:
+        rec.sharpness[r] = _sharpness(prob.E, prob.U, W, prob.p, prob.y, rec.power_iters, SHARPNESS_TOL, rec.seed)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _primal_record(t, r, ctx):
     prob, batches, opt, rec, state = ctx
-    E, U, p, y, ln, chunk = prob
-    rec_at, rl, ra, rm, rW, rs, flags, iters, seed = rec
     W = state[0]
     diverged = False
-    while r < len(rec_at) and rec_at[r] == t:
-        if flags[0] or flags[1] or flags[2]:
-            loss, acc, margins, _ = _population(E, U, W, p, y, ln, chunk)
-            rl[r], ra[r] = loss, acc
-            if flags[2]:
-                rm[r] = margins
+    while _due(rec, r, t):
+        if _wants_scores(rec):
+            loss, acc, margins, _ = _population(prob.E, prob.U, W, prob.p, prob.y, prob.layernorm, prob.chunk)
+            rec.loss[r], rec.accuracy[r] = loss, acc
+            if rec.flags[2]:
+                rec.margins[r] = margins
             if not np.isfinite(loss):
                 diverged = True
         _store_memory(r, W, prob, rec)
@@ -436,19 +453,18 @@ def _optimizer_step(kind, W, g, m, v, lr, decay, mom, b1, b2, eps, t):
                 W[i, k] = decay * W[i, k] - lr * (1.0 if gi > 0 else (-1.0 if gi < 0 else 0.0))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _primal_step(t, ctx):
     prob, batches, opt, rec, state = ctx
-    E, U, p, y, ln, chunk = prob
-    kind, lr0, mom, wd, b1, b2, eps, sched, ssteps, gamma, min_lr = opt
+    kind, mom, b1, b2, eps = opt.kind, opt.momentum, opt.beta1, opt.beta2, opt.eps
     W, m, v, opt_t = state
     toks, w, lr = _step_batch(t, prob, batches, opt)
-    loss, _, h, Eb = _forward_backward(E, U, W, toks, w, y[toks], ln, chunk)
+    loss, _, h, Eb = _forward_backward(prob.E, prob.U, W, toks, w, prob.y[toks], prob.layernorm, prob.chunk)
     if not np.isfinite(loss):
         return False
     opt_t[0] += 1
-    decay = 1.0 - lr * wd
-    if kind == 0 and mom == 0.0 and wd == 0.0:
+    decay = 1.0 - lr * opt.weight_decay
+    if kind == 0 and mom == 0.0 and opt.weight_decay == 0.0:
         if Eb.shape[0] * W.size <= (1 << 20):
             _rank_update(W, Eb, h, -lr)  # a few rows: no d x d gradient buffer
         else:
@@ -464,24 +480,23 @@ _drive_primal = _driver("primal", _primal_record, _primal_step)
 
 
 def _context(E, U, p, y, cdf, tokens, opt, tp, rec):
-    """The parts of a run's context every representation shares: (problem, batches, optimizer,
-    records). Unrequested records get (small) scratch buffers so that one compiled signature
-    serves all."""
+    """(problem, batches, optimizer, records) of a run. Unrequested records get (small) scratch
+    buffers so that one compiled signature serves all."""
     N, d, dt = E.shape[0], E.shape[1], E.dtype
     R = len(rec.at)
     flags = np.array([getattr(rec, k) is not None for k in ("loss", "accuracy", "margins", "W", "sharpness")])
     bufs = tuple(getattr(rec, k) if getattr(rec, k) is not None else np.empty(shape, dtype=dt)
                  for k, shape in (("loss", (R,)), ("accuracy", (R,)), ("margins", (0, 0)), ("W", (0, 0, 0)),
                                   ("sharpness", (0,))))
-    records = (np.asarray(rec.at, dtype=np.int64), *bufs, flags, int(tp.power_iters), np.uint64(tp.seed))
+    records = _Records(np.asarray(rec.at, dtype=np.int64), *bufs, flags, int(tp.power_iters), np.uint64(tp.seed))
     given = tokens if tokens is not None else np.empty((0, 1), dtype=np.int64)
-    batches = (int(tp.batch_size), cdf if cdf is not None else np.ones(1), np.uint64(tp.seed), given,
-               int(tp.start_step), np.full(N, -1, dtype=np.int64))
+    batches = _Batches(int(tp.batch_size), cdf if cdf is not None else np.ones(1), np.uint64(tp.seed), given,
+                       int(tp.start_step), np.full(N, -1, dtype=np.int64))
     chunk = _chunk(N, U.shape[0], E.itemsize, tp.chunk)
-    optimizer = (int(opt.kind), float(opt.lr), float(opt.momentum), float(opt.weight_decay), float(opt.beta1),
-                 float(opt.beta2), float(opt.eps), int(opt.schedule), int(opt.schedule_steps), float(opt.gamma),
-                 float(opt.min_lr))
-    return (E, U, p, y, bool(tp.layernorm), chunk), batches, optimizer, records
+    optimizer = _Optimizer(int(opt.kind), float(opt.lr), float(opt.momentum), float(opt.weight_decay),
+                           float(opt.beta1), float(opt.beta2), float(opt.eps), int(opt.schedule),
+                           int(opt.schedule_steps), float(opt.gamma), float(opt.min_lr))
+    return _Problem(E, U, p, y, bool(tp.layernorm), chunk), batches, optimizer, records
 
 
 def train(E, onehot_col, onehot_scale, U, W, p, y, cdf, tokens, opt, tp, rec, m, v, t0):
@@ -519,16 +534,16 @@ def _residual(Z, y, toks, w):
     return loss, margins, G
 
 
-@njit(cache=True)
-def _store_scores(r, loss, margins, p, rl, ra, rm, flags):
+@njit(cache=True, inline="always")
+def _store_scores(r, loss, margins, p, rec):
     """Record r of a run kept in score space: loss, accuracy, margins; True if the loss is not finite."""
     acc = 0.0
     for x in range(len(margins)):
         if margins[x] > 0:
             acc += p[x]
-    rl[r], ra[r] = loss, acc
-    if flags[2]:
-        rm[r] = margins
+    rec.loss[r], rec.accuracy[r] = loss, acc
+    if rec.flags[2]:
+        rec.margins[r] = margins
     return not np.isfinite(loss)
 
 
@@ -572,36 +587,33 @@ def _dual_setup(E, U, W0, Z, A, mA, mZ, c, fresh, readout):
     return KE, KU
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _dual_record(t, r, ctx):
     prob, batches, opt, rec, state = ctx
-    E, U, p, y, ln, chunk = prob
-    rec_at, rl, ra, rm, rW, rs, flags, iters, seed = rec
+    E, U, ln = prob.E, prob.U, prob.layernorm
     W0, Z, A, mA, mZ, c, KE, KU, pw = state
     diverged = False
-    while r < len(rec_at) and rec_at[r] == t:
-        if flags[0] or flags[1] or flags[2]:
-            loss, margins, _ = _dual_residual(ln, Z, U, y, np.arange(E.shape[0]), pw, chunk)
-            if _store_scores(r, loss, margins, p, rl, ra, rm, flags):
-                diverged = True
-        if flags[3] or flags[4]:
+    while _due(rec, r, t):
+        if _wants_scores(rec):
+            loss, margins, _ = _dual_residual(ln, Z, U, prob.y, np.arange(E.shape[0]), pw, prob.chunk)
+            diverged |= _store_scores(r, loss, margins, prob.p, rec)
+        if rec.flags[3] or rec.flags[4]:
             _store_memory(r, (c[0] * W0 - E.T @ (A if ln else A @ U)).astype(E.dtype), prob, rec)
         r += 1
     return r, diverged
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _dual_step(t, ctx):
     prob, batches, opt, rec, state = ctx
-    E, U, p, y, ln, chunk = prob
-    kind, lr0, mom, wd, b1, b2, eps, sched, ssteps, gamma, min_lr = opt
+    mom = opt.momentum
     W0, Z, A, mA, mZ, c, KE, KU, pw = state
     toks, w, lr = _step_batch(t, prob, batches, opt)
-    loss, _, G = _dual_residual(ln, Z, U, y, toks, w, chunk)
+    loss, _, G = _dual_residual(prob.layernorm, Z, prob.U, prob.y, toks, w, prob.chunk)
     if not np.isfinite(loss):
         return False
     GK = G @ KU
-    decay = 1.0 - lr * wd
+    decay = 1.0 - lr * opt.weight_decay
     if decay != 1.0:
         Z *= decay
         A *= decay
@@ -648,7 +660,7 @@ def sgd_step(W, E, onehot_col, onehot_scale, U, x, y, lr, layernorm, out):
     return float(loss)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _many_record(t, r, ctx):
     """Every step of a run of many: its population loss and accuracy (kept in out), and the
     gradient G the next step takes (not after the last)."""
@@ -662,7 +674,7 @@ def _many_record(t, r, ctx):
     return r, False
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _many_step(t, ctx):
     E, U, W, p, y, lr, steps, chunk, G, out = ctx
     W -= lr * G
@@ -689,39 +701,35 @@ def train_many(E, U, W, p, y, lr, steps, loss, accuracy, status):
     _train_many(E, U, W, p, y, lr, steps, loss, accuracy, status, _chunk(E.shape[1], U.shape[1], E.itemsize, 0))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _projected_record(t, r, ctx):
     prob, batches, opt, rec, state = ctx
-    E, U, p, y, ln, chunk = prob
-    rec_at, rl, ra, rm, rW, rs, flags, iters, seed = rec
     V, pw = state
     diverged = False
-    while r < len(rec_at) and rec_at[r] == t:
-        if flags[0] or flags[1] or flags[2]:
-            loss, margins, _ = _residual(E @ V, y, np.arange(E.shape[0]), pw)
-            if _store_scores(r, loss, margins, p, rl, ra, rm, flags):
-                diverged = True
+    while _due(rec, r, t):
+        if _wants_scores(rec):
+            loss, margins, _ = _residual(prob.E @ V, prob.y, np.arange(prob.E.shape[0]), pw)
+            diverged |= _store_scores(r, loss, margins, prob.p, rec)
         r += 1
     return r, diverged
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _projected_step(t, ctx):
     prob, batches, opt, rec, state = ctx
-    E, U, p, y, ln, chunk = prob
-    kind, lr0, mom, wd, b1, b2, eps, sched, ssteps, gamma, min_lr = opt
+    U, sign, eps = prob.U, opt.kind == 2, opt.eps
     V, pw = state
     toks, w, lr = _step_batch(t, prob, batches, opt)
-    Eb = np.ascontiguousarray(E[toks])
-    loss, _, G = _residual(Eb @ V, y[toks], np.arange(len(toks)), w)
+    Eb = np.ascontiguousarray(prob.E[toks])
+    loss, _, G = _residual(Eb @ V, prob.y[toks], np.arange(len(toks)), w)
     if not np.isfinite(loss):
         return False
     S = (Eb.T @ G) @ U  # the W gradient, d x d
     for i in range(S.shape[0]):
         for j in range(S.shape[1]):
             g = S[i, j]
-            S[i, j] = (1.0 if g > 0 else (-1.0 if g < 0 else 0.0)) if kind == 2 else g / (abs(g) + eps)
-    V[:] = V.dtype.type(1.0 - lr * wd) * V - V.dtype.type(lr) * (S @ U.T)
+            S[i, j] = (1.0 if g > 0 else (-1.0 if g < 0 else 0.0)) if sign else g / (abs(g) + eps)
+    V[:] = V.dtype.type(1.0 - lr * opt.weight_decay) * V - V.dtype.type(lr) * (S @ U.T)
     return True
 
 
@@ -1002,7 +1010,7 @@ def _ss_batch(i, ctx):
     return batch_loss[0]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _ss_record(i, rk, ctx):
     data, hist, work, opt, params, out = ctx
     start = data[14]
@@ -1023,7 +1031,7 @@ def _ss_record(i, rk, ctx):
     return rk + 1, not np.isfinite(loss)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _ss_step(i, ctx):
     data, hist, work, opt, params, out = ctx
     hq, hn, hstart, hlen, htok, hcnt, count, ctxbuf, weight = hist
