@@ -2,8 +2,9 @@
 rows where it pays), used when the compiled extension is missing or when asked for.
 
 Same algorithms and semantics as the C++ core (streamed online softmax, merged duplicate
-draws, the counter-based sampler, the primal and dual drivers, CMD's P-wide passes); the
-one-hot row path of the C++ core is not specialised here (dense E gives the same result).
+draws, the counter-based sampler, one training loop under every representation as drive(),
+CMD's P-wide passes); the one-hot row path of the C++ core is not specialised here (dense E
+gives the same result).
 """
 
 import math
@@ -333,9 +334,10 @@ def _drive_loop(steps, ctx):
 
 
 def _driver(name, record, step):
-    """_drive_loop compiled for one representation: its record and step bound as the loop's
-    globals (and inlined into it: they take the whole context, which a call would pass by value). numba cannot cache a function that takes another as an argument (a dynamic global)
-    nor a closure over one (the cache key pickles the dispatcher with a per-process id), so each
+    """_drive_loop compiled for one representation, its record and step bound as the loop's
+    globals (and inlined into it: they take the whole context, which a call would pass by value).
+    numba cannot cache a function that takes another as an argument (a dynamic global) nor a
+    closure over one (the cache key pickles the dispatcher with a per-process id), so each
     representation gets its own compiled copy of the one loop's code."""
     f = types.FunctionType(_drive_loop.__code__, {"record": record, "step": step, "range": range, "__name__": __name__},
                            "_drive_" + name)
