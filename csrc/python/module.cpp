@@ -408,7 +408,7 @@ void py_train_many(py::array E, py::array U, py::array W, py::array p, py::array
 }
 
 void py_dual_rebuild_W(py::array E, py::object oc, py::object os, py::object U, py::array W0, py::array A, double c,
-                  py::array W_out) {
+                       py::array W_out) {
   dispatch(E, [&](auto tag) {
     using T = decltype(tag);
     InputEmbedding<T> emb;
@@ -486,7 +486,7 @@ py::tuple py_train_model(int kind, py::array E, py::array U, py::object W, py::a
     pr.y = cvec<std::int64_t>(y, N, "y");
     pr.layernorm = tp.layernorm;
     ModelOptimizer mo;
-    mo.adam00 = opt.attr("normalized").cast<bool>();
+    mo.normalized = opt.attr("normalized").cast<bool>();
     mo.lr_W = opt.attr("lr_W").cast<double>();
     mo.lr_E = opt.attr("lr_E").cast<double>();
     mo.lr_U = opt.attr("lr_U").cast<double>();

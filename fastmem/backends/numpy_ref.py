@@ -571,22 +571,22 @@ def scansnap_train(Yt, Z, mY, vY, mZ, vZ, facts, sequences, spec, out):
     from ..scansnap.data import draw
 
     M = Z.shape[0]
-    P = {"Y": Yt.T.astype(_F), "Z": Z.astype(_F)}
+    Y, Zw = Yt.T.astype(_F), Z.astype(_F)
     # the optimizers' state as _optimizer_step keeps it (Y's in Y's layout)
     held = {"Y": (mY, vY, True), "Z": (mZ, vZ, False)}
     state = {k: {"t": spec.adam_t0, **{name: None if a is None else (a.T if tr else a).astype(_F)
                                        for name, a in (("m", m), ("v", v))}} for k, (m, v, tr) in held.items()}
-    Y, Zw = P["Y"], P["Z"]
     cache = {}
+    if spec.population:  # one row per fact, its context distribution: the same batch every step
+        C_pop = np.zeros((len(facts.q), M), _F)
+        for f in range(len(facts.q)):
+            C_pop[f, facts.tok[facts.ptr[f]:facts.ptr[f + 1]]] = facts.prob[facts.ptr[f]:facts.ptr[f + 1]]
 
     def batch_grads(t):
-        """Loss and gradients of step t's batch (the population: the same every step)."""
+        """Loss and gradients of step t's batch."""
         if cache.get("t") != t:
             if spec.population:
-                C = np.zeros((len(facts.q), M), _F)
-                for f in range(len(facts.q)):
-                    C[f, facts.tok[facts.ptr[f]:facts.ptr[f + 1]]] = facts.prob[facts.ptr[f]:facts.ptr[f + 1]]
-                q, n, weight = facts.q, facts.n, 1.0 / len(facts.q)
+                C, q, n, weight = C_pop, facts.q, facts.n, 1.0 / len(facts.q)
             else:
                 tokens, n = draw(facts, sequences, spec.seed, spec.start_step + t, spec.batch, spec.L)
                 q, weight = tokens[:, -1], 1.0 / spec.batch
@@ -611,8 +611,8 @@ def scansnap_train(Yt, Z, mY, vY, mZ, vZ, facts, sequences, spec, out):
         loss, dY, dZ = batch_grads(t)
         if not np.isfinite(loss):
             return False
-        P["Y"][...] = _optimizer_step(spec.opt, spec.lr_y, dY, P["Y"], state["Y"])
-        P["Z"][...] = _optimizer_step(spec.opt, spec.lr_z, dZ, P["Z"], state["Z"])
+        Y[...] = _optimizer_step(spec.opt, spec.lr_y, dY, Y, state["Y"])
+        Zw[...] = _optimizer_step(spec.opt, spec.lr_z, dZ, Zw, state["Z"])
         cache.clear()
         return True
 

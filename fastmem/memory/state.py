@@ -40,7 +40,8 @@ class TrainState:
 
     Primal runs keep ``W`` and the optimizer moments ``m``, ``v`` (and ``opt_t``, the
     steps they have seen); dual runs keep ``Z``, ``A`` (and with momentum ``mA``, the
-    momentum of A, and ``mZ`` = K_E mA K_U, that of Z) and ``c``. Pass it to ``fm.train(..., resume=state)`` with the same memory, task
+    momentum of A, and ``mZ`` = K_E mA K_U, that of Z) and ``c``. Pass it to
+    ``fm.train(..., resume=state)`` with the same memory, task
     and optimizer to continue the run as if it had never stopped.
     """
 

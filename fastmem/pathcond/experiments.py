@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import _validate as v
 from ..sweeps import Experiment, register
+from ..sweeps.experiment import integer_key, number_key
 from .solve import rescale
 
 METHODS = ("baseline", "pathcond", "enorm")
@@ -103,16 +104,12 @@ def _digits_run_group(configs, backend=None, trajectory=0):
     return out
 
 
-def _int_at_least(lo):
-    return (lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= lo, f"an integer >= {lo}")
-
-
 DEPTH = register(Experiment(
     name="pathcond-depth",
-    keys={"depth": _int_at_least(1), "width": _int_at_least(1), "seed": _int_at_least(0),
+    keys={"depth": integer_key(1), "width": integer_key(1), "seed": integer_key(0),
           "method": (lambda x: x in METHODS, f"one of {METHODS}"),
-          "lr": (lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0, "a number > 0"),
-          "batch_size": _int_at_least(1), "max_epochs": _int_at_least(1)},
+          "lr": number_key(0, strict=True),
+          "batch_size": integer_key(1), "max_epochs": integer_key(1)},
     defaults={"width": 500, "lr": 1e-2, "batch_size": 128, "max_epochs": 60},
     columns=("status", "epochs", "accuracy", "n_params", "seconds", "message"),
     run_group=_digits_run_group, float_keys=("lr",),

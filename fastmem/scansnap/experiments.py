@@ -9,28 +9,20 @@ import time
 import numpy as np
 
 from ..sweeps import Experiment, register
+from ..sweeps.experiment import integer_key, number_key
 from .data import Facts
 from .train import INITS, OPTIMIZERS, SIMULATORS, train
 
 
-def _int(lo):
-    return (lambda x: isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= lo,
-            f"an integer >= {lo}")
-
-
-def _num(lo, strict):
-    ok = (lambda x: x > lo) if strict else (lambda x: x >= lo)
-    return (lambda x: isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
-            and np.isfinite(x) and ok(x), f"a number {'>' if strict else '>='} {lo}")
-
-
+_NONNEGATIVE = number_key(0)[0]
 KEYS = {
-    "num_last": _int(1), "num_next_per_last": _int(1), "num_common": _int(0), "num_common_per_last": _int(0),
-    "num_unique_per_next": _int(1), "lr_z": _num(0, False), "ratio": _num(0, True), "seed": _int(0),
-    "steps": _int(0), "batch": _int(1), "L": _int(2),
+    "num_last": integer_key(1), "num_next_per_last": integer_key(1), "num_common": integer_key(0),
+    "num_common_per_last": integer_key(0), "num_unique_per_next": integer_key(1), "lr_z": number_key(0),
+    "ratio": number_key(0, strict=True), "seed": integer_key(0), "steps": integer_key(0), "batch": integer_key(1),
+    "L": integer_key(2),
     "init": (lambda x: x in INITS, f"one of {INITS}"),
     "optimizer": (lambda x: x in OPTIMIZERS, f"one of {tuple(OPTIMIZERS)}"),
-    "momentum": (lambda x: _num(0, False)[0](x) and x < 1, "a number in [0, 1)"),
+    "momentum": (lambda x: _NONNEGATIVE(x) and x < 1, "a number in [0, 1)"),
     "simulator": (lambda x: x in SIMULATORS, f"one of {SIMULATORS}"),
     "dtype": (lambda x: x in ("float32", "float64"), "'float32' or 'float64'"),
 }

@@ -6,6 +6,8 @@ associative memory's scaling law."""
 import importlib
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .. import _validate as v
 
 _REGISTRY = {}
@@ -49,6 +51,22 @@ class Experiment:
     check_axes: object = None
     float_keys: tuple = ()
     module: str = ""
+
+
+def integer_key(lo):
+    """A key's check and description: an integer >= lo (numpy's too; not a bool)."""
+    return (lambda x: isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= lo,
+            f"an integer >= {lo}")
+
+
+def number_key(lo, strict=False, description=None):
+    """A key's check and description: a finite number > lo (strict) or >= lo (not a bool)."""
+
+    def check(x):
+        return (isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+                and bool(np.isfinite(x)) and (x > lo if strict else x >= lo))
+
+    return check, description or f"a number {'>' if strict else '>='} {lo}"
 
 
 def register(experiment):

@@ -11,20 +11,20 @@ import numpy as np
 from .. import _validate as v
 from ..memory.train import Record
 from . import grid as g
-from .experiment import Experiment, register
+from .experiment import Experiment, integer_key, number_key, register
 
 # key: (type check, human description). A grid value may be a scalar or a list.
 KEYS = {
     "model": (lambda x: x in ("matrix", "learnable", "exponential"), "'matrix', 'learnable' or 'exponential'"),
     "optimizer": (lambda x: x in ("sgd", "adam"), "'sgd' or 'adam' (Adam with betas (0, 0))"),
-    "N": (lambda x: _is_int(x) and x >= 1, "an integer >= 1"),
-    "M": (lambda x: _is_int(x) and x >= 2, "an integer >= 2"),
-    "d": (lambda x: _is_int(x) and x >= 1, "an integer >= 1"),
-    "alpha": (lambda x: _is_num(x) and x >= 0, "a Zipf exponent >= 0"),
-    "seed": (lambda x: _is_int(x) and x >= 0, "an integer >= 0"),
-    "lr": (lambda x: _is_num(x) and x > 0, "a number > 0"),
-    "batch_size": (lambda x: _is_int(x) and x >= 1, "an integer >= 1"),
-    "ntrain": (lambda x: _is_int(x) and x >= 1, "an integer >= 1"),
+    "N": integer_key(1),
+    "M": integer_key(2),
+    "d": integer_key(1),
+    "alpha": number_key(0, description="a Zipf exponent >= 0"),
+    "seed": integer_key(0),
+    "lr": number_key(0, strict=True),
+    "batch_size": integer_key(1),
+    "ntrain": integer_key(1),
     "layernorm": (lambda x: isinstance(x, bool), "true or false"),
 }
 DEFAULTS = {"model": "matrix", "optimizer": "sgd", "N": 100, "M": 5, "alpha": 2.0, "layernorm": False}
@@ -32,14 +32,6 @@ EXPERIMENT = "scaling-law"
 FLOAT_KEYS = ("lr", "alpha")
 # the result row after the keys and run_id
 RESULTS = ("status", "error", "loss", "steps", "seconds", "representation", "message")
-
-
-def _is_int(x):
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
-def _is_num(x):
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and np.isfinite(x)
 
 
 def run_id(config):

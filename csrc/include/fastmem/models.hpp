@@ -40,7 +40,7 @@ struct LearnableEmbeddings {
 };
 
 struct ModelOptimizer {
-  bool adam00 = false;  // false: SGD
+  bool normalized = false;  // false: SGD
   double lr_W = 1.0, lr_E = 1.0, lr_U = 1.0, eps = 1e-8;
 };
 
@@ -217,7 +217,7 @@ void learnable_rows(MatrixView<T> W, MatrixView<const T> EbT, MatrixView<const T
 // streams from memory once a step, where the read-out GEMM was a second stream.
 // W, dH and Q are padded (simd::PaddedRows views: zero columns past d, the same stride).
 template <class T>
-void learnable_W_pass(MatrixView<T> W, MatrixView<const T> EbT, MatrixView<const T> dH, T lr, T eps, bool adam00,
+void learnable_W_pass(MatrixView<T> W, MatrixView<const T> EbT, MatrixView<const T> dH, T lr, T eps, bool normalized,
                       MatrixView<T> dE, const LearnableEmbeddings<T>& emb = {}, MatrixView<T> Q = {}) {
   FASTMEM_CHECK_ARG(W.stride == dH.stride && W.stride % simd::lanes<T> == 0, "W and dH must be padded alike");
   FASTMEM_CHECK_ARG(Q.rows == 0 || (emb.E.ptr && Q.stride == W.stride), "Q needs E and W's padding");
@@ -232,7 +232,7 @@ void learnable_W_pass(MatrixView<T> W, MatrixView<const T> EbT, MatrixView<const
                     std::vector<simd::vec<T>> dE_part;
                     for (index_t g = g0; g < g1; ++g) {
                       const index_t i0 = g * detail::kGroupRows, i1 = std::min(W.rows, i0 + detail::kGroupRows);
-                      if (adam00)
+                      if (normalized)
                         detail::learnable_rows<T, true>(W, EbT, dH, lr, eps, dE, emb, part(g), i0, i1, dE_part);
                       else
                         detail::learnable_rows<T, false>(W, EbT, dH, lr, eps, dE, emb, part(g), i0, i1, dE_part);
@@ -247,7 +247,7 @@ namespace detail {
 template <class T>
 void model_update(T* param, const T* grad, index_t n, double lr, const ModelOptimizer& o) {
   const T l = static_cast<T>(lr), eps = static_cast<T>(o.eps);
-  if (o.adam00)
+  if (o.normalized)
     for (index_t i = 0; i < n; ++i) param[i] = model_step<T, true>(param[i], grad[i], l, eps);
   else
     for (index_t i = 0; i < n; ++i) param[i] = model_step<T, false>(param[i], grad[i], l, eps);
@@ -339,7 +339,7 @@ TrainResult train_model(const ModelProblem<T>& pr, const ModelOptimizer& opt, co
       ws.dE.resize(std::size_t(rows * d));
       learnable_W_pass(prw.W, gather_columns(MatrixView<const T>(pr.E), tokens, rows, ebt),
                        MatrixView<const T>(dh_padded.view()), static_cast<T>(opt.lr_W), static_cast<T>(opt.eps),
-                       opt.adam00, MatrixView<T>(ws.dE.data(), rows, d), emb, Q);
+                       opt.normalized, MatrixView<T>(ws.dE.data(), rows, d), emb, Q);
       if (fuse_read) return true;  // q_padded holds the next read-outs
     }
     for (index_t i = 0; i < rows; ++i)  // merged draws: each row of E once
