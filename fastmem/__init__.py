@@ -10,7 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import cmd, memory, pathcond, scansnap, sweeps
 from .backends import backends, get_num_threads, set_num_threads, use_backend
-from .errors import BackendUnavailableError, InvalidArgumentError, InvalidStateError, PerformanceWarning
+from .errors import BackendUnavailableError, CudaError, InvalidArgumentError, InvalidStateError, PerformanceWarning
 from .memory import (SGD, Adam, AssociativeMemory, Constant, Cosine, ManyRuns, Record, Run, SignGD, StepDecay, Task,
                      TrainState, accuracy, dual, embeddings, evaluate, gradient, kernels, loss, margins, models,
                      population_metrics, sgd_step, sharpness, step, train, train_many)
@@ -22,7 +22,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
 __all__ = [
-    "Adam", "AssociativeMemory", "BackendUnavailableError", "Constant", "Cosine", "InvalidArgumentError", "InvalidStateError",
+    "Adam", "AssociativeMemory", "BackendUnavailableError", "Constant", "Cosine", "CudaError", "InvalidArgumentError", "InvalidStateError",
     "ManyRuns", "PerformanceWarning", "Record",
     "Run", "SGD", "SignGD", "StepDecay", "Task", "TrainState", "accuracy", "backends", "cmd", "dual", "embeddings",
     "evaluate", "get_num_threads", "gradient", "kernels", "load_sweep", "loss", "margins", "memory", "models",

@@ -7,7 +7,6 @@ arrays stay numpy. Mixing the two in one call is an error naming the argument.
 
 import numpy as np
 
-from . import _validate as v
 from .errors import InvalidArgumentError
 
 _DLPACK_CUDA = (2, 13)  # kDLCUDA, kDLCUDAManaged
@@ -36,7 +35,9 @@ def on_device(**arrays):
     for name, dev in where.items():
         if dev != first:
             side = "a CUDA device" if first else "the host"
-            v.fail(name, f"an array on {side}, like {next(iter(where))}", "an array on the other side")
+            # the message of _validate.fail, which imports this module (so not the other way)
+            raise InvalidArgumentError(f"{name}: expected an array on {side}, like {next(iter(where))}, "
+                                       "got an array on the other side")
     return first
 
 

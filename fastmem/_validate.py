@@ -4,6 +4,7 @@ import numbers
 
 import numpy as np
 
+from . import _arrays
 from .errors import InvalidArgumentError
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -32,8 +33,6 @@ def float_matrix(name, a, shape=None, dtype=None, device=False):
     """A finite 2-D float32/float64 array, C-contiguous (copied only if it is not). With
     ``device``, arrays on a CUDA device come back as CuPy arrays on their device; otherwise
     they are refused (the computation runs on the host)."""
-    from . import _arrays
-
     xp = np
     if _arrays.is_device(a):
         if not device:
@@ -98,8 +97,6 @@ def unit_interval(name, v, closed_right=False):
 
 def tokens(name, a, n, shape=None, device=False):
     """An integer array of token ids in [0, n) (a CuPy array when ``device``)."""
-    from . import _arrays
-
     xp = _arrays.xp_for(device)
     a = (_arrays.as_cupy(a) if _arrays.is_device(a) else xp.asarray(a)) if device else np.asarray(a)
     if a.dtype.kind not in "iu":

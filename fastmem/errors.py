@@ -18,3 +18,12 @@ class BackendUnavailableError(RuntimeError):
 
 class InvalidStateError(InvalidArgumentError):
     """A TrainState (or a file of one) is damaged or does not fit the run it is asked to resume."""
+
+
+class CudaError(RuntimeError):
+    """A CUDA call of fastmem's kernels failed; ``status`` is its cudaError_t (the message names
+    the call, CUDA's words for the status and the source file:line)."""
+
+    def __init__(self, message, status):
+        super().__init__(message)
+        self.status = status

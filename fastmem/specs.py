@@ -32,18 +32,20 @@ class ModelKind(enum.IntEnum):
 
 
 class OptimizerSpec(NamedTuple):
-    """An optimizer and its schedule (params.hpp: OptimizerParams)."""
+    """An optimizer and its schedule (params.hpp: OptimizerParams, one for every system). The
+    defaults are the header's (tests/test_specs.py holds each spec's fields and defaults to its
+    struct's); kind and lr have none here: every spec names them."""
 
     kind: OptimizerKind
     lr: float
     momentum: float = 0.0
     weight_decay: float = 0.0
-    beta1: float = 0.0
-    beta2: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
     eps: float = 1e-8
     schedule: ScheduleKind = ScheduleKind.CONSTANT
     schedule_steps: int = 0
-    gamma: float = 1.0
+    gamma: float = 0.1
     min_lr: float = 0.0
 
     @property
@@ -65,7 +67,7 @@ class TrainSpec(NamedTuple):
     start_step: int = 0
     layernorm: bool = False
     chunk: int = 0
-    power_iters: int = 0
+    power_iters: int = 100
 
 
 class RecordSpec(NamedTuple):

@@ -49,7 +49,7 @@ def naive_precision(dtype):
     float32, as a plain numpy or PyTorch float32 implementation of the same steps would): the
     naive same-precision run that float32 kernels are held to."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(numpy_ref, "_F", dtype)
+        mp.setattr(numpy_ref, "F", dtype)
         yield
 
 

@@ -13,15 +13,21 @@ from fastmem.backends import HOST, SIGNATURES, get
 
 
 def test_a_backend_runs_each_kernel_itself_or_says_it_lacks_it(backend):
-    # nothing delegates: a backend module never calls into another backend's module
-    from fastmem.backends import _MODULES
+    # nothing delegates: a system's module for one backend never calls into another backend's
+    from fastmem.backends import _MODULES, _SYSTEMS, SYSTEM_MODULES
 
     b = get(backend)
     assert set(b.kernels) | set(b.lacks) == set(SIGNATURES) and not set(b.kernels) & set(b.lacks)
     assert fm.backends()[backend]["lacks"] == b.lacks
-    source = inspect.getsource(importlib.import_module(f"fastmem.backends.{_MODULES[backend]}"))
-    others = [m for n, m in _MODULES.items() if n != backend]
-    assert not [m for m in others if f".{m} import" in source or f"backends.{m}" in source]
+    others = [m for n, m in _MODULES.items() if n != backend] + [m for n, m in SYSTEM_MODULES.items() if n != backend]
+    for system in _SYSTEMS:
+        try:
+            source = inspect.getsource(importlib.import_module(f"{system}.{SYSTEM_MODULES[backend]}"))
+        except ModuleNotFoundError:
+            assert all(k in b.lacks for k in _SYSTEMS[system])
+            continue
+        assert not [m for m in others if f".{m} import" in source or f"import {m}" in source
+                    or f"backends.{m}" in source], system
     for kernel, why in b.lacks.items():
         assert why
         with pytest.raises(fm.BackendUnavailableError, match=f"{backend!r} does not run {kernel}: "):

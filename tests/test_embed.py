@@ -70,7 +70,8 @@ def test_step_updates_the_callers_buffer(placed, rng, dtype, layernorm, b):
 def test_the_device_step_logic_matches_the_reference_on_numpy(compiled, rng, layernorm):
     # the cuda adapter's sgd_step (duplicate merging, LayerNorm, loss, in-place update) run on
     # numpy with a compiled backend's kernels
-    from fastmem.backends import arraycode, get
+    from fastmem.backends import get
+    from fastmem.memory import _arraycode as arraycode
 
     be = get(compiled)
     mem, _ = random_problem(rng, 9, 4, 5, np.float64)

@@ -5,7 +5,7 @@ import pytest
 from cases import DTYPES, FUSED_SHAPES, RTOL, assert_close
 
 import fastmem as fm
-from fastmem.backends import numpy_ref
+from fastmem.memory import _reference as ref
 
 
 def _fused_inputs(rng, b, d, M, dtype, scale=1.0):
@@ -30,7 +30,7 @@ def test_softmax_xent_grad_matches_reference(placed, rng, b, d, M, chunk, dtype)
     Q, U, y, w = _fused_inputs(rng, b, d, M, dtype)
     out = fm.kernels.softmax_xent_grad(*placed.put(Q, U, y, w), chunk=chunk, backend=placed.backend)
     H, lse, zy, zother = map(placed.get, out)
-    lse_r, zy_r, zo_r, H_r = numpy_ref._fused(Q.astype(float), U.astype(float), y, w.astype(float))
+    lse_r, zy_r, zo_r, H_r = ref._fused(Q.astype(float), U.astype(float), y, w.astype(float))
     assert H.dtype == lse.dtype == dtype
     # float32: at most twice the error of a naive same-precision implementation
     # (flash-attention's criterion), plus rounding of the output itself.
@@ -48,7 +48,7 @@ def test_softmax_xent_grad_is_stable_for_large_scores(placed, rng, dtype):
     out = fm.kernels.softmax_xent_grad(*placed.put(Q, U, y, w), chunk=7, backend=placed.backend)
     H, lse, zy, zother = map(placed.get, out)
     assert np.isfinite(H).all() and np.isfinite(lse).all()
-    lse_r, _, _, H_r = numpy_ref._fused(Q.astype(float), U.astype(float), y, w.astype(float))
+    lse_r, _, _, H_r = ref._fused(Q.astype(float), U.astype(float), y, w.astype(float))
     assert_close(lse, lse_r, dtype, factor=10)
     assert_close(H, H_r, dtype, scale=np.abs(U).max(), factor=10)
 
@@ -88,7 +88,8 @@ def test_sample_tokens_identical_across_backends(placed):
 
 def _normal_definition(seed, n):
     """normal.hpp's stream written out in float64 numpy, word by word."""
-    from fastmem.backends.numpy_ref import _NORMAL_STREAM, _splitmix64
+    from fastmem._rng import splitmix64 as _splitmix64
+    from fastmem.memory._reference import _NORMAL_STREAM
 
     i = np.arange(n, dtype=np.uint64)
     key = _splitmix64(np.array([seed ^ _NORMAL_STREAM], dtype=np.uint64))

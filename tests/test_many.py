@@ -9,8 +9,8 @@ from cases import DTYPES, MANY_SHAPES as SHAPES, assert_close, assert_trajectory
 
 import fastmem as fm
 from fastmem.backends import get
-from fastmem.backends import arraycode
-from fastmem.backends.arraycode import train_many_batched
+from fastmem.memory import _arraycode as arraycode
+from fastmem.memory._arraycode import train_many_batched
 
 
 

@@ -14,7 +14,8 @@ import pytest
 import fastmem as fm
 from fastmem import sweeps as sw
 from fastmem.sweeps import runner
-from fastmem.sweeps.scaling_law import SCALING_LAW as SL
+from fastmem.memory import experiments as scaling_law
+from fastmem.memory.experiments import SCALING_LAW as SL
 from fastmem.memory.models import train_model
 
 SMALL = {"d": [4, 8], "seed": [1, 2], "lr": [1.0], "batch_size": [4, 16], "ntrain": [64],
@@ -47,7 +48,7 @@ def test_sweep_equals_separate_runs(tmp_path):
     assert len(df) == 64 and (df["status"] == "ok").all()
     for c in configs[::4] + configs[1::13]:  # a sample of 16 + 5
         error, loss = _direct(c)
-        row = df.loc[sw.run_id(c)]
+        row = df.loc[scaling_law.run_id(c)]
         assert row["error"] == pytest.approx(error, abs=1e-7) and row["loss"] == pytest.approx(loss, rel=1e-6)
     # pandas reads the files without fastmem
     import pandas as pd
@@ -67,10 +68,10 @@ def test_runs_differing_in_ntrain_share_one_trajectory_exactly(model):
     seen, mixed = set(), 0
     for group in runner.groups(SL, sw.expand({**PREFIXES, "model": model})):
         assert [c["ntrain"] for c in group] == [16, 64, 256]
-        results = sw.run_group(group, trajectory=5)
+        results = scaling_law.run_group(group, trajectory=5)
         mixed += len({row["status"] for row, _ in results}) == 2
         for c, (row, traj) in zip(group, results):
-            want, want_traj = sw.run_group([c], trajectory=5)[0]  # alone, as run_one
+            want, want_traj = scaling_law.run_group([c], trajectory=5)[0]  # alone, as run_one
             for k in ("status", "steps", "representation", "error", "loss"):
                 assert row[k] == want[k] or (np.isnan(row[k]) and np.isnan(want[k])), (k, c)
             for k in ("step", "loss", "error"):
@@ -95,7 +96,7 @@ def test_member_status_from_the_group_run(n, s, at_record, pts, want):
     steps, loss = np.array([0, 10, 40]), np.array([1.0, 0.5, np.inf if at_record else 0.4])
     run = SimpleNamespace(steps=steps, steps_done=s, status="diverged", loss=loss, accuracy=np.ones(3))
     c = {**dict.fromkeys(SL.keys, 0), "ntrain": n}
-    got = sw.scaling_law._member(c, n, np.array(pts), run, "primal", 0)
+    got = scaling_law._member(c, n, np.array(pts), run, "primal", 0)
     assert (got if got is None else (got[0]["status"], got[0]["steps"])) == want
 
 
@@ -110,7 +111,7 @@ def test_trajectories_are_written_and_read_as_xarray(tmp_path):
         row = runs.set_index("run_id").loc[rid]
         c = {k: row[k] for k in SL.keys}
         c = {k: (val.item() if hasattr(val, "item") else val) for k, val in c.items()}
-        _, traj = sw.run_one(c, trajectory=6)  # the same run, recorded again
+        _, traj = scaling_law.run_one(c, trajectory=6)  # the same run, recorded again
         got = ds.sel(run_id=rid)
         n = len(traj["step"])
         np.testing.assert_array_equal(got["step"].values[:n], traj["step"])
@@ -182,7 +183,7 @@ def test_diverged_and_failed_runs_are_recorded(tmp_path, monkeypatch):
     grid = {**SMALL, "model": "matrix", "optimizer": "sgd", "layernorm": False, "lr": [1.0, 3e38], "d": 4,
             "seed": 1, "batch_size": 4}
     calls = []
-    real = sw.run_group
+    real = scaling_law.run_group
 
     def flaky(group, backend=None, trajectory=0):
         calls.append(group[0]["lr"])
@@ -242,7 +243,7 @@ def test_published_grid_file_expands_to_the_authors_grid():
 
     spec = tomllib.loads((Path(__file__).resolve().parents[1] / "examples" / "scaling_law_grid.toml").read_text())
     configs = sw.expand(spec["grid"])
-    assert len(configs) == 40_320 and len({sw.run_id(c) for c in configs}) == 40_320
+    assert len(configs) == 40_320 and len({scaling_law.run_id(c) for c in configs}) == 40_320
     assert {c["model"] for c in configs} == {"matrix", "learnable", "exponential"}
 
 
@@ -306,7 +307,7 @@ def test_grid_cells_agree_with_pytorch_over_10_seeds(model, optimizer):
     ours, theirs = [], []
     for seed in range(42, 52):
         c = {**cell, "seed": seed}
-        ours.append(sw.run_one(c)[0]["error"])
+        ours.append(scaling_law.run_one(c)[0]["error"])
         task = fm.Task.zipf(100, 5, 2.0)
         E, U = fm.embeddings.gaussian(100, 5, 20, seed=seed, dtype=np.float64)
         W = np.random.default_rng([seed, 1]).standard_normal((20, 20)) / np.sqrt(20)

@@ -14,7 +14,8 @@ import pytest
 import fastmem as fm
 from fastmem import sweeps as sw
 from fastmem.sweeps import runner, store
-from fastmem.sweeps.scaling_law import SCALING_LAW as SL
+from fastmem.memory import experiments as scaling_law
+from fastmem.memory.experiments import SCALING_LAW as SL
 
 TINY = {"d": [4, 6], "seed": [1, 2, 3], "lr": [1.0], "batch_size": [4], "ntrain": [16], "N": 6, "M": 3}
 
@@ -63,7 +64,7 @@ def test_another_grid_is_refused_unless_extended_and_a_sweep_returns_its_own_run
         _sweep(b, tmp_path)
     assert len(_sweep(a, tmp_path)) == 2  # the same grid resumes
     both = _sweep(b, tmp_path, extend=True)
-    assert sorted(both["run_id"]) == sorted(sw.run_id(c) for c in sw.expand(b))
+    assert sorted(both["run_id"]) == sorted(scaling_law.run_id(c) for c in sw.expand(b))
     assert len(_sweep({**TINY, "seed": [2]}, tmp_path, extend=True)) == 2  # exactly its own runs
     assert len(json.loads((tmp_path / "sweep.json").read_text())["grids"]) == 3
 
@@ -133,9 +134,9 @@ def test_failed_runs_are_retried_once_on_resume_and_diverged_stays(tmp_path, cap
     diverged = set(first["run_id"][first["status"] == "diverged"])
     assert diverged
     # record two ok runs as failed, as a worker that kept dying would have
-    victims = [c for c in sw.expand(grid) if sw.run_id(c) not in diverged][:2]
+    victims = [c for c in sw.expand(grid) if scaling_law.run_id(c) not in diverged][:2]
     with store.Store(tmp_path, SL.name, [sw.axes(grid)]) as st:
-        st.drop_runs([sw.run_id(c) for c in victims])
+        st.drop_runs([scaling_law.run_id(c) for c in victims])
         runner._write_chunk(tmp_path, SL, runner._failed_rows(SL, victims, "RuntimeError: the machine fell over"))
     diverged_files = {f.name: f.stat().st_mtime_ns for f in (tmp_path / "runs").glob("*.parquet")}
     again = fm.sweep(grid, tmp_path, workers=1)

@@ -63,6 +63,14 @@ def test_sign_like_updates_float32_track_the_loss(compiled, rng, opt):
     assert_trajectory(got, lambda be: fm.train(mem, task, opt, backend=be, **kw), np.float32, ["loss"])
 
 
+# With LayerNorm the scores do not see the scale of a read-out, so nothing pulls back the rounding
+# that a normalised update (g / (|g| + eps), sign) leaves along it: two float32 runs part in W,
+# E and U step after step, by more than a naive float32 run does on some CPUs (seen on an Intel
+# Xeon's OpenBLAS kernels, 1.3-4x), while the loss stays together. There the float32
+# trajectories are compared on the loss.
+LAYERNORM_INVARIANT = ["loss"]
+
+
 # The stateless normalised updates (Adam(0, 0), sign descent) take one pass over W per step
 # that also reads the next batch's rows, in register tiles of 6 rows (10 for GD's 20 rows) x
 # 16 or 32 columns: d = 33 and 75 have whole tiles, a row tail and a column tail in either dtype.
@@ -82,7 +90,7 @@ def test_normalized_updates_at_vector_widths(compiled, dtype, d, opt, steps, bat
     kw = dict(steps=steps, batch_size=batch_size, seed=3, record=ALL, representation="primal")
     got = fm.train(mem, task, opt, backend=compiled, **kw)
     want = assert_trajectory(got, lambda be: fm.train(mem, task, opt, backend=be, **kw), dtype,
-                             ["loss", "margins", "W_history"])
+                             LAYERNORM_INVARIANT if layernorm else ["loss", "margins", "W_history"])
     assert got.status == want.status == "ok"
 
 
@@ -219,8 +227,9 @@ def test_learnable_model_at_vector_widths(compiled_model, dtype, d, opt, batch_s
     task = fm.Task.zipf(20, 5, 1.0)
     kw = dict(batch_size=batch_size, seed=3, W=W, layernorm=layernorm, record=fm.Record(steps="all"))
     got = train_model("learnable", E, U, task, opt, 20, backend=compiled, **kw)
+    names = ["loss"] if layernorm and not opt.linear else ["loss", "W", "E", "U"]  # LAYERNORM_INVARIANT
     want = assert_trajectory(got, lambda be: train_model("learnable", E, U, task, opt, 20, backend=be, **kw), dtype,
-                             ["loss", "W", "E", "U"])
+                             names)
     assert got.status == want.status == "ok"
 
 

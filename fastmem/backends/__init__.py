@@ -12,6 +12,7 @@ device arrays with a host backend (or host arrays with cuda) are an error.
 import contextlib
 import contextvars
 import importlib
+import importlib.util
 import inspect
 import os
 import warnings
@@ -19,40 +20,38 @@ from dataclasses import dataclass, field
 
 from ..errors import BackendUnavailableError, InvalidArgumentError, PerformanceWarning
 
-# Every backend implements each kernel with exactly these parameters; outputs are
-# arrays allocated by the caller, written in place.
-SIGNATURES = {
-    "softmax_xent_grad": ("q", "u", "y", "w", "h", "lse", "zy", "zother", "chunk"),
-    "sgd_rank_update": ("W", "Eb", "H", "alpha"),
-    "sample_tokens": ("cdf", "seed", "start_step", "out"),
-    "normal_fill": ("seed", "scale", "out"),
-    "population_metrics": ("E", "onehot_col", "onehot_scale", "U", "W", "p", "y", "layernorm", "chunk",
-                           "margins", "grad"),
-    "sharpness": ("E", "onehot_col", "onehot_scale", "U", "W", "p", "y", "chunk", "iters", "tol", "seed"),
-    "train": ("E", "onehot_col", "onehot_scale", "U", "W", "p", "y", "cdf", "tokens", "opt", "tp", "rec",
-              "m", "v", "t0"),
-    "train_dual": ("E", "onehot_col", "onehot_scale", "U", "W0", "p", "y", "cdf", "tokens", "opt", "tp", "rec",
-                   "Z", "A", "mA", "mZ", "c", "fresh"),
-    "sgd_step": ("W", "E", "onehot_col", "onehot_scale", "U", "x", "y", "lr", "layernorm", "out"),
-    "train_model": ("kind", "E", "U", "W", "p", "y", "cdf", "tokens", "opt", "tp", "rec"),
-    "cmd_assign_fit": ("theta", "refs", "mode", "a", "b", "corr"),
-    "cmd_online_update": ("theta_t", "r_t", "mode", "n", "r_mean", "r_m2", "theta_mean", "co"),
-    "dual_rebuild_W": ("E", "onehot_col", "onehot_scale", "U", "W0", "A", "c", "W_out"),
-    "train_many": ("E", "U", "W", "p", "y", "lr", "steps", "loss", "accuracy", "status"),
-    "train_projected": ("E", "U", "V", "p", "y", "cdf", "tokens", "opt", "tp", "rec"),
-    "pathcond_solve": ("weights", "groups", "z", "objective", "tol", "max_sweeps", "enorm"),
-    "scansnap_train": ("Yt", "Z", "mY", "vY", "mZ", "vZ", "facts", "sequences", "spec", "out"),
-}
+# The kernels of every system, {kernel: its parameters}, filled by register(): every backend
+# implements each kernel with exactly these parameters; outputs are arrays allocated by the
+# caller, written in place.
+SIGNATURES = {}
+# The kernels of the table that run on device arrays (the cuda backend's): the host drivers take
+# numpy arrays; the device runs many memories at once and the building blocks of a user's loop.
+DEVICE_KERNELS = set()
+# {system package: its kernels}, in the order the systems registered
+_SYSTEMS = {}
 
-# The kernels of the table that run on device arrays: the host drivers (train, train_dual,
-# train_model, metrics, CMD) take numpy arrays; the device runs many memories at once
-# (train_many) and the building blocks of a user's own loop.
-DEVICE_KERNELS = ("softmax_xent_grad", "sgd_rank_update", "sample_tokens", "sgd_step", "train_many")
-
-# Preference order of "auto" for host arrays, and the module of each backend.
+# Preference order of "auto" for host arrays; the module of each backend under fastmem.backends
+# (whether it is available, its INFO and the pieces its systems share), and the module of a
+# system's package holding that backend's kernels.
 HOST = ("cpp", "numba", "numpy")
 ORDER = ("cuda",) + HOST
 _MODULES = {"cuda": "cuda", "cpp": "cpp", "numba": "numba_cpu", "numpy": "numpy_ref"}
+SYSTEM_MODULES = {"cuda": "_cuda", "cpp": "_cpp", "numba": "_numba", "numpy": "_reference"}
+
+
+def register(system, signatures, device=()):
+    """Declare the kernels of ``system`` (its package, ``__name__`` of its ``__init__``):
+    ``signatures`` is {kernel: (parameter names)}, ``device`` the kernels of them that also run
+    on device arrays. Each backend finds the system's kernels in the system's module for it
+    (SYSTEM_MODULES: ``<system>._reference`` for numpy, ``._numba``, ``._cpp``, ``._cuda``),
+    loaded on first use; a module that is not there means the backend lacks those kernels."""
+    taken = {k: s for s, ks in _SYSTEMS.items() if s != system for k in ks if k in signatures}
+    if taken:
+        raise ValueError(f"register({system!r}): kernels {sorted(taken)} belong to {sorted(set(taken.values()))}")
+    _SYSTEMS[system] = tuple(signatures)
+    SIGNATURES.update({k: tuple(params) for k, params in signatures.items()})
+    DEVICE_KERNELS.update(device)
+    _registry.clear()  # backends loaded before this system see it at their next use
 
 
 @dataclass
@@ -78,20 +77,42 @@ class Backend:
             raise AttributeError(kernel) from None
 
 
+def _system_module(name, system):
+    """The module of ``system`` holding backend ``name``'s kernels, or the reason there is none."""
+    modname = f"{system}.{SYSTEM_MODULES[name]}"
+    if importlib.util.find_spec(modname) is None:
+        return None, f"{system} has no {name} kernels ({modname} does not exist)"
+    try:
+        return importlib.import_module(modname), ""
+    except ImportError as exc:
+        return None, f"{modname} does not import: {type(exc).__name__}: {exc}"
+
+
 def _load(name):
     try:
         mod = importlib.import_module(f"{__name__}.{_MODULES[name]}")
     except ImportError as exc:
         return Backend(name, False, reason=f"{type(exc).__name__}: {exc}")
-    kernels, lacks = {}, dict(getattr(mod, "LACKS", {}))
-    for kernel, params in SIGNATURES.items():
-        if name == "cuda" and kernel not in DEVICE_KERNELS or kernel in lacks:
+    kernels, lacks = {}, {}
+    for system, names in _SYSTEMS.items():
+        names = [k for k in names if name != "cuda" or k in DEVICE_KERNELS]
+        if not names:
             continue
-        fn = getattr(mod, kernel)
-        got = tuple(inspect.signature(fn).parameters)
-        if got != params:
-            raise TypeError(f"backend {name}: {kernel}{got} does not match the signature table {params}")
-        kernels[kernel] = fn
+        smod, why = _system_module(name, system)
+        if smod is None:
+            lacks.update(dict.fromkeys(names, why))
+            continue
+        said = getattr(smod, "LACKS", {})
+        for kernel in names:
+            if kernel in said:
+                lacks[kernel] = said[kernel]
+                continue
+            fn = getattr(smod, kernel)
+            got = tuple(inspect.signature(fn).parameters)
+            if got != SIGNATURES[kernel]:
+                raise TypeError(f"backend {name}: {smod.__name__}.{kernel}{got} does not match the signature "
+                                f"table {SIGNATURES[kernel]}")
+            kernels[kernel] = fn
     return Backend(name, True, kernels=kernels, info=getattr(mod, "INFO", {}), lacks=lacks)
 
 

@@ -12,9 +12,16 @@ docs/pathcond.md), with ENorm as the baseline.
   csrc/include/fastmem/kernels/pathcond.hpp), ``rescale`` and ``RescaleEvery``.
 """
 
+from ..backends import register as _register
+
+_register(__name__, {  # PathCond's kernel, as fastmem.memory's
+    "pathcond_solve": ("weights", "groups", "z", "objective", "tol", "max_sweeps", "enorm"),
+})
+
 from .kernel import bz, diag_G, objective
 from .network import Conv2d, Dense, Flatten, Identity, MaxPool2d, Network, PathCondWarning
 from .solve import RescaleEvery, Rescaling, apply, rescale, solve
+from . import experiments  # registers the sweep experiments
 
 __all__ = ["Conv2d", "Dense", "Flatten", "Identity", "MaxPool2d", "Network", "PathCondWarning", "RescaleEvery",
            "Rescaling", "apply", "bz", "diag_G", "objective", "rescale", "solve"]

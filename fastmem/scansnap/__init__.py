@@ -7,10 +7,17 @@ docs/scansnap.md states the model, the data and the theory.
 >>> run.records.argmax[-1]          # each fact's most attended token
 """
 
+from ..backends import register as _register
+
+_register(__name__, {  # Scan and Snap's kernel, as fastmem.memory's
+    "scansnap_train": ("Yt", "Z", "mY", "vY", "mZ", "vZ", "facts", "sequences", "spec", "out"),
+})
+
 from .data import Facts, Sequences, draw, syn_medium, syn_small
 from .metrics import attention, attention_metrics
 from .theory import h_continuous, h_star, snap_time
 from .train import Records, ScanSnapRun, init, train
+from . import experiments  # registers the sweep experiment "scan-snap"
 
 
 def sample(data, batch=128, L=128, seed=0, step=0):

@@ -9,7 +9,8 @@ or any Executor (Dask's too).
 - ``store.py``: the folder: atomic Parquet chunks, its lock, the grids it holds, damaged chunks
   moved aside.
 - ``experiment.py``: what an experiment declares (keys, result columns, how to run a group of
-  configurations) and the registry; ``scaling_law.py`` registers the associative memory's.
+  configurations) and the registry. Each system registers its own experiments from its package
+  (the associative memory's scaling law: ``fastmem/memory/experiments.py``).
 
 Each chunk of finished runs is written atomically to ``OUT/runs/chunk-*.parquet``; running the
 same sweep again skips what is on disk, so a killed sweep loses only the runs in flight. With
@@ -21,11 +22,9 @@ it as an xarray Dataset over (run_id, point) with the grid's keys as coordinates
 """
 
 from . import grid as _grid
-from . import scaling_law
 from .experiment import Experiment, names, register
 from .experiment import get as get_experiment
 from .runner import DEFAULT_EXPERIMENT, load_sweep, sweep  # noqa: F401 - DEFAULT_EXPERIMENT: the CLI
-from .scaling_law import run_group, run_id, run_one
 
 
 def axes(grid, experiment_name=DEFAULT_EXPERIMENT):
@@ -43,5 +42,4 @@ def expand(grid, experiment_name=DEFAULT_EXPERIMENT):
     return _grid.expand(axes(grid, experiment_name))
 
 
-__all__ = ["Experiment", "axes", "count", "expand", "get_experiment", "load_sweep", "names", "register", "run_group",
-           "run_id", "run_one", "scaling_law", "sweep"]
+__all__ = ["Experiment", "axes", "count", "expand", "get_experiment", "load_sweep", "names", "register", "sweep"]

@@ -10,9 +10,9 @@ import numpy as np
 
 from .. import _validate as v
 
+# {name: Experiment}: each system registers its own (fastmem/<system>/experiments.py, imported by
+# the system's package), so that a new one touches no list here
 _REGISTRY = {}
-# experiments fastmem ships whose modules load on first use (they import PyTorch when they run)
-_BUILTIN = {"pathcond-depth": "fastmem.pathcond.experiments", "scan-snap": "fastmem.scansnap.experiments"}
 
 
 def _alone(config):
@@ -81,8 +81,8 @@ def register(experiment):
 
 
 def get(name, module=None):
-    """The experiment registered as ``name`` (importing ``module`` first, in a worker)."""
-    module = module or _BUILTIN.get(name)
+    """The experiment registered as ``name`` (importing ``module`` first, in a worker: a user's
+    experiment registers when its module is imported)."""
     if module and name not in _REGISTRY:
         importlib.import_module(module)
     if name not in _REGISTRY:
@@ -91,4 +91,5 @@ def get(name, module=None):
 
 
 def names():
-    return sorted(set(_REGISTRY) | set(_BUILTIN))
+    """The names of the registered experiments."""
+    return sorted(_REGISTRY)

@@ -165,7 +165,7 @@ def sweep(grid_or_configs, out, executor=None, workers=None, chunk_size=16, quie
 
     experiment : the registered experiment the grids are of (fm.sweeps.experiment.names());
         a grid may name it itself (key "experiment"); default "scaling-law", the associative
-        memory's (fastmem/sweeps/scaling_law.py)
+        memory's (fastmem/memory/experiments.py)
     executor : any concurrent.futures.Executor (``distributed.Client(...).get_executor()``
         for a Dask cluster); default a local process pool of ``workers`` (default: CPU count),
         replaced if a worker process dies (see _schedule: what was in flight runs again alone,

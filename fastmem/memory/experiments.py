@@ -9,9 +9,16 @@ import time
 import numpy as np
 
 from .. import _validate as v
-from ..memory.train import Record
-from . import grid as g
-from .experiment import Experiment, integer_key, number_key, register
+from ..sweeps import grid as g
+from ..sweeps.experiment import Experiment, integer_key, number_key, register
+from . import embeddings
+from .dual import choose
+from .kernels import normal
+from .model import AssociativeMemory
+from .models import train_model
+from .optim import SGD, Adam
+from .task import Task
+from .train import Record, train
 
 # key: (type check, human description). A grid value may be a scalar or a list.
 KEYS = {
@@ -108,25 +115,21 @@ class _Setup:
     """The initial state of a grid configuration: task, embeddings, W and optimizer."""
 
     def __init__(self, c, backend):
-        import fastmem as fm
-
         self.c, self.backend = c, backend
-        self.task = fm.Task.zipf(c["N"], c["M"], c["alpha"])
-        self.E, self.U = fm.embeddings.gaussian(c["N"], c["M"], c["d"], seed=c["seed"])
-        self.W = fm.kernels.normal((c["d"], c["d"]), seed=c["seed"], scale=c["d"] ** -0.5, dtype=self.E.dtype,
+        self.task = Task.zipf(c["N"], c["M"], c["alpha"])
+        self.E, self.U = embeddings.gaussian(c["N"], c["M"], c["d"], seed=c["seed"])
+        self.W = normal((c["d"], c["d"]), seed=c["seed"], scale=c["d"] ** -0.5, dtype=self.E.dtype,
                                    backend=backend)
         adam = c["optimizer"] == "adam"
         if c["model"] == "matrix":
-            self.opt = fm.Adam(lr=c["lr"] / c["d"], betas=(0.0, 0.0)) if adam else fm.SGD(lr=c["lr"])
-            self.memory = fm.AssociativeMemory(self.E, self.U, W=self.W, layernorm=c["layernorm"])
+            self.opt = Adam(lr=c["lr"] / c["d"], betas=(0.0, 0.0)) if adam else SGD(lr=c["lr"])
+            self.memory = AssociativeMemory(self.E, self.U, W=self.W, layernorm=c["layernorm"])
         else:
-            self.opt = fm.Adam(lr=c["lr"], betas=(0.0, 0.0)) if adam else fm.SGD(lr=c["lr"])
+            self.opt = Adam(lr=c["lr"], betas=(0.0, 0.0)) if adam else SGD(lr=c["lr"])
             self.scale = {"W": 1 / c["d"], "E": c["d"] ** -0.5, "U": c["d"] ** -0.5} if adam else None
 
     def representation(self, steps):
         """What fm.train would take for a run of this many steps (the models: "primal")."""
-        from ..memory.dual import choose
-
         c = self.c
         if c["model"] != "matrix":
             return "primal"
@@ -135,13 +138,9 @@ class _Setup:
         return choose(self.memory, self.task, self.opt, steps, c["batch_size"], "auto")[0]
 
     def train(self, steps, record, representation):
-        import fastmem as fm
-
-        from ..memory.models import train_model
-
         c = self.c
         if c["model"] == "matrix":
-            return fm.train(self.memory, self.task, self.opt, steps, batch_size=c["batch_size"], seed=c["seed"],
+            return train(self.memory, self.task, self.opt, steps, batch_size=c["batch_size"], seed=c["seed"],
                             record=record, backend=self.backend, representation=representation)
         return train_model(c["model"], self.E, self.U, self.task, self.opt, steps, batch_size=c["batch_size"],
                            seed=c["seed"], W=self.W, layernorm=c["layernorm"], lr_scale=self.scale, record=record,
