@@ -42,6 +42,16 @@ def test_cpp_simulator_builds_against_the_core(tmp_path, route):
     _check_simulator(tmp_path / "build" / "cpp_simulator")
 
 
+@pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("nvcc") is None, reason="cmake or nvcc not installed")
+def test_a_cuda_program_links_fastmem_cuda_outside_pip(tmp_path):
+    _cmake("-S", ROOT / "examples" / "cuda_devices", "-B", "build", f"-DFASTMEM_SOURCE_DIR={ROOT}", cwd=tmp_path)
+    _cmake("--build", "build", cwd=tmp_path)
+    r = subprocess.run([str(tmp_path / "build" / "cuda_devices")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    count, why = (r.stdout.splitlines() + [""])[:2]
+    assert int(count) > 0 or why  # a device, or CUDA's reason there is none
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layernorm", [False, True])
 @pytest.mark.parametrize("b", [1, 7])

@@ -1,17 +1,19 @@
-// The one checked-error macro of the CUDA launchers: a failed CUDA call throws with
-// the call, CUDA's message and file:line (the binding turns it into a RuntimeError).
+// The one checked-error macro of the CUDA launchers: a failed CUDA call throws a
+// fastmem::CudaError with the call, CUDA's message, its status and file:line (the bindings
+// raise it as fastmem.CudaError).
 #pragma once
 #include <cuda_runtime.h>
 
-#include <stdexcept>
+#include <fastmem/errors.hpp>
 #include <string>
 
-#define FASTMEM_CUDA_CHECK(expr)                                                                      \
-  do {                                                                                                \
-    const cudaError_t fastmem_err_ = (expr);                                                          \
-    if (fastmem_err_ != cudaSuccess)                                                                  \
-      throw std::runtime_error(std::string(#expr) + ": " + cudaGetErrorString(fastmem_err_) + " (" + \
-                               __FILE__ + ":" + std::to_string(__LINE__) + ")");                     \
+#define FASTMEM_CUDA_CHECK(expr)                                                                           \
+  do {                                                                                                     \
+    const cudaError_t fastmem_err_ = (expr);                                                               \
+    if (fastmem_err_ != cudaSuccess)                                                                       \
+      throw ::fastmem::CudaError(static_cast<int>(fastmem_err_),                                          \
+                                 std::string(#expr) + ": " + cudaGetErrorString(fastmem_err_), __FILE__, \
+                                 __LINE__);                                                                \
   } while (0)
 
 namespace fastmem::cuda {

@@ -2,7 +2,7 @@
 #include <fastmem/rng.hpp>
 
 #include "check.cuh"
-#include "launchers.hpp"
+#include <fastmem/cuda/launchers.hpp>
 
 namespace fastmem::cuda {
 

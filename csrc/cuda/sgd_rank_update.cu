@@ -3,7 +3,7 @@
 // scheduling (no atomics). Duplicate tokens are merged by the caller before the
 // update (a sort-based segmented reduction), so b is the number of distinct tokens.
 #include "check.cuh"
-#include "launchers.hpp"
+#include <fastmem/cuda/launchers.hpp>
 
 namespace fastmem::cuda {
 

@@ -9,7 +9,7 @@
 
 #include "check.cuh"
 #include "device_math.cuh"
-#include "launchers.hpp"
+#include <fastmem/cuda/launchers.hpp>
 
 namespace fastmem::cuda {
 

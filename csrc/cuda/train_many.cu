@@ -7,7 +7,7 @@
 // result does not depend on the other runs of the launch.
 #include "check.cuh"
 #include "device_math.cuh"
-#include "launchers.hpp"
+#include <fastmem/cuda/launchers.hpp>
 
 namespace fastmem::cuda {
 

@@ -12,6 +12,16 @@ enum class ScheduleKind : int { Constant = 0, Cosine = 1, Step = 2 };
 // Interrupted: the installed StopProbe (interrupt.hpp) asked the run to stop.
 enum class Status : int { Ok = 0, Diverged = 1, Interrupted = 2 };
 
+// What a training run returns: how it ended, the steps it took and the records it wrote.
+struct TrainResult {
+  Status status = Status::Ok;
+  index_t steps_done = 0;
+  index_t records = 0;
+};
+
+// The defaults of every struct here are those of its Python spec in fastmem/specs.py
+// (tests/test_specs.py compares them).
+
 struct OptimizerParams {
   OptimizerKind kind = OptimizerKind::SGD;
   double lr = 1.0;
@@ -54,7 +64,7 @@ struct TrainParams {
   index_t start_step = 0;  // global step of the first update (resuming)
   bool layernorm = false;
   index_t chunk = 0;       // output tokens per softmax chunk; 0 picks one
-  index_t power_iters = 50;
+  index_t power_iters = 100;  // power iterations of a recorded sharpness
 };
 
 // Many independent full-batch GD runs of one shape (train_many.hpp, csrc/cuda/train_many.cu).

@@ -50,8 +50,8 @@ template <class T>
 struct Problem {
   InputEmbedding<T> emb;    // N x d input embeddings
   MatrixView<const T> U;    // M x d output embeddings
-  const double* p;          // N token probabilities
-  const std::int64_t* y;    // N targets in [0, M)
+  const double* p = nullptr;        // N token probabilities
+  const std::int64_t* y = nullptr;  // N targets in [0, M)
   bool layernorm = false;
   index_t chunk = 0;
   index_t N() const { return emb.E.rows; }

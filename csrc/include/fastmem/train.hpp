@@ -38,12 +38,6 @@ struct TrainRecord {
   bool due(index_t r, index_t t) const { return r < count && at[r] == t; }
 };
 
-struct TrainResult {
-  Status status = Status::Ok;
-  index_t steps_done = 0;
-  index_t records = 0;
-};
-
 // Draws of one minibatch, merged: distinct tokens (first-appearance order) with
 // weight count / b. Scores depend on the token only, so a batch of 1024 Zipf
 // draws over 100 tokens costs a few dozen rows, not 1024.

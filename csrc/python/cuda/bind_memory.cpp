@@ -1,16 +1,18 @@
-// Bindings of the CUDA launchers (fastmem._cuda): device pointers arrive as integers
-// from the CuPy adapter (fastmem/backends/cuda.py), which has checked shapes, dtypes
-// and devices; here they are cast, the GIL released, the dtype dispatched.
+// Bindings of the associative memory's CUDA launchers (fastmem/cuda/launchers.hpp): device
+// pointers arrive as integers from the CuPy adapter (fastmem/memory/_cuda.py), which has
+// checked shapes, dtypes and devices; here they are cast, the GIL released, the dtype
+// dispatched.
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <fastmem/cuda/launchers.hpp>
 #include <string>
 
-#include "../cuda/launchers.hpp"
-#include <fastmem/static_switch.hpp>
+#include "../arrays.hpp"
 
 namespace py = pybind11;
 using namespace fastmem;
+using fastmem::binding::dispatch;
 
 namespace {
 
@@ -19,19 +21,6 @@ T* ptr(std::uintptr_t p) {
   return reinterpret_cast<T*>(p);
 }
 void* stream(std::uintptr_t s) { return reinterpret_cast<void*>(s); }
-
-template <class F>
-auto dispatch(const std::string& dtype, F&& f) {
-  if (dtype != "float32" && dtype != "float64")
-    throw py::type_error("fastmem CUDA kernels take float32 or float64 arrays, got " + dtype);
-  return dtype_switch(dtype == "float32" ? Dtype::Float32 : Dtype::Float64, f);
-}
-
-py::tuple device_count() {
-  std::string why;
-  const int n = cuda::device_count(why);
-  return py::make_tuple(n, why);
-}
 
 void softmax_xent_grad(const std::string& dtype, std::uintptr_t q, std::uintptr_t u, std::uintptr_t y,
                        std::uintptr_t w, std::uintptr_t h, std::uintptr_t lse, std::uintptr_t zy, std::uintptr_t zother,
@@ -96,9 +85,7 @@ bool train_many_dual(const std::string& dtype, std::uintptr_t p, std::uintptr_t 
 
 }  // namespace
 
-PYBIND11_MODULE(_cuda, m) {
-  m.doc() = "fastmem CUDA kernels (device pointers; use through fastmem.backends)";
-  m.def("device_count", &device_count);
+void bind_memory(py::module_& m) {
   m.def("softmax_xent_grad", &softmax_xent_grad);
   m.def("sgd_rank_update", &sgd_rank_update);
   m.def("sample_tokens", &sample_tokens);
