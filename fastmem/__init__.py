@@ -12,9 +12,22 @@ from . import cmd, memory, pathcond, scansnap, sweeps
 from .backends import backends, get_num_threads, set_num_threads, use_backend
 from .errors import BackendUnavailableError, CudaError, InvalidArgumentError, InvalidStateError, PerformanceWarning
 from .memory import (SGD, Adam, AssociativeMemory, Constant, Cosine, ManyRuns, Record, Run, SignGD, StepDecay, Task,
-                     TrainState, accuracy, dual, embeddings, evaluate, gradient, kernels, loss, margins, models,
-                     population_metrics, sgd_step, sharpness, step, train, train_many)
+                     TrainState, accuracy, embeddings, evaluate, gradient, kernels, loss, margins, models,
+                     population_metrics, representations, sgd_step, sharpness, step, train, train_many)
 from .sweeps import load_sweep, sweep
+
+
+
+def __getattr__(name):
+    # fm.dual, 0.1.0's name of fm.representations (it chooses among all three), kept one release
+    # with a warning as fm.step and fm.evaluate are
+    if name == "dual":
+        import warnings
+
+        warnings.warn("fm.dual is now fm.representations", DeprecationWarning, stacklevel=2)
+        return representations
+    raise AttributeError(f"module 'fastmem' has no attribute {name!r}")
+
 
 try:
     __version__ = version("fastmem")
@@ -24,8 +37,8 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = [
     "Adam", "AssociativeMemory", "BackendUnavailableError", "Constant", "Cosine", "CudaError", "InvalidArgumentError", "InvalidStateError",
     "ManyRuns", "PerformanceWarning", "Record",
-    "Run", "SGD", "SignGD", "StepDecay", "Task", "TrainState", "accuracy", "backends", "cmd", "dual", "embeddings",
+    "Run", "SGD", "SignGD", "StepDecay", "Task", "TrainState", "accuracy", "backends", "cmd", "embeddings",
     "evaluate", "get_num_threads", "gradient", "kernels", "load_sweep", "loss", "margins", "memory", "models",
-    "pathcond", "population_metrics", "scansnap", "set_num_threads", "sgd_step", "sharpness", "step", "sweep",
+    "pathcond", "population_metrics", "representations", "scansnap", "set_num_threads", "sgd_step", "sharpness", "step", "sweep",
     "sweeps", "train", "train_many", "use_backend",
 ]

@@ -25,7 +25,7 @@ class ScheduleKind(enum.IntEnum):
 
 
 class ModelKind(enum.IntEnum):
-    """The trainable models of fastmem.models (models.hpp)."""
+    """The trainable models of fastmem.models (train_models.hpp)."""
 
     LEARNABLE = 1
     EXPONENTIAL = 2
@@ -83,7 +83,7 @@ class RecordSpec(NamedTuple):
 
 
 class ModelOptimizerSpec(NamedTuple):
-    """The models' optimizer (models.hpp: ModelOptimizer): SGD, or Adam with betas (0, 0), with
+    """The models' optimizer (train_models.hpp: ModelOptimizer): SGD, or Adam with betas (0, 0), with
     one learning rate per matrix."""
 
     normalized: bool

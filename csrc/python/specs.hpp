@@ -3,7 +3,7 @@
 #pragma once
 #include <pybind11/pybind11.h>
 
-#include <fastmem/models.hpp>
+#include <fastmem/train_models.hpp>
 #include <fastmem/params.hpp>
 #include <fastmem/problem.hpp>
 #include <fastmem/train.hpp>

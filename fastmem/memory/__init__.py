@@ -26,10 +26,10 @@ _register(__name__, {
     "train_projected": ("E", "U", "V", "p", "y", "cdf", "tokens", "opt", "tp", "rec"),
 }, device=("softmax_xent_grad", "sgd_rank_update", "sample_tokens", "sgd_step", "train_many"))
 
-from . import dual, embeddings, kernels, models
+from . import embeddings, kernels, models, representations
 from .many import ManyRuns, train_many
 from .metrics import accuracy, evaluate, gradient, loss, margins, population_metrics, sharpness
-from .model import AssociativeMemory
+from .associative_memory import AssociativeMemory
 from .optim import SGD, Adam, Constant, Cosine, SignGD, StepDecay
 from .state import TrainState
 from .step import sgd_step, step

@@ -1,7 +1,7 @@
 """The associative memory's float64 numpy reference (fastmem.backends.numpy_ref): the fused
 softmax, forward/backward, metrics and the representations' training loops of the C++ core
 (softmax_xent_grad.hpp, forward_backward.hpp, metrics.hpp, train.hpp, train_projected.hpp,
-train_many.hpp, models.hpp), written for clarity."""
+train_many.hpp, train_models.hpp), written for clarity."""
 
 import numpy as np
 
@@ -317,7 +317,7 @@ def train_projected(E, U, V, p, y, cdf, tokens, opt, tp, rec):
     return status, done, r
 
 
-# --- the learnable and exponential models (models.hpp) ----------------------------------
+# --- the learnable and exponential models (train_models.hpp) ----------------------------------
 
 def _model_pass(kind, E, U, W, toks, w, y, ln, grads):
     Eb = E if toks is None else E[toks]

@@ -12,9 +12,9 @@ from .. import _validate as v
 from ..sweeps import grid as g
 from ..sweeps.experiment import Experiment, integer_key, number_key, register
 from . import embeddings
-from .dual import choose
+from .representations import choose
 from .kernels import normal
-from .model import AssociativeMemory
+from .associative_memory import AssociativeMemory
 from .models import train_model
 from .optim import SGD, Adam
 from .task import Task

@@ -127,14 +127,27 @@ class SignGD:
 
 
 def _pack(kind, opt, momentum=0.0, beta1=0.0, beta2=0.0, eps=1e-8):
-    """The optimizer's OptimizerSpec, what the backends read: made once per optimizer (a frozen
-    dataclass, so it cannot go stale), as fm.train asks for it several times a call."""
-    spec = opt.__dict__.get("_spec")
-    if spec is None:
-        spec = OptimizerSpec(kind, float(opt.lr), float(momentum), float(opt.weight_decay), float(beta1),
-                             float(beta2), float(eps), *opt.schedule._params())
-        object.__setattr__(opt, "_spec", spec)
-    return spec
+    return OptimizerSpec(kind, float(opt.lr), float(momentum), float(opt.weight_decay), float(beta1), float(beta2),
+                         float(eps), *opt.schedule._params())
+
+
+def spec_of(optimizer, name="optimizer"):
+    """The OptimizerSpec of fm.SGD, fm.Adam or fm.SignGD, what the backends read; made once per
+    call at the API's boundary and passed on (a spec is returned as it is)."""
+    if isinstance(optimizer, OptimizerSpec):
+        return optimizer
+    if not isinstance(optimizer, (SGD, Adam, SignGD)):
+        v.fail(name, "fm.SGD, fm.Adam or fm.SignGD", repr(optimizer))
+    return optimizer._params()
+
+
+def describe(spec):
+    """An optimizer's spec as its user wrote it, for messages: SGD(momentum=0.9), Adam(betas=(0.0, 0.0)), SignGD()."""
+    if spec.kind == OptimizerKind.SGD:
+        return f"SGD(momentum={spec.momentum})" if spec.momentum else "SGD()"
+    if spec.kind == OptimizerKind.ADAM:
+        return f"Adam(betas=({spec.beta1}, {spec.beta2}))"
+    return "SignGD()"
 
 
 def make(name, lr, **kw):

@@ -19,9 +19,9 @@ _FORMER_NAMES = {"B": "mA", "V": "mZ"}
 OPTIMIZERS = ("sgd", "sgd-momentum", "adam", "sign")
 
 
-def optimizer_kind(optimizer):
-    """The optimizer's name as a state records it: its kind, and whether it keeps moments."""
-    o = optimizer._params()
+def optimizer_kind(o):
+    """The optimizer's name as a state records it, from its OptimizerSpec: its kind, and whether
+    it keeps moments."""
     kind = o.kind.name.lower()
     return "sgd-momentum" if kind == "sgd" and o.momentum != 0.0 else kind
 

@@ -7,7 +7,7 @@ import numpy as np
 from .. import _arrays
 from .. import _validate as v
 from ..backends import get
-from .model import _detect_onehot
+from .associative_memory import _detect_onehot
 
 
 def _host_view(a, name):

@@ -7,10 +7,11 @@ import numpy as np
 from .. import _validate as v
 from ..backends import get
 from ..errors import InvalidArgumentError
-from ..specs import OptimizerKind, RecordSpec, TrainSpec
-from . import dual
+from ..specs import RecordSpec, TrainSpec
+from . import representations
 from ._problem import chunk_arg, problem_args
-from .model import AssociativeMemory
+from .associative_memory import AssociativeMemory
+from .optim import spec_of
 from .state import TrainState, optimizer_kind
 
 METRICS = ("loss", "accuracy", "margins", "W", "sharpness")
@@ -163,7 +164,7 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=None, tokens=Non
     representation : "auto", "primal" (update W), "dual" (update the N x M scores, or the
         N x d read-outs with LayerNorm; exact for SGD-family optimizers) or "projected" (update
         V = W U^T, d x M; exact for Adam with betas (0, 0) and SignGD without LayerNorm; keeps
-        no W). See :mod:`fastmem.dual`
+        no W). See :mod:`fastmem.memory.representations`
     resume : a TrainState (``run.state``) to continue from, with the same memory, task and
         optimizer: its representation, seed and step are used; the result equals one longer run
     callback : called as ``callback(step, state)`` every ``callback_every`` steps with the
@@ -182,17 +183,15 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=None, tokens=Non
         v.fail("memory", "an AssociativeMemory", type(memory).__name__)
     E, oc, os_, U, p, y = problem_args(memory, task)
     v.finite("memory.W", memory.W)  # W is the caller's to change; E and U are read-only copies
-    if not hasattr(optimizer, "_params"):
-        v.fail("optimizer", "fm.SGD, fm.Adam or fm.SignGD", repr(optimizer))
+    opt = spec_of(optimizer)  # the one conversion of the optimizer: everything below reads the spec
     steps = v.positive_int("steps", steps, allow_zero=True)
     start_step = v.positive_int("start_step", start_step, allow_zero=True)
     if resume is not None:
         if not isinstance(resume, TrainState):
             v.fail("resume", "a TrainState (run.state or TrainState.load(path))", type(resume).__name__)
         resume.validate("resume")
-        if resume.optimizer != optimizer_kind(optimizer):
-            v.fail("resume", f"a state of {optimizer_kind(optimizer)} (the optimizer given)",
-                   f"a state of {resume.optimizer}")
+        if resume.optimizer != optimizer_kind(opt):
+            v.fail("resume", f"a state of {optimizer_kind(opt)} (the optimizer given)", f"a state of {resume.optimizer}")
         if seed is not None and seed != resume.seed:
             v.fail("seed", f"{resume.seed} (the seed of the run being resumed) or None", seed)
         if representation not in ("auto", resume.representation):
@@ -220,61 +219,27 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=None, tokens=Non
     shapes = {"loss": (R,), "accuracy": (R,), "sharpness": (R,), "margins": (R, N), "W": (R, d, d)}
     rec = RecordSpec(rec_steps, **{name: (np.full(shape, np.nan, dtype=dt) if name in record.metrics else None)
                                    for name, shape in shapes.items()})
-    opt = optimizer._params()
     tp = TrainSpec(steps, b, seed, start_step, memory.layernorm, chunk_arg(chunk),
                    v.positive_int("power_iters", power_iters))
     be = get(backend)
-    rep, reason = dual.choose(memory, task, optimizer, steps, None if b == 0 else b, representation)
-    prev = resume.arrays if resume is not None else {}
-
-    def buffer(name, shape, needed=True):
-        """The state array to continue from (a copy), zeros for a new run, or None."""
-        if not needed:
-            return None
-        if name in prev:
-            if prev[name].shape != shape or prev[name].dtype != dt:
-                v.fail("resume", f"{name} of shape {shape} and dtype {dt}", f"{prev[name].dtype} {prev[name].shape}")
-            return prev[name].copy()
-        return np.zeros(shape, dtype=dt)
-
-    dual_state, V = None, None
-    momentum = opt.kind == OptimizerKind.SGD and opt.momentum != 0.0
-    W = None
+    rep, reason = representations.choose(memory, task, opt, steps, None if b == 0 else b, representation)
+    call = representations.Call(memory, task, (E, oc, os_, U, p, y), opt, tp, rec, tokens, record, resume)
+    policy = representations.POLICIES[rep]
+    arrays = policy.buffers(call)
     try:
-        if rep == "projected":
-            if resume is not None:
-                v.fail("resume", "None: a 'projected' run keeps no W to resume from", "a TrainState")
-            bad = [m for m in ("W", "sharpness") if m in record.metrics]
-            if bad:
-                v.fail("record", "no 'W' or 'sharpness' metrics with representation 'projected' (it keeps W U^T)", bad)
-            V = np.ascontiguousarray(memory.W @ memory.U.T)
-            status, steps_done, n_rec = be.train_projected(E, U, V, p, y, task.cdf, tokens, opt, tp, rec)
-            W, arrays = None, None
-        elif rep == "dual":
-            W, NR = None, (N, d if memory.layernorm else memory.M)
-            arrays = {k: buffer(k, NR, k in ("Z", "A") or momentum) for k in ("Z", "A", "mA", "mZ")}
-            status, steps_done, n_rec, c = be.train_dual(
-                E, oc, os_, U, memory.W, p, y, task.cdf, tokens, opt, tp, rec, arrays["Z"], arrays["A"],
-                arrays["mA"], arrays["mZ"], resume.c if resume else 1.0, resume is None)
-            dual_state, opt_t = (arrays["Z"], arrays["A"], c), 0
-        else:
-            W = buffer("W", (d, d)) if resume is not None else memory.W.copy()
-            adam = opt.kind == OptimizerKind.ADAM
-            arrays = {"W": W, "m": buffer("m", (d, d), adam or momentum), "v": buffer("v", (d, d), adam)}
-            status, steps_done, n_rec, opt_t = be.train(E, oc, os_, U, W, p, y, task.cdf, tokens, opt, tp, rec,
-                                                        arrays["m"], arrays["v"], resume.opt_t if resume else 0)
-            c = 1.0
+        out = policy.run(be, call, arrays)
     except KeyboardInterrupt as exc:  # Ctrl-C in the compiled loop: what it recorded stays reachable
         done, n_rec = getattr(exc, "fastmem_progress", (None, None))
         if done is not None:
-            exc.run = Run(memory, task, start_step + rec_steps[:n_rec], _written(rec, n_rec), W, "interrupted",
-                          int(done), be.name, optimizer, rep, reason)
+            exc.run = Run(memory, task, start_step + rec_steps[:n_rec], _written(rec, n_rec), arrays.get("W"),
+                          "interrupted", int(done), be.name, optimizer, rep, reason)
         raise
-    state = None if arrays is None else TrainState(  # a projected run keeps no W to resume from
-        rep, start_step + int(steps_done), seed, {k: a for k, a in arrays.items() if a is not None}, float(c),
-        int(opt_t), optimizer_kind(optimizer))
-    return Run(memory, task, start_step + rec_steps[:n_rec], _written(rec, n_rec), W,
-               "ok" if status == 0 else "diverged", int(steps_done), be.name, optimizer, rep, reason, dual_state, state, V)
+    state = None if not policy.resumable else TrainState(  # a projected run keeps no W to resume from
+        rep, start_step + int(out.steps_done), seed, {k: a for k, a in arrays.items() if a is not None},
+        float(out.c), int(out.opt_t), optimizer_kind(opt))
+    return Run(memory, task, start_step + rec_steps[:out.records], _written(rec, out.records), arrays.get("W"),
+               "ok" if out.status == 0 else "diverged", int(out.steps_done), be.name, optimizer, rep, reason,
+               out.dual_state, state, arrays.get("V"))
 
 
 def _written(rec, n):

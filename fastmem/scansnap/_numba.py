@@ -1,4 +1,4 @@
-"""Scan and Snap's kernels (kernels/scansnap.hpp, scansnap_train.hpp) on the numba backend."""
+"""Scan and Snap's kernels (kernels/scansnap.hpp, train_scansnap.hpp) on the numba backend."""
 
 import math
 
@@ -99,7 +99,7 @@ def _ss_forward_backward(Yt, Z, hq, hn, hstart, hlen, htok, hcnt, weight, r, g, 
 @njit(cache=True)
 def _ss_batch(i, ctx):
     """Step i's batch, its loss and the pieces of both gradients (once per step), as batch() in
-    scansnap_train.hpp; the loss of a step taken goes to loss_out. Returns the loss."""
+    train_scansnap.hpp; the loss of a step taken goes to loss_out. Returns the loss."""
     data, hist, work, opt, params, out = ctx
     fq, fn, fptr, ftok, fprob, fthr, falias, stok, star, use_seq, population, B, L, seed, start = data
     hq, hn, hstart, hlen, htok, hcnt, count, ctxbuf, weight = hist

@@ -24,7 +24,7 @@ _STATUS = {0: "ok", 1: "diverged", 2: "interrupted"}
 
 
 class Spec(NamedTuple):
-    """One run as the kernels read it (csrc/include/fastmem/scansnap_train.hpp: Spec)."""
+    """One run as the kernels read it (csrc/include/fastmem/train_scansnap.hpp: Spec)."""
 
     population: bool
     batch: int

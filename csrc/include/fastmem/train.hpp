@@ -171,10 +171,10 @@ TrainResult train(const Problem<T>& prob, MatrixView<T> W_io, const double* cdf,
   FASTMEM_CHECK_ARG(W_io.rows == d && W_io.cols == d, "W must be d x d");
   const bool plain_sgd = opt.is_plain_sgd();
   const bool sign = opt.kind == OptimizerKind::Sign;
-  const bool adam00 = opt.is_normalized_adam();
+  const bool normalized_adam = opt.is_normalized_adam();
   // Stateless elementwise updates of a dense E: one pass over W per step that also reads
   // the next batch's rows (normalized_rank_update), no d x d gradient buffer.
-  const bool normalized = (adam00 || sign) && !prob.emb.onehot();
+  const bool normalized = (normalized_adam || sign) && !prob.emb.onehot();
   PassWorkspace<T> pass, metrics_ws;
   HvpWorkspace<T> hvp_ws;
   BatchSource<T> batches(N, tp.batch_size, prob.p, cdf, given_tokens, tp.seed);

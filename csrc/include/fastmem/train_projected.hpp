@@ -91,8 +91,8 @@ template <class T>
 TrainResult train_projected(const Problem<T>& prob, MatrixView<T> V, const double* cdf,
                             const std::int64_t* given_tokens, const OptimizerParams& opt, const TrainParams& tp,
                             const TrainRecord<T>& rec) {
-  const bool adam00 = opt.is_normalized_adam();
-  FASTMEM_CHECK_ARG(adam00 || opt.kind == OptimizerKind::Sign,
+  const bool normalized_adam = opt.is_normalized_adam();
+  FASTMEM_CHECK_ARG(normalized_adam || opt.kind == OptimizerKind::Sign,
                     "the projected representation needs Adam with betas (0, 0) or sign descent");
   FASTMEM_CHECK_ARG(!prob.layernorm && !prob.emb.onehot(), "the projected representation needs dense E, no LayerNorm");
   FASTMEM_CHECK_ARG(!rec.W && !rec.sharpness, "the projected representation keeps no W to record");
@@ -154,7 +154,7 @@ TrainResult train_projected(const Problem<T>& prob, MatrixView<T> V, const doubl
         for (index_t i = 0; i < d; ++i) a[i] += c * e[i];
       }
     projected_update(VT, MatrixView<const T>(EGT), prob.U, U_padded, static_cast<T>(lr), static_cast<T>(opt.eps),
-                     static_cast<T>(1.0 - lr * opt.weight_decay), !adam00);
+                     static_cast<T>(1.0 - lr * opt.weight_decay), !normalized_adam);
     return true;
   };
   const TrainResult res = drive(tp.steps, record, step);

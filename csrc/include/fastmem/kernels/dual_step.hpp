@@ -20,7 +20,7 @@
 #include "../blas.hpp"
 #include "../parallel.hpp"
 #include "../views.hpp"
-#include "sgd_rank_update.hpp"
+#include "embedding.hpp"
 #include "softmax_xent_grad.hpp"
 
 namespace fastmem {

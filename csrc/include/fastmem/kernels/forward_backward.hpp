@@ -8,7 +8,7 @@
 
 #include "../problem.hpp"
 #include "layernorm.hpp"
-#include "sgd_rank_update.hpp"
+#include "embedding.hpp"
 #include "softmax_xent_grad.hpp"
 
 namespace fastmem {

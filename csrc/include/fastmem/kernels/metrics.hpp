@@ -7,6 +7,7 @@
 
 #include "../parallel.hpp"
 #include "../rng.hpp"
+#include "embedding.hpp"
 #include "forward_backward.hpp"
 
 namespace fastmem {
