@@ -97,6 +97,19 @@ __device__ void store(T* dst, Smem<T> src, index_t rows, index_t cols) {
   for (index_t e = threadIdx.x; e < rows * cols; e += kThreads) dst[e] = src(e / cols, e % cols);
 }
 
+// The loop of both block kernels, drive() on the device: the population loss at step t
+// (loss_at(), which also leaves what update() needs), a stop where it is not finite (status 1,
+// the state kept from before) or at the last step, else update() and the block's barrier.
+template <class LossAt, class Update>
+__device__ std::int8_t block_drive(index_t steps, LossAt&& loss_at, Update&& update) {
+  for (index_t t = 0;; ++t) {
+    if (!isfinite(loss_at())) return 1;
+    if (t == steps) return 0;
+    update();
+    __syncthreads();
+  }
+}
+
 template <class T>
 __global__ void __launch_bounds__(kThreads) train_many_primal_kernel(TrainManyParams<T> P) {
   extern __shared__ __align__(16) char smem[];
@@ -112,25 +125,23 @@ __global__ void __launch_bounds__(kThreads) train_many_primal_kernel(TrainManyPa
   __syncthreads();
   const T lr = static_cast<T>(P.lr[r]);
   double loss = 0.0, accuracy = 0.0;
-  std::int8_t status = 0;
-  for (index_t t = 0;; ++t) {
-    product<T, false>(Es, Ws, Qs, N, d, d);
-    product<T, true>(Qs, Us, Zs, N, d, M);
-    residual(Zs, Zs, P.p + r * N, P.y + r * N, N, M, red, loss, accuracy);
-    if (!isfinite(loss)) {
-      status = 1;
-      break;
-    }
-    if (t == P.steps) break;
-    product<T, false>(Zs, Us, Qs, N, M, d);
-    for (index_t e = threadIdx.x; e < d * d; e += kThreads) {  // W -= lr E^T (P U)
-      const index_t i = e / d, k = e % d;
-      T g = T(0);
-      for (index_t x = 0; x < N; ++x) g += Es(x, i) * Qs(x, k);
-      Ws(i, k) -= lr * g;
-    }
-    __syncthreads();
-  }
+  const std::int8_t status = block_drive(
+      P.steps,
+      [&] {
+        product<T, false>(Es, Ws, Qs, N, d, d);
+        product<T, true>(Qs, Us, Zs, N, d, M);
+        residual(Zs, Zs, P.p + r * N, P.y + r * N, N, M, red, loss, accuracy);
+        return loss;
+      },
+      [&] {
+        product<T, false>(Zs, Us, Qs, N, M, d);
+        for (index_t e = threadIdx.x; e < d * d; e += kThreads) {  // W -= lr E^T (P U)
+          const index_t i = e / d, k = e % d;
+          T g = T(0);
+          for (index_t x = 0; x < N; ++x) g += Es(x, i) * Qs(x, k);
+          Ws(i, k) -= lr * g;
+        }
+      });
   store(P.W + r * d * d, Ws, d, d);
   if (threadIdx.x == 0) {
     P.loss[r] = static_cast<T>(loss);
@@ -156,24 +167,22 @@ __global__ void __launch_bounds__(kThreads) train_many_dual_kernel(TrainManyPara
   __syncthreads();
   const T lr = static_cast<T>(P.lr[r]);
   double loss = 0.0, accuracy = 0.0;
-  std::int8_t status = 0;
-  for (index_t t = 0;; ++t) {
-    residual(Zs, Ps, P.p + r * N, P.y + r * N, N, M, red, loss, accuracy);
-    if (!isfinite(loss)) {
-      status = 1;
-      break;
-    }
-    if (t == P.steps) break;
-    product<T, false>(KEs, Ps, Ts, N, N, M);
-    for (index_t e = threadIdx.x; e < NM; e += kThreads) {  // Z -= lr K_E P K_U, A += lr P
-      const index_t x = e / M, m = e % M;
-      T s = T(0);
-      for (index_t l = 0; l < M; ++l) s += Ts(x, l) * KUs(l, m);
-      Zs(x, m) -= lr * s;
-      As(x, m) += lr * Ps(x, m);
-    }
-    __syncthreads();
-  }
+  const std::int8_t status = block_drive(
+      P.steps,
+      [&] {
+        residual(Zs, Ps, P.p + r * N, P.y + r * N, N, M, red, loss, accuracy);
+        return loss;
+      },
+      [&] {
+        product<T, false>(KEs, Ps, Ts, N, N, M);
+        for (index_t e = threadIdx.x; e < NM; e += kThreads) {  // Z -= lr K_E P K_U, A += lr P
+          const index_t x = e / M, m = e % M;
+          T s = T(0);
+          for (index_t l = 0; l < M; ++l) s += Ts(x, l) * KUs(l, m);
+          Zs(x, m) -= lr * s;
+          As(x, m) += lr * Ps(x, m);
+        }
+      });
   store(Z + r * NM, Zs, N, M);
   store(A + r * NM, As, N, M);
   if (threadIdx.x == 0) {

@@ -274,19 +274,23 @@ def sgd_step(W, E, onehot_col, onehot_scale, U, x, y, lr, layernorm, out):
 
 def train_many(E, U, W, p, y, lr, steps, loss, accuracy, status):
     """Run r: full-batch GD on (E[r], U[r], W[r], p[r], y[r]) at lr[r], as train() with
-    batch_size 0 and a record at the last step."""
+    batch_size 0 and a record at every step (the last one kept), on the one loop."""
+    every = np.arange(steps + 1)
     with np.errstate(over="ignore", invalid="ignore"):
         for r in range(E.shape[0]):
-            Er, Ur, Wr = E[r].astype(ref.F), U[r].astype(ref.F), W[r].astype(ref.F)
-            status[r] = 0
-            for t in range(steps + 1):
-                lo, acc, _, g = _metrics(Er, Ur, Wr, p[r], y[r], False)
-                if not np.isfinite(lo):
-                    status[r] = 1
-                    break
-                if t < steps:
-                    Wr = Wr - lr[r] * g
-            W[r], loss[r], accuracy[r] = Wr, lo, acc
+            Er, Ur = E[r].astype(ref.F), U[r].astype(ref.F)
+            run = {"W": W[r].astype(ref.F)}
+
+            def record(_):  # called within this iteration: the closure sees this run
+                run["loss"], run["accuracy"], _, run["g"] = _metrics(Er, Ur, run["W"], p[r], y[r], False)
+                return run["loss"]
+
+            def step(_):
+                run["W"] = run["W"] - lr[r] * run["g"]
+                return True
+
+            status[r] = ref.drive(steps, every, record, step)[0]
+            W[r], loss[r], accuracy[r] = run["W"], run["loss"], run["accuracy"]
 
 
 def train_projected(E, U, V, p, y, cdf, tokens, opt, tp, rec):
