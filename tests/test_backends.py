@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import fastmem as fm
@@ -100,3 +101,15 @@ def test_the_compiled_core_and_the_python_backends_share_their_constants():
     from fastmem import _core, specs
 
     assert _core.constants() == {"layernorm_eps": specs.LAYERNORM_EPS, "sharpness_tol": specs.SHARPNESS_TOL}
+
+
+def test_a_compiled_argument_error_names_its_source_location():
+    # FASTMEM_CHECK_ARG everywhere in the bindings and the core: the message ends in [file:line]
+    if not fm.backends()["cpp"]["available"]:
+        pytest.skip("the compiled core is not built")
+    from fastmem import _core
+
+    with pytest.raises(fm.InvalidArgumentError, match=r"n must be >= 1 \[.*module\.cpp:\d+\]"):
+        _core.set_num_threads(0)
+    with pytest.raises(fm.InvalidArgumentError, match=r"W must be 2-D \[.*arrays\.hpp:\d+\]"):
+        _core.sgd_rank_update(np.zeros(3), np.zeros((1, 3)), np.zeros((1, 3)), 1.0)

@@ -7,6 +7,7 @@
 #include "arrays.hpp"
 #include "errors.hpp"
 #include "specs.hpp"
+#include "systems.hpp"
 
 namespace py = pybind11;
 using namespace fastmem;
@@ -50,9 +51,11 @@ void py_cmd_online_update(py::array theta_t, py::array r_t, py::array mode, inde
   });
 }
 
-}  // namespace
-
 void bind_cmd(py::module_& m) {
   m.def("cmd_assign_fit", &py_cmd_assign_fit);
   m.def("cmd_online_update", &py_cmd_online_update);
 }
+
+}  // namespace
+
+FASTMEM_BIND_SYSTEM(cmd, bind_cmd);

@@ -8,6 +8,7 @@
 #include "arrays.hpp"
 #include "errors.hpp"
 #include "specs.hpp"
+#include "systems.hpp"
 
 namespace py = pybind11;
 using namespace fastmem;
@@ -255,8 +256,6 @@ py::tuple py_train_model(int kind, py::array E, py::array U, py::object W, py::a
   });
 }
 
-}  // namespace
-
 void bind_memory(py::module_& m) {
   m.def("softmax_xent_grad", &py_softmax_xent_grad);
   m.def("sgd_rank_update", &py_sgd_rank_update);
@@ -272,3 +271,7 @@ void bind_memory(py::module_& m) {
   m.def("dual_rebuild_W", &py_dual_rebuild_W);
   m.def("train_model", &py_train_model);
 }
+
+}  // namespace
+
+FASTMEM_BIND_SYSTEM(memory, bind_memory);

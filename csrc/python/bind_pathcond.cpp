@@ -7,6 +7,7 @@
 #include "arrays.hpp"
 #include "errors.hpp"
 #include "specs.hpp"
+#include "systems.hpp"
 
 namespace py = pybind11;
 using namespace fastmem;
@@ -40,6 +41,8 @@ int py_pathcond_solve(py::array weights, py::array groups, py::array z, py::obje
   return static_cast<int>(pathcond_solve(p, ws));
 }
 
+void bind_pathcond(py::module_& m) { m.def("pathcond_solve", &py_pathcond_solve); }
+
 }  // namespace
 
-void bind_pathcond(py::module_& m) { m.def("pathcond_solve", &py_pathcond_solve); }
+FASTMEM_BIND_SYSTEM(pathcond, bind_pathcond);

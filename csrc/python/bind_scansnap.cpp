@@ -8,6 +8,7 @@
 #include "arrays.hpp"
 #include "errors.hpp"
 #include "specs.hpp"
+#include "systems.hpp"
 
 namespace py = pybind11;
 using namespace fastmem;
@@ -89,6 +90,8 @@ py::tuple py_scansnap_train(py::array Yt, py::array Z, py::object mY, py::object
   });
 }
 
+void bind_scansnap(py::module_& m) { m.def("scansnap_train", &py_scansnap_train); }
+
 }  // namespace
 
-void bind_scansnap(py::module_& m) { m.def("scansnap_train", &py_scansnap_train); }
+FASTMEM_BIND_SYSTEM(scansnap, bind_scansnap);

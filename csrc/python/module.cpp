@@ -1,6 +1,6 @@
 // The Python module fastmem._core_<level>: one binding file per system (bind_<system>.cpp over
-// the shared arrays.hpp, specs.hpp and errors.hpp), and the module's own functions (threads,
-// info, the shared constants). A new system adds its bind_<system>.cpp and one line below.
+// the shared arrays.hpp, specs.hpp and errors.hpp, each registered by itself: systems.hpp), and
+// the module's own functions (threads, info, the shared constants).
 #include <pybind11/pybind11.h>
 
 #include <fastmem/blas.hpp>
@@ -8,6 +8,7 @@
 #include <fastmem/parallel.hpp>
 
 #include "errors.hpp"
+#include "systems.hpp"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -20,11 +21,6 @@ extern "C" int FASTMEM_CBLAS(openblas_get_num_threads)();
 
 namespace py = pybind11;
 using namespace fastmem;
-
-void bind_memory(py::module_& m);
-void bind_cmd(py::module_& m);
-void bind_pathcond(py::module_& m);
-void bind_scansnap(py::module_& m);
 
 // One module per CPU level (CMakeLists.txt: _core_baseline, _core_avx2, ...); fastmem/_core.py
 // loads the best one this CPU runs.
@@ -94,10 +90,7 @@ PYBIND11_MODULE(FASTMEM_MODULE_NAME, m) {
   // The core runs one BLAS call per OpenMP thread (parallel.hpp).
   FASTMEM_CBLAS(openblas_set_num_threads)(1);
 #endif
-  bind_memory(m);
-  bind_cmd(m);
-  bind_pathcond(m);
-  bind_scansnap(m);
+  binding::bind_systems(m);
   m.def("info", &info);
   m.def("constants", &constants);
   m.def("get_num_threads", [] { return fastmem::num_threads(); });

@@ -1,7 +1,7 @@
-"""Backend code written once over an array library with numpy's API (numpy or CuPy) and a
-backend's own kernels. The cuda adapter runs it on CuPy; the tests run the same code on
-numpy (with the cpp kernels) against the reference, so its logic is checked without a GPU.
-Not a registered backend."""
+"""The memory's backend code written once over an array library with numpy's API (numpy or
+CuPy) and a backend's own kernels. The cuda adapter (_cuda.py) runs it on CuPy; the tests run
+the same code on numpy (with the cpp kernels) against the reference, so its logic is checked
+without a GPU. Not a backend module of the registry."""
 
 from ..specs import LAYERNORM_EPS as _LN_EPS
 

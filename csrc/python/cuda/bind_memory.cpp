@@ -9,6 +9,7 @@
 #include <string>
 
 #include "../arrays.hpp"
+#include "../systems.hpp"
 
 namespace py = pybind11;
 using namespace fastmem;
@@ -83,8 +84,6 @@ bool train_many_dual(const std::string& dtype, std::uintptr_t p, std::uintptr_t 
   });
 }
 
-}  // namespace
-
 void bind_memory(py::module_& m) {
   m.def("softmax_xent_grad", &softmax_xent_grad);
   m.def("sgd_rank_update", &sgd_rank_update);
@@ -92,3 +91,7 @@ void bind_memory(py::module_& m) {
   m.def("train_many", &train_many);
   m.def("train_many_dual", &train_many_dual);
 }
+
+}  // namespace
+
+FASTMEM_BIND_SYSTEM(memory, bind_memory);
