@@ -89,14 +89,36 @@ def _drive_loop(steps, ctx):
     return status, done, r
 
 
-def driver(name, record, step):
-    """_drive_loop compiled for one representation, its record and step bound as the loop's
-    globals (and inlined into it: they take the whole context, which a call would pass by value).
-    numba cannot cache a function that takes another as an argument (a dynamic global) nor a
-    closure over one (the cache key pickles the dispatcher with a per-process id), so each
-    representation gets its own compiled copy of the one loop's code."""
-    f = types.FunctionType(_drive_loop.__code__, {"record": record, "step": step, "range": range, "__name__": __name__},
-                           "_drive_" + name)
+def _drive_batches_loop(steps, ctx):
+    """drive() for the memory's trainers (train.hpp): the loop walks the records due at t
+    (due(t, r, ctx); record(t, r, ctx) writes record r and returns whether its loss is not
+    finite), draws step t's batch and learning rate (batch(t, ctx) -> (tokens, weights, lr)) and
+    hands them to step(t, tokens, weights, lr, ctx)."""
+    r, status, done = 0, 0, 0
+    for t in range(steps + 1):
+        while due(t, r, ctx):  # noqa: F821 (bound per representation by driver)
+            if record(t, r, ctx):  # noqa: F821
+                status = 1
+            r += 1
+        done = t
+        if t == steps or status != 0:
+            break
+        toks, w, lr = batch(t, ctx)  # noqa: F821
+        if not step(t, toks, w, lr, ctx):  # noqa: F821
+            status = 1
+            break
+    return status, done, r
+
+
+def driver(name, record, step, due=None, batch=None):
+    """The one loop compiled for one representation, its functions bound as the loop's globals
+    (and inlined into it: they take the whole context, which a call would pass by value):
+    _drive_loop with record and step, or, given due and batch, _drive_batches_loop. numba cannot
+    cache a function that takes another as an argument (a dynamic global) nor a closure over one
+    (the cache key pickles the dispatcher with a per-process id), so each representation gets its
+    own compiled copy of the loop's code."""
+    loop = _drive_loop if batch is None else _drive_batches_loop
+    bound = {"record": record, "step": step, "due": due, "batch": batch, "range": range, "__name__": __name__}
+    f = types.FunctionType(loop.__code__, bound, "_drive_" + name)
     f.__qualname__ = f.__name__
     return njit(cache=True)(f)
-

@@ -70,9 +70,11 @@ def held(a, dtype):
     return a if a is None or dtype == F else a.astype(dtype).astype(F)
 
 
-def drive(steps, at, record, step):
+def drive(steps, at, record, step, batch=None):
     """The loop of drive() in train.hpp: record at the steps ``at`` (ascending), then step t;
-    record(r) returns the loss it saw, step(t) False where the loss turned non-finite."""
+    record(r) returns the loss it saw, step(t) False where the loss turned non-finite. With
+    ``batch`` (the memory's trainers), the driver draws step t's batch, batch(t) -> (tokens,
+    weights, lr), and hands it on: step(t, tokens, weights, lr)."""
     status, r, done = 0, 0, 0
     for t in range(steps + 1):
         while r < len(at) and at[r] == t:
@@ -83,7 +85,7 @@ def drive(steps, at, record, step):
         done = t
         if t == steps or status != 0:
             break
-        if not step(t):
+        if not (step(t) if batch is None else step(t, *batch(t))):
             status = 1
             break
     return status, done, r

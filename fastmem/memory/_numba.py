@@ -298,8 +298,9 @@ _Records = namedtuple("_Records", "at loss accuracy margins W sharpness flags po
 
 
 @njit(cache=True, inline="always")
-def _step_batch(t, prob, batches, opt):
-    """Step t's distinct tokens, their weights (E's dtype) and the learning rate."""
+def _memory_batch(t, ctx):
+    """Step t's distinct tokens, their weights (E's dtype) and the learning rate (the driver's)."""
+    prob, batches, opt = ctx[0], ctx[1], ctx[2]
     gt = batches.start + t
     toks, w = _batch(prob.E.shape[0], batches.b, prob.p, batches.cdf, splitmix64(batches.seed), batches.given, t,
                      gt, batches.slot)
@@ -308,8 +309,9 @@ def _step_batch(t, prob, batches, opt):
 
 
 @njit(cache=True, inline="always")
-def _due(rec, r, t):
-    """Whether record r is due at step t (TrainRecord::due)."""
+def _memory_due(t, r, ctx):
+    """Whether record r is due at step t (TrainRecord::due; the driver's)."""
+    rec = ctx[3]
     return r < len(rec.at) and rec.at[r] == t
 
 
@@ -332,17 +334,14 @@ def _primal_record(t, r, ctx):
     prob, batches, opt, rec, state = ctx
     W = state[0]
     diverged = False
-    while _due(rec, r, t):
-        if _wants_scores(rec):
-            loss, acc, margins, _ = _population(prob.E, prob.U, W, prob.p, prob.y, prob.layernorm, prob.chunk)
-            rec.loss[r], rec.accuracy[r] = loss, acc
-            if rec.flags[2]:
-                rec.margins[r] = margins
-            if not np.isfinite(loss):
-                diverged = True
-        _store_memory(r, W, prob, rec)
-        r += 1
-    return r, diverged
+    if _wants_scores(rec):
+        loss, acc, margins, _ = _population(prob.E, prob.U, W, prob.p, prob.y, prob.layernorm, prob.chunk)
+        rec.loss[r], rec.accuracy[r] = loss, acc
+        if rec.flags[2]:
+            rec.margins[r] = margins
+        diverged = not np.isfinite(loss)
+    _store_memory(r, W, prob, rec)
+    return diverged
 
 
 @njit(cache=True)
@@ -380,11 +379,10 @@ def _normalized_rank_update(W, Eb, h, lr, eps, decay, sign):
 
 
 @njit(cache=True, inline="always")
-def _primal_step(t, ctx):
+def _primal_step(t, toks, w, lr, ctx):
     prob, batches, opt, rec, state = ctx
     kind, mom, b1, b2, eps = opt.kind, opt.momentum, opt.beta1, opt.beta2, opt.eps
     W, m, v, opt_t = state
-    toks, w, lr = _step_batch(t, prob, batches, opt)
     loss, _, h, Eb = _forward_backward(prob.E, prob.U, W, toks, w, prob.y[toks], prob.layernorm, prob.chunk)
     if not np.isfinite(loss):
         return False
@@ -402,13 +400,13 @@ def _primal_step(t, ctx):
     return True
 
 
-_drive_primal = driver("primal", _primal_record, _primal_step)
+_drive_primal = driver("primal", _primal_record, _primal_step, _memory_due, _memory_batch)
 
 
 def _context(E, U, p, y, cdf, tokens, opt, tp, rec):
     """(problem, batches, optimizer, records) of a run. Unrequested records get (small) scratch
     buffers so that one compiled signature serves all."""
-    N, d, dt = E.shape[0], E.shape[1], E.dtype
+    N, dt = E.shape[0], E.dtype
     R = len(rec.at)
     flags = np.array([getattr(rec, k) is not None for k in ("loss", "accuracy", "margins", "W", "sharpness")])
     bufs = tuple(getattr(rec, k) if getattr(rec, k) is not None else np.empty(shape, dtype=dt)
@@ -519,22 +517,19 @@ def _dual_record(t, r, ctx):
     E, U, ln = prob.E, prob.U, prob.layernorm
     W0, Z, A, mA, mZ, c, KE, KU, pw = state
     diverged = False
-    while _due(rec, r, t):
-        if _wants_scores(rec):
-            loss, margins, _ = _dual_residual(ln, Z, U, prob.y, np.arange(E.shape[0]), pw, prob.chunk)
-            diverged |= _store_scores(r, loss, margins, prob.p, rec)
-        if rec.flags[3] or rec.flags[4]:
-            _store_memory(r, (c[0] * W0 - E.T @ (A if ln else A @ U)).astype(E.dtype), prob, rec)
-        r += 1
-    return r, diverged
+    if _wants_scores(rec):
+        loss, margins, _ = _dual_residual(ln, Z, U, prob.y, np.arange(E.shape[0]), pw, prob.chunk)
+        diverged = _store_scores(r, loss, margins, prob.p, rec)
+    if rec.flags[3] or rec.flags[4]:
+        _store_memory(r, (c[0] * W0 - E.T @ (A if ln else A @ U)).astype(E.dtype), prob, rec)
+    return diverged
 
 
 @njit(cache=True, inline="always")
-def _dual_step(t, ctx):
+def _dual_step(t, toks, w, lr, ctx):
     prob, batches, opt, rec, state = ctx
     mom = opt.momentum
     W0, Z, A, mA, mZ, c, KE, KU, pw = state
-    toks, w, lr = _step_batch(t, prob, batches, opt)
     loss, _, G = _dual_residual(prob.layernorm, Z, prob.U, prob.y, toks, w, prob.chunk)
     if not np.isfinite(loss):
         return False
@@ -560,7 +555,7 @@ def _dual_step(t, ctx):
     return True
 
 
-_drive_dual = driver("dual", _dual_record, _dual_step)
+_drive_dual = driver("dual", _dual_record, _dual_step, _memory_due, _memory_batch)
 
 
 def train_dual(E, onehot_col, onehot_scale, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A, mA, mZ, c, fresh):
@@ -632,20 +627,17 @@ def _projected_record(t, r, ctx):
     prob, batches, opt, rec, state = ctx
     V, pw = state
     diverged = False
-    while _due(rec, r, t):
-        if _wants_scores(rec):
-            loss, margins, _ = _residual(prob.E @ V, prob.y, np.arange(prob.E.shape[0]), pw)
-            diverged |= _store_scores(r, loss, margins, prob.p, rec)
-        r += 1
-    return r, diverged
+    if _wants_scores(rec):
+        loss, margins, _ = _residual(prob.E @ V, prob.y, np.arange(prob.E.shape[0]), pw)
+        diverged = _store_scores(r, loss, margins, prob.p, rec)
+    return diverged
 
 
 @njit(cache=True, inline="always")
-def _projected_step(t, ctx):
+def _projected_step(t, toks, w, lr, ctx):
     prob, batches, opt, rec, state = ctx
     U, sign, eps = prob.U, opt.kind == 2, opt.eps
     V, pw = state
-    toks, w, lr = _step_batch(t, prob, batches, opt)
     Eb = np.ascontiguousarray(prob.E[toks])
     loss, _, G = _residual(Eb @ V, prob.y[toks], np.arange(len(toks)), w)
     if not np.isfinite(loss):
@@ -659,7 +651,7 @@ def _projected_step(t, ctx):
     return True
 
 
-_drive_projected = driver("projected", _projected_record, _projected_step)
+_drive_projected = driver("projected", _projected_record, _projected_step, _memory_due, _memory_batch)
 
 
 def train_projected(E, U, V, p, y, cdf, tokens, opt, tp, rec):

@@ -126,6 +126,12 @@ def _batch(tp, tokens, cdf, p, t):
     return _aggregate(draws)
 
 
+def _batches(tp, tokens, cdf, p, opt=None):
+    """The driver's batch(t): step t's tokens, weights and learning rate (None without a schedule:
+    the models' rates are their own)."""
+    return lambda t: (*_batch(tp, tokens, cdf, p, t), None if opt is None else ref.lr_at(opt, tp.start_step + t))
+
+
 def _store(rec, r, loss, acc, margins):
     for key, val in (("loss", loss), ("accuracy", acc), ("margins", margins)):
         if getattr(rec, key) is not None:
@@ -159,18 +165,16 @@ def _train(E, U, W, p, y, cdf, tokens, opt, tp, rec, m, v, t0):
             rec.sharpness[r] = sharpness(E, None, None, U, state["W"], p, y, 0, 0, 0.0, 0)
         return loss
 
-    def step(t):
-        toks, w = _batch(tp, tokens, cdf, p, t)
+    def step(t, toks, w, lr):
         loss, _, h, Eb = _forward_backward(E, U, state["W"], toks, w, y, ln)
         if not np.isfinite(loss):
             return False
-        lr = ref.lr_at(opt, tp.start_step + t)
         state["W"] = ref.optimizer_step(opt, lr, Eb.T @ h, state["W"], state)
         for name in ("W", "m", "v"):
             state[name] = ref.held(state[name], W.dtype)
         return True
 
-    status, done, r = ref.drive(tp.steps, rec.at, record, step)
+    status, done, r = ref.drive(tp.steps, rec.at, record, step, _batches(tp, tokens, cdf, p, opt))
     W[...] = state["W"]
     for name, arr in (("m", m), ("v", v)):
         if arr is not None and state[name] is not None:
@@ -239,12 +243,10 @@ def _train_dual(E, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A, mA, mZ, c, fres
             rec.sharpness[r] = sharpness(E, None, None, U, W(), p, y, 0, 0, 0.0, 0)
         return loss
 
-    def step(t):
-        toks, w = _batch(tp, tokens, cdf, p, t)
+    def step(t, toks, w, lr):
         loss, _, G = residual(toks, w)
         if not np.isfinite(loss):
             return False
-        lr = ref.lr_at(opt, tp.start_step + t)
         decay = 1.0 - lr * opt.weight_decay
         full = np.zeros_like(st["A"])
         np.add.at(full, slice(None) if toks is None else toks, G)
@@ -257,7 +259,7 @@ def _train_dual(E, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A, mA, mZ, c, fres
             st[name] = ref.held(st[name], Z.dtype)
         return True
 
-    status, done, r = ref.drive(tp.steps, rec.at, record, step)
+    status, done, r = ref.drive(tp.steps, rec.at, record, step, _batches(tp, tokens, cdf, p, opt))
     Z[...], A[...] = st["Z"], st["A"]
     if mA is not None:
         mA[...], mZ[...] = st["mA"], st["mZ"]
@@ -304,19 +306,17 @@ def train_projected(E, U, V, p, y, cdf, tokens, opt, tp, rec):
             _store(rec, r, loss, float(p[margins > 0].sum()), margins)
             return loss
 
-        def step(t):
-            toks, w = _batch(tp, tokens, cdf, p, t)
+        def step(t, toks, w, lr):
             Eb, yb = (E, y) if toks is None else (E[toks], y[toks])
             loss, _, G = _residual(Eb @ st["V"], yb, None, w)
             if not np.isfinite(loss):
                 return False
-            lr = ref.lr_at(opt, tp.start_step + t)
             g = (Eb.T @ G) @ U
             s = np.sign(g) if opt.kind == 2 else g / (np.abs(g) + opt.eps)
             st["V"] = (1.0 - lr * opt.weight_decay) * st["V"] - lr * s @ U.T
             return True
 
-        status, done, r = ref.drive(tp.steps, rec.at, record, step)
+        status, done, r = ref.drive(tp.steps, rec.at, record, step, _batches(tp, tokens, cdf, p, opt))
     V[...] = st["V"]
     return status, done, r
 
@@ -367,8 +367,7 @@ def _train_model(kind, E, U, W, p, y, cdf, tokens, opt, tp, rec):
             rec.W[r] = P["W"]
         return loss
 
-    def step(t):
-        toks, w = _batch(tp, tokens, cdf, p, t)
+    def step(t, toks, w, _lr):  # the models' rates are their own (lrs)
         loss, _, g = _model_pass(kind, P["E"], P["U"], P["W"], toks, w, y, tp.layernorm, True)
         if not np.isfinite(loss):
             return False
@@ -379,7 +378,7 @@ def _train_model(kind, E, U, W, p, y, cdf, tokens, opt, tp, rec):
                 P[name] = update(P[name], g[name], lrs[name])
         return True
 
-    status, done, r = ref.drive(tp.steps, rec.at, record, step)
+    status, done, r = ref.drive(tp.steps, rec.at, record, step, _batches(tp, tokens, cdf, p))
     E[...], U[...] = P["E"], P["U"]
     if W is not None:
         W[...] = P["W"]

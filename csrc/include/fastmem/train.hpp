@@ -78,9 +78,10 @@ struct BatchSource {
   const double* cdf;
   const std::int64_t* given;  // steps x b, or null
   CounterRng rng;
-  BatchAggregator agg;
-  std::vector<std::int64_t> draws;
-  std::vector<T> full_weights;
+  BatchAggregator agg, agg_ahead;
+  std::vector<std::int64_t> draws, current, ahead;  // the tokens drawn ahead (peek) and handed out
+  std::vector<T> full_weights, ahead_weights;
+  index_t ahead_t = -1;  // the step peek() drew, or -1
 
   BatchSource(index_t N_, index_t b_, const double* p, const double* cdf_, const std::int64_t* given_,
               std::uint64_t seed)
@@ -91,9 +92,33 @@ struct BatchSource {
       for (index_t x = 0; x < N; ++x) full_weights.push_back(static_cast<T>(p[x]));
   }
 
-  // Step t of this call (global step gt): sets tokens (null: all N in order) and
-  // weights, returns the number of rows.
+  // Step t of this call (global step gt): sets tokens (null: all N in order) and weights,
+  // returns the number of rows. The tokens stay valid until the next call of next().
   index_t next(index_t t, index_t gt, const std::int64_t*& tokens, std::vector<T>& weights) {
+    if (t == ahead_t) {  // drawn ahead by peek()
+      ahead_t = -1;
+      current.swap(ahead);
+      weights.swap(ahead_weights);
+      tokens = current.data();
+      return index_t(current.size());
+    }
+    return draw(t, gt, agg, tokens, weights);
+  }
+
+  // Step t's batch ahead of its step, for a step that reads the next batch's rows early: its
+  // tokens (a full batch as the list 0..N-1) and weights; next(t) then hands out the same.
+  index_t peek(index_t t, index_t gt, const std::int64_t*& tokens) {
+    const std::int64_t* drawn;
+    const index_t rows = draw(t, gt, agg_ahead, drawn, ahead_weights);
+    ahead.resize(std::size_t(rows));
+    for (index_t r = 0; r < rows; ++r) ahead[r] = token_at(drawn, r);
+    ahead_t = t;
+    tokens = ahead.data();
+    return rows;
+  }
+
+ private:
+  index_t draw(index_t t, index_t gt, BatchAggregator& into, const std::int64_t*& tokens, std::vector<T>& weights) {
     if (b == 0) {
       tokens = nullptr;
       weights = full_weights;
@@ -105,10 +130,22 @@ struct BatchSource {
       const std::uint64_t base = std::uint64_t(gt) * std::uint64_t(b);
       for (index_t i = 0; i < b; ++i) draws[i] = sample_index(cdf, N, rng.uniform(base + i));
     }
-    const index_t rows = agg.aggregate(draws.data(), b, N, weights);
-    tokens = agg.distinct.data();
+    const index_t rows = into.aggregate(draws.data(), b, N, weights);
+    tokens = into.distinct.data();
     return rows;
   }
+};
+
+// Step t's batch, as the driver hands it to a trainer's step: the step of this call and its
+// global step, the schedule's learning rate there, the distinct tokens (null: all N, in order)
+// and their weights (count / b, or p for the full batch).
+template <class T>
+struct Batch {
+  index_t t = 0, gt = 0;
+  double lr = 0.0;
+  const std::int64_t* tokens = nullptr;
+  index_t rows = 0;
+  std::vector<T> weights;
 };
 
 // The loop every representation and model shares: record at t, then take step t, until
@@ -142,6 +179,38 @@ template <class RecordFn, class StepFn>
 TrainResult drive(index_t steps, RecordFn&& record, StepFn&& step) {
   StopPoller poller;
   return drive(steps, record, step, poller);
+}
+
+// drive() for the trainers of the memory: the driver walks the records due at t (record(r, res)
+// writes record r and flags a non-finite loss in res), draws step t's batch, computes its
+// learning rate, and hands them to step(batch).
+template <class T, class RecordFn, class StepFn>
+TrainResult drive(index_t steps, const TrainRecord<T>& rec, const OptimizerParams& opt, index_t start_step,
+                  BatchSource<T>& batches, RecordFn&& record, StepFn&& step) {
+  Batch<T> batch;
+  return drive(
+      steps,
+      [&](index_t t, TrainResult& res) {
+        for (; rec.due(res.records, t); ++res.records) record(res.records, res);
+      },
+      [&](index_t t) {
+        batch.t = t;
+        batch.gt = start_step + t;
+        batch.lr = lr_at(opt, batch.gt);
+        batch.rows = batches.next(t, batch.gt, batch.tokens, batch.weights);
+        return step(batch);
+      });
+}
+
+// The population metrics of a representation that scores all N tokens itself: its loss and the
+// accuracy, the mass of p on tokens with a positive margin (margins: N).
+template <class T>
+PopulationMetrics scored_metrics(double loss, const T* margins, const double* p, index_t N) {
+  PopulationMetrics pm;
+  pm.loss = loss;
+  for (index_t x = 0; x < N; ++x)
+    if (margins[x] > T(0)) pm.accuracy += p[x];
+  return pm;
 }
 
 // Writes the loss / accuracy / margins of a record and flags a non-finite loss.
@@ -179,8 +248,7 @@ TrainResult train(const Problem<T>& prob, MatrixView<T> W_io, const double* cdf,
   HvpWorkspace<T> hvp_ws;
   BatchSource<T> batches(N, tp.batch_size, prob.p, cdf, given_tokens, tp.seed);
   const bool fused_update = plain_sgd || normalized;
-  std::vector<T> ebt, ent, q_next, w_next;
-  std::vector<std::int64_t> tokens_next;
+  std::vector<T> ebt, ent, q_next;
   // pass.q holds this step's read-outs and ent its E columns, taken by the last update
   bool read_ahead = false;
   // The fused pass works on whole aligned vectors: W is trained in a padded copy, and H and
@@ -192,31 +260,22 @@ TrainResult train(const Problem<T>& prob, MatrixView<T> W_io, const double* cdf,
   std::vector<T> grad_buf(fused_update ? 0 : std::size_t(d * d));
   MatrixView<T> grad(grad_buf.data(), fused_update ? 0 : d, fused_update ? 0 : d);
 
-  auto record = [&](index_t t, TrainResult& res) {
-    for (; rec.due(res.records, t); ++res.records) {
-      const index_t r = res.records;
-      if (rec.loss || rec.accuracy || rec.margins)
-        store_metrics(rec, r,
-                      population_metrics(prob, MatrixView<const T>(W), rec.margins ? rec.margins + r * N : nullptr,
-                                         MatrixView<T>(), metrics_ws),
-                      res);
-      store_memory(prob, MatrixView<const T>(W), rec, r, tp, hvp_ws);
-    }
+  auto record = [&](index_t r, TrainResult& res) {
+    if (rec.loss || rec.accuracy || rec.margins)
+      store_metrics(rec, r,
+                    population_metrics(prob, MatrixView<const T>(W), rec.margins ? rec.margins + r * N : nullptr,
+                                       MatrixView<T>(), metrics_ws),
+                    res);
+    store_memory(prob, MatrixView<const T>(W), rec, r, tp, hvp_ws);
   };
 
-  auto step = [&](index_t t) {
-    const index_t gt = tp.start_step + t;
-    const double lr = lr_at(opt, gt);
-    const std::int64_t* tokens;
-    index_t rows;
-    if (read_ahead) {
-      tokens = tokens_next.data();
-      rows = index_t(tokens_next.size());
-      pass.w.swap(w_next);
-      pass.q.swap(q_next);
-    } else {
-      rows = batches.next(t, gt, tokens, pass.w);
-    }
+  auto step = [&](Batch<T>& batch) {
+    const index_t t = batch.t;
+    const double lr = batch.lr;
+    const std::int64_t* tokens = batch.tokens;
+    const index_t rows = batch.rows;
+    pass.w.swap(batch.weights);
+    if (read_ahead) pass.q.swap(q_next);
     const double loss = forward_backward(prob, MatrixView<const T>(W), tokens, rows, pass, nullptr, read_ahead);
     const bool columns_ready = read_ahead;
     read_ahead = false;
@@ -231,12 +290,10 @@ TrainResult train(const Problem<T>& prob, MatrixView<T> W_io, const double* cdf,
           columns_ready ? MatrixView<const T>(ebt.data(), d, rows) : gather_columns(prob.emb.E, tokens, rows, ebt);
       MatrixView<const T> EnT;
       MatrixView<T> Qn;
-      if (t + 1 < tp.steps) {  // tokens point into the batch source or tokens_next: EbT is taken above
+      if (t + 1 < tp.steps) {  // the next batch's rows, read by this pass (the driver hands it out next)
         const std::int64_t* tn;
-        const index_t rn = batches.next(t + 1, gt + 1, tn, w_next);
-        tokens_next.resize(std::size_t(rn));
-        for (index_t r = 0; r < rn; ++r) tokens_next[r] = token_at(tn, r);
-        EnT = gather_columns(prob.emb.E, tokens_next.data(), rn, ent);
+        const index_t rn = batches.peek(t + 1, batch.gt + 1, tn);
+        EnT = gather_columns(prob.emb.E, tn, rn, ent);
         q_padded.reset(rn, d);
         Qn = q_padded.padded_view();
         read_ahead = true;
@@ -256,7 +313,7 @@ TrainResult train(const Problem<T>& prob, MatrixView<T> W_io, const double* cdf,
     }
     return true;
   };
-  const TrainResult res = drive(tp.steps, record, step);
+  const TrainResult res = drive(tp.steps, rec, opt, tp.start_step, batches, record, step);
   if (W_padded) W_padded->copy_to(W_io);
   return res;
 }
@@ -321,7 +378,7 @@ TrainResult train_dual(const Problem<T>& prob, MatrixView<const T> W0, DualState
   } else {
     KU = make_gram(prob.U, ku, ku_diag);
   }
-  std::vector<T> g, p_weights, margin_buf, au, weights, w_buf;
+  std::vector<T> g, p_weights, margin_buf, au, w_buf;
   bool w0_zero = true;
   if (st.fresh) {
     c = 1.0;
@@ -377,30 +434,23 @@ TrainResult train_dual(const Problem<T>& prob, MatrixView<const T> W0, DualState
     return loss;
   };
 
-  auto record = [&](index_t t, TrainResult& res) {
-    for (; rec.due(res.records, t); ++res.records) {
-      const index_t r = res.records;
-      if (rec.loss || rec.accuracy || rec.margins) {
-        T* m = rec.margins ? rec.margins + r * N : (margin_buf.resize(std::size_t(N)), margin_buf.data());
-        PopulationMetrics pm;
-        pm.loss = residual(nullptr, N, p_weights.data(), MatrixView<T>(), m);
-        for (index_t x = 0; x < N; ++x)
-          if (m[x] > T(0)) pm.accuracy += prob.p[x];
-        store_metrics(rec, r, pm, res);
-      }
-      if (rec.W || rec.sharpness) rebuild();
-      store_memory(prob, MatrixView<const T>(W), rec, r, tp, hvp_ws);
+  auto record = [&](index_t r, TrainResult& res) {
+    if (rec.loss || rec.accuracy || rec.margins) {
+      T* m = rec.margins ? rec.margins + r * N : (margin_buf.resize(std::size_t(N)), margin_buf.data());
+      const double loss = residual(nullptr, N, p_weights.data(), MatrixView<T>(), m);
+      store_metrics(rec, r, scored_metrics(loss, m, prob.p, N), res);
     }
+    if (rec.W || rec.sharpness) rebuild();
+    store_memory(prob, MatrixView<const T>(W), rec, r, tp, hvp_ws);
   };
 
-  auto step = [&](index_t t) {
-    const index_t gt = tp.start_step + t;
-    const double lr = lr_at(opt, gt);
-    const std::int64_t* tokens;
-    const index_t rows = batches.next(t, gt, tokens, weights);
+  auto step = [&](Batch<T>& batch) {
+    const double lr = batch.lr;
+    const std::int64_t* tokens = batch.tokens;
+    const index_t rows = batch.rows;
     g.resize(std::size_t(rows * R));
     MatrixView<T> G(g.data(), rows, R);
-    const double loss = residual(tokens, rows, weights.data(), G, nullptr);
+    const double loss = residual(tokens, rows, batch.weights.data(), G, nullptr);
     if (!std::isfinite(loss)) return false;
     const T decay = static_cast<T>(1.0 - lr * opt.weight_decay), lrt = static_cast<T>(lr);
     if (decay != T(1)) {
@@ -425,7 +475,7 @@ TrainResult train_dual(const Problem<T>& prob, MatrixView<const T> W0, DualState
     }
     return true;
   };
-  return drive(tp.steps, record, step);
+  return drive(tp.steps, rec, opt, tp.start_step, batches, record, step);
 }
 
 }  // namespace fastmem

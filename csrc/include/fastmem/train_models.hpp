@@ -273,21 +273,15 @@ TrainResult train_model(const ModelProblem<T>& pr, const ModelOptimizer& opt, co
     prw.W = W_padded->view();
   }
   ModelWorkspace<T> ws, metrics_ws;
-  std::vector<T> weights, p_weights, margin_buf(static_cast<std::size_t>(N));
+  std::vector<T> p_weights, margin_buf(static_cast<std::size_t>(N));
   for (index_t x = 0; x < N; ++x) p_weights.push_back(static_cast<T>(pr.p[x]));
 
-  auto record = [&](index_t t, TrainResult& res) {
-    for (; rec.due(res.records, t); ++res.records) {
-      const index_t r = res.records;
-      T* m = rec.margins ? rec.margins + r * N : margin_buf.data();
-      PopulationMetrics pm;
-      pm.loss = model_pass(prw, nullptr, N, p_weights.data(), m, false, metrics_ws);
-      for (index_t x = 0; x < N; ++x)
-        if (m[x] > T(0)) pm.accuracy += pr.p[x];
-      store_metrics(rec, r, pm, res);
-      if (rec.W && pr.kind == ModelKind::Learnable)
-        for (index_t i = 0; i < d; ++i) std::copy(prw.W.row(i), prw.W.row(i) + d, rec.W + (r * d + i) * d);
-    }
+  auto record = [&](index_t r, TrainResult& res) {
+    T* m = rec.margins ? rec.margins + r * N : margin_buf.data();
+    store_metrics(rec, r, scored_metrics(model_pass(prw, nullptr, N, p_weights.data(), m, false, metrics_ws), m, pr.p, N),
+                  res);
+    if (rec.W && pr.kind == ModelKind::Learnable)
+      for (index_t i = 0; i < d; ++i) std::copy(prw.W.row(i), prw.W.row(i) + d, rec.W + (r * d + i) * d);
   };
   // A learnable minibatch step with W beyond L2 (1 MiB or more) reads the next batch's rows
   // out of W in its W pass, and its batch rows of E take their step there (learnable_W_pass):
@@ -295,23 +289,12 @@ TrainResult train_model(const ModelProblem<T>& pr, const ModelOptimizer& opt, co
   // Where W stays in cache, and for a full batch, the read-out is a GEMM.
   constexpr index_t kMaxReadAhead = 16;
   const bool fuse_read = learnable && tp.batch_size > 0 && d * d * index_t(sizeof(T)) >= (index_t(1) << 20);
-  std::vector<std::int64_t> current, next;
-  std::vector<T> w_next;
   simd::PaddedRows<T> q_padded;
   bool read_ahead = false;
-  auto step = [&](index_t t) {
-    const index_t gt = tp.start_step + t;
-    const std::int64_t* tokens;
-    index_t rows;
-    if (read_ahead) {
-      current.swap(next);
-      weights.swap(w_next);
-      tokens = current.data();
-      rows = index_t(current.size());
-    } else {
-      rows = batches.next(t, gt, tokens, weights);
-    }
-    const double loss = model_pass<T>(prw, tokens, rows, weights.data(), nullptr, true, ws,
+  auto step = [&](Batch<T>& batch) {
+    const std::int64_t* tokens = batch.tokens;  // valid through the step (peek draws apart)
+    const index_t rows = batch.rows;
+    const double loss = model_pass<T>(prw, tokens, rows, batch.weights.data(), nullptr, true, ws,
                                       read_ahead ? MatrixView<const T>(q_padded.view()) : MatrixView<const T>());
     read_ahead = false;
     if (!std::isfinite(loss)) return false;
@@ -320,15 +303,12 @@ TrainResult train_model(const ModelProblem<T>& pr, const ModelOptimizer& opt, co
       LearnableEmbeddings<T> emb;
       MatrixView<T> Q;
       if (fuse_read) {
-        if (tokens != current.data()) current.assign(tokens, tokens + rows);  // the source's buffer is reused
-        tokens = current.data();
         emb = {pr.E, tokens, nullptr, static_cast<T>(opt.lr_E)};
-        if (t + 1 < tp.steps) {
+        if (batch.t + 1 < tp.steps) {
           const std::int64_t* tn;
-          const index_t rn = batches.next(t + 1, gt + 1, tn, w_next);
+          const index_t rn = batches.peek(batch.t + 1, batch.gt + 1, tn);
           if (rn <= kMaxReadAhead) {
-            next.assign(tn, tn + rn);
-            emb.next = next.data();
+            emb.next = tn;
             q_padded.reset(rn, d);
             Q = q_padded.view();
             read_ahead = true;
@@ -346,7 +326,9 @@ TrainResult train_model(const ModelProblem<T>& pr, const ModelOptimizer& opt, co
       detail::model_update(pr.E.row(token_at(tokens, i)), ws.dE.data() + i * d, d, opt.lr_E, opt);
     return true;
   };
-  const TrainResult res = drive(tp.steps, record, step);
+  // the models' learning rates are their own (ModelOptimizer: one per matrix, constant); the
+  // driver's schedule is left at its default and unread
+  const TrainResult res = drive(tp.steps, rec, OptimizerParams{}, tp.start_step, batches, record, step);
   if (W_padded) W_padded->copy_to(pr.W);
   return res;
 }

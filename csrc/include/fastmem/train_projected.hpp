@@ -100,7 +100,7 @@ TrainResult train_projected(const Problem<T>& prob, MatrixView<T> V, const doubl
   FASTMEM_CHECK_ARG(V.rows == d && V.cols == M, "V must be d x M");
   const MatrixView<const T> E = prob.emb.E;
   BatchSource<T> batches(N, tp.batch_size, prob.p, cdf, given_tokens, tp.seed);
-  std::vector<T> z, g, egt(std::size_t(M * d)), vt(std::size_t(M * d)), weights, p_weights, margin_buf;
+  std::vector<T> z, g, egt(std::size_t(M * d)), vt(std::size_t(M * d)), p_weights, margin_buf;
   std::vector<std::int64_t> yb;
   for (index_t x = 0; x < N; ++x) p_weights.push_back(static_cast<T>(prob.p[x]));
   const MatrixView<T> EGT(egt.data(), M, d), VT(vt.data(), M, d);  // EG and V transposed: rows of d
@@ -126,25 +126,17 @@ TrainResult train_projected(const Problem<T>& prob, MatrixView<T> V, const doubl
                             grad ? MatrixView<T>(g.data(), rows, M) : MatrixView<T>(), margins);
   };
 
-  auto record = [&](index_t t, TrainResult& res) {
-    for (; rec.due(res.records, t); ++res.records) {
-      const index_t r = res.records;
-      if (!(rec.loss || rec.accuracy || rec.margins)) continue;
-      T* m = rec.margins ? rec.margins + r * N : (margin_buf.resize(std::size_t(N)), margin_buf.data());
-      PopulationMetrics pm;
-      pm.loss = residual(nullptr, N, p_weights.data(), false, m);
-      for (index_t x = 0; x < N; ++x)
-        if (m[x] > T(0)) pm.accuracy += prob.p[x];
-      store_metrics(rec, r, pm, res);
-    }
+  auto record = [&](index_t r, TrainResult& res) {
+    if (!(rec.loss || rec.accuracy || rec.margins)) return;
+    T* m = rec.margins ? rec.margins + r * N : (margin_buf.resize(std::size_t(N)), margin_buf.data());
+    store_metrics(rec, r, scored_metrics(residual(nullptr, N, p_weights.data(), false, m), m, prob.p, N), res);
   };
 
-  auto step = [&](index_t t) {
-    const index_t gt = tp.start_step + t;
-    const double lr = lr_at(opt, gt);
-    const std::int64_t* tokens;
-    const index_t rows = batches.next(t, gt, tokens, weights);
-    if (!std::isfinite(residual(tokens, rows, weights.data(), true, nullptr))) return false;
+  auto step = [&](Batch<T>& batch) {
+    const double lr = batch.lr;
+    const std::int64_t* tokens = batch.tokens;
+    const index_t rows = batch.rows;
+    if (!std::isfinite(residual(tokens, rows, batch.weights.data(), true, nullptr))) return false;
     std::fill(egt.begin(), egt.end(), T(0));
     for (index_t m = 0; m < M; ++m)  // EG^T = Delta^T E_b
       for (index_t r = 0; r < rows; ++r) {
@@ -157,7 +149,7 @@ TrainResult train_projected(const Problem<T>& prob, MatrixView<T> V, const doubl
                      static_cast<T>(1.0 - lr * opt.weight_decay), !normalized_adam);
     return true;
   };
-  const TrainResult res = drive(tp.steps, record, step);
+  const TrainResult res = drive(tp.steps, rec, opt, tp.start_step, batches, record, step);
   for (index_t i = 0; i < d; ++i)
     for (index_t m = 0; m < M; ++m) V(i, m) = VT(m, i);
   return res;
