@@ -83,11 +83,13 @@ class RecordSpec(NamedTuple):
 
 
 class ModelOptimizerSpec(NamedTuple):
-    """The models' optimizer (train_models.hpp: ModelOptimizer): SGD, or Adam with betas (0, 0), with
-    one learning rate per matrix."""
+    """The models' optimizer (train_models.hpp: ModelOptimizer): ``opt`` SGD, or Adam with betas
+    (0, 0), at the rate of W and a constant schedule; E and U have a learning rate of their own."""
 
-    normalized: bool
-    eps: float
-    lr_E: float
-    lr_U: float
-    lr_W: float
+    opt: OptimizerSpec
+    lr_E: float = 1.0
+    lr_U: float = 1.0
+
+    @property
+    def normalized(self):
+        return self.opt.normalized

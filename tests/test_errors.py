@@ -125,3 +125,17 @@ def test_compiled_core_range_checks_tokens_itself(x, y):
     with pytest.raises(fm.InvalidArgumentError, match="out of"):
         core.sgd_step(W, E, None, None, U, np.array(x, dtype=np.int64), np.array(y, dtype=np.int64), 0.1, False, W)
     assert not W.any()
+
+
+@pytest.mark.parametrize("opt, match", [
+    (fm.SGD(lr=1.0, momentum=0.9), "plain SGD"),
+    (fm.Adam(lr=0.1), "betas=\\(0, 0\\)"),
+    (fm.SignGD(lr=0.1), "fm.SGD or fm.Adam"),
+    (fm.SGD(lr=1.0, schedule=fm.Cosine(10)), "a constant learning rate"),  # not run silently at lr
+])
+def test_the_models_name_an_optimizer_they_do_not_run(opt, match):
+    from fastmem.memory.models import train_model
+
+    E, U = fm.embeddings.gaussian(6, 3, 4, seed=0)
+    with pytest.raises(fm.InvalidArgumentError, match=f"optimizer: expected .*{match}"):
+        train_model("learnable", E, U, fm.Task.zipf(6, 3), opt, 2, backend="numpy")

@@ -34,11 +34,9 @@ inline OptimizerParams optimizer_params(const py::object& o) {
 // ModelOptimizerSpec -> ModelOptimizer
 inline ModelOptimizer model_optimizer(const py::object& o) {
   ModelOptimizer mo;
-  mo.normalized = o.attr("normalized").cast<bool>();
-  mo.lr_W = o.attr("lr_W").cast<double>();
+  mo.opt = optimizer_params(o.attr("opt"));
   mo.lr_E = o.attr("lr_E").cast<double>();
   mo.lr_U = o.attr("lr_U").cast<double>();
-  mo.eps = o.attr("eps").cast<double>();
   return mo;
 }
 

@@ -355,10 +355,10 @@ def train_model(kind, E, U, W, p, y, cdf, tokens, opt, tp, rec):
 
 def _train_model(kind, E, U, W, p, y, cdf, tokens, opt, tp, rec):
     P = {"E": E.astype(ref.F), "U": U.astype(ref.F), "W": None if W is None else W.astype(ref.F)}
-    lrs = {"E": opt.lr_E, "U": opt.lr_U, "W": opt.lr_W}
+    lrs = {"E": opt.lr_E, "U": opt.lr_U, "W": opt.opt.lr}
 
     def update(x, g, lr):
-        return x - lr * (g / (np.abs(g) + opt.eps) if opt.normalized else g)
+        return x - lr * (g / (np.abs(g) + opt.opt.eps) if opt.normalized else g)
 
     def record(r):
         loss, margins, _ = _model_pass(kind, P["E"], P["U"], P["W"], None, p, y, tp.layernorm, False)

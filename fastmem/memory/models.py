@@ -11,8 +11,8 @@ import numpy as np
 
 from .. import _validate as v
 from ..backends import get
-from ..specs import ModelKind, ModelOptimizerSpec, RecordSpec, TrainSpec
-from .optim import SGD, Adam
+from ..specs import ModelKind, ModelOptimizerSpec, RecordSpec, ScheduleKind, TrainSpec
+from .optim import SGD, Adam, spec_of
 from .train import Record
 
 KINDS = {"learnable": ModelKind.LEARNABLE, "exponential": ModelKind.EXPONENTIAL}
@@ -56,9 +56,12 @@ def train_model(model, E, U, task, optimizer, steps, batch_size=None, seed=0, W=
         v.fail("optimizer", "Adam with betas=(0, 0) for this model", repr(optimizer))
     if not isinstance(optimizer, (SGD, Adam)):
         v.fail("optimizer", "fm.SGD or fm.Adam(betas=(0, 0))", repr(optimizer))
+    spec = spec_of(optimizer)
+    if spec.schedule != ScheduleKind.CONSTANT:
+        v.fail("optimizer", "a constant learning rate for this model (it runs no schedule)", repr(optimizer))
     scale = {"E": 1.0, "U": 1.0, "W": 1.0, **(lr_scale or {})}
-    opt = ModelOptimizerSpec(isinstance(optimizer, Adam), getattr(optimizer, "eps", 1e-8),
-                             *(float(optimizer.lr * scale[k]) for k in ("E", "U", "W")))
+    lr = {k: float(optimizer.lr * scale[k]) for k in ("E", "U", "W")}
+    opt = ModelOptimizerSpec(spec._replace(lr=lr["W"]), lr["E"], lr["U"])
     steps = v.positive_int("steps", steps, allow_zero=True)
     if tokens is not None:
         tokens = np.asarray(tokens)

@@ -39,9 +39,14 @@ struct LearnableEmbeddings {
   T lr = T(0);
 };
 
+// The models' optimizer: plain SGD, or Adam with betas (0, 0) (the stateless g / (|g| + eps)),
+// as the OptimizerParams every system uses (its lr the rate of W, a constant schedule), with a
+// learning rate of their own for E and for U.
 struct ModelOptimizer {
-  bool normalized = false;  // false: SGD
-  double lr_W = 1.0, lr_E = 1.0, lr_U = 1.0, eps = 1e-8;
+  OptimizerParams opt;
+  double lr_E = 1.0, lr_U = 1.0;
+
+  bool normalized() const { return opt.is_normalized_adam(); }
 };
 
 template <class T>
@@ -246,8 +251,8 @@ void learnable_W_pass(MatrixView<T> W, MatrixView<const T> EbT, MatrixView<const
 namespace detail {
 template <class T>
 void model_update(T* param, const T* grad, index_t n, double lr, const ModelOptimizer& o) {
-  const T l = static_cast<T>(lr), eps = static_cast<T>(o.eps);
-  if (o.normalized)
+  const T l = static_cast<T>(lr), eps = static_cast<T>(o.opt.eps);
+  if (o.normalized())
     for (index_t i = 0; i < n; ++i) param[i] = model_step<T, true>(param[i], grad[i], l, eps);
   else
     for (index_t i = 0; i < n; ++i) param[i] = model_step<T, false>(param[i], grad[i], l, eps);
@@ -318,17 +323,16 @@ TrainResult train_model(const ModelProblem<T>& pr, const ModelOptimizer& opt, co
       dh_padded.assign(MatrixView<const T>(ws.dh.data(), rows, d));
       ws.dE.resize(std::size_t(rows * d));
       learnable_W_pass(prw.W, gather_columns(MatrixView<const T>(pr.E), tokens, rows, ebt),
-                       MatrixView<const T>(dh_padded.view()), static_cast<T>(opt.lr_W), static_cast<T>(opt.eps),
-                       opt.normalized, MatrixView<T>(ws.dE.data(), rows, d), emb, Q);
+                       MatrixView<const T>(dh_padded.view()), static_cast<T>(opt.opt.lr), static_cast<T>(opt.opt.eps),
+                       opt.normalized(), MatrixView<T>(ws.dE.data(), rows, d), emb, Q);
       if (fuse_read) return true;  // q_padded holds the next read-outs
     }
     for (index_t i = 0; i < rows; ++i)  // merged draws: each row of E once
       detail::model_update(pr.E.row(token_at(tokens, i)), ws.dE.data() + i * d, d, opt.lr_E, opt);
     return true;
   };
-  // the models' learning rates are their own (ModelOptimizer: one per matrix, constant); the
-  // driver's schedule is left at its default and unread
-  const TrainResult res = drive(tp.steps, rec, OptimizerParams{}, tp.start_step, batches, record, step);
+  // the rates are constant (ModelOptimizer): the step reads them, not the batch's lr
+  const TrainResult res = drive(tp.steps, rec, opt.opt, tp.start_step, batches, record, step);
   if (W_padded) W_padded->copy_to(pr.W);
   return res;
 }
