@@ -126,10 +126,9 @@ def _batch(tp, tokens, cdf, p, t):
     return _aggregate(draws)
 
 
-def _batches(tp, tokens, cdf, p, opt=None):
-    """The driver's batch(t): step t's tokens, weights and learning rate (None without a schedule:
-    the models' rates are their own)."""
-    return lambda t: (*_batch(tp, tokens, cdf, p, t), None if opt is None else ref.lr_at(opt, tp.start_step + t))
+def _batches(tp, tokens, cdf, p, opt):
+    """The driver's batch(t): step t's tokens, weights and learning rate."""
+    return lambda t: (*_batch(tp, tokens, cdf, p, t), ref.lr_at(opt, tp.start_step + t))
 
 
 def _store(rec, r, loss, acc, margins):
@@ -355,7 +354,7 @@ def train_model(kind, E, U, W, p, y, cdf, tokens, opt, tp, rec):
 
 def _train_model(kind, E, U, W, p, y, cdf, tokens, opt, tp, rec):
     P = {"E": E.astype(ref.F), "U": U.astype(ref.F), "W": None if W is None else W.astype(ref.F)}
-    lrs = {"E": opt.lr_E, "U": opt.lr_U, "W": opt.opt.lr}
+    lrs = {"E": opt.lr_E, "U": opt.lr_U}
 
     def update(x, g, lr):
         return x - lr * (g / (np.abs(g) + opt.opt.eps) if opt.normalized else g)
@@ -367,7 +366,7 @@ def _train_model(kind, E, U, W, p, y, cdf, tokens, opt, tp, rec):
             rec.W[r] = P["W"]
         return loss
 
-    def step(t, toks, w, _lr):  # the models' rates are their own (lrs)
+    def step(t, toks, w, lr):  # lr: W's (a constant schedule); E and U have their own
         loss, _, g = _model_pass(kind, P["E"], P["U"], P["W"], toks, w, y, tp.layernorm, True)
         if not np.isfinite(loss):
             return False
@@ -375,10 +374,10 @@ def _train_model(kind, E, U, W, p, y, cdf, tokens, opt, tp, rec):
         P["E"][rows] = update(P["E"][rows], g["E"], lrs["E"])
         for name in ("U", "W"):
             if name in g:
-                P[name] = update(P[name], g[name], lrs[name])
+                P[name] = update(P[name], g[name], lr if name == "W" else lrs[name])
         return True
 
-    status, done, r = ref.drive(tp.steps, rec.at, record, step, _batches(tp, tokens, cdf, p))
+    status, done, r = ref.drive(tp.steps, rec.at, record, step, _batches(tp, tokens, cdf, p, opt.opt))
     E[...], U[...] = P["E"], P["U"]
     if W is not None:
         W[...] = P["W"]
