@@ -8,7 +8,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import cmd, memory, pathcond, scansnap, sweeps
+from . import cmd, memory, pathcond, scansnap, sweeps, transformer
 from .backends import backends, get_num_threads, set_num_threads, use_backend
 from .errors import BackendUnavailableError, CudaError, InvalidArgumentError, InvalidStateError, PerformanceWarning
 from .memory import (SGD, Adam, AssociativeMemory, Constant, Cosine, ManyRuns, Record, Run, SignGD, StepDecay, Task,
@@ -40,5 +40,5 @@ __all__ = [
     "Run", "SGD", "SignGD", "StepDecay", "Task", "TrainState", "accuracy", "backends", "cmd", "embeddings",
     "evaluate", "get_num_threads", "gradient", "kernels", "load_sweep", "loss", "margins", "memory", "models",
     "pathcond", "population_metrics", "representations", "scansnap", "set_num_threads", "sgd_step", "sharpness", "step", "sweep",
-    "sweeps", "train", "train_many", "use_backend",
+    "sweeps", "train", "train_many", "transformer", "use_backend",
 ]

@@ -8,6 +8,7 @@
 #include "kernels/dual_step.hpp"
 #include "kernels/embedding.hpp"
 #include "kernels/forward_backward.hpp"
+#include "kernels/induction_heads.hpp"
 #include "kernels/layernorm.hpp"
 #include "kernels/metrics.hpp"
 #include "kernels/normalized_rank_update.hpp"

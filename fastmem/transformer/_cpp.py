@@ -1,0 +1,15 @@
+"""The induction-head kernels on the compiled C++ backend (csrc/python/bind_transformer.cpp)."""
+
+from .. import _core
+
+
+def ihead_sample(tables, spec, z, outs):
+    _core.ihead_sample(tables, spec, z, outs)
+
+
+def ihead_rows_forward(weights, z, rows, Hr, A2):
+    _core.ihead_rows_forward(weights, z, rows, Hr, A2)
+
+
+def ihead_loss_grads(weights, z, rows, weight, grads):
+    return _core.ihead_loss_grads(weights, z, rows, weight, grads)
