@@ -165,6 +165,36 @@ inline T softmax_weight(T x) {
   return e < T(1e-30) ? T(0) : e;
 }
 
+// b[0 .. len) = softmax(b + add) in place (add may be null). The reductions are declared to the
+// compiler (omp simd), which may not reorder a float sum by itself and would leave the row's
+// exps scalar.
+template <class T>
+void normalize_causal_row(T* b, const T* add, index_t len) {
+  T mx = -std::numeric_limits<T>::infinity();
+  if (add) {
+#pragma omp simd reduction(max : mx)
+    for (index_t s = 0; s < len; ++s) b[s] += add[s], mx = std::max(mx, b[s]);
+  } else {
+#pragma omp simd reduction(max : mx)
+    for (index_t s = 0; s < len; ++s) mx = std::max(mx, b[s]);
+  }
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (index_t s = 0; s < len; ++s) b[s] = softmax_weight<T>(b[s] - mx), sum += b[s];
+  const T inv = T(1) / sum;
+#pragma omp simd
+  for (index_t s = 0; s < len; ++s) b[s] *= inv;
+}
+
+// sum_s b[s] * db[s] over s < len
+template <class T>
+T row_dot(const T* b, const T* db, index_t len) {
+  T dot = 0;
+#pragma omp simd reduction(+ : dot)
+  for (index_t s = 0; s < len; ++s) dot += b[s] * db[s];
+  return dot;
+}
+
 template <class T>
 MatrixView<T> block(MatrixView<T> A, index_t r0, index_t nr, index_t nc) {
   return {A.ptr + r0 * A.stride, nr, nc, A.stride};
@@ -271,15 +301,11 @@ struct SequencePass {
     for (index_t t = 0; t < s1; ++t) {  // layer-1 attention rows from the table
       const T* ge = G1 + z[t] * m1;
       const T* gp = G1 + (V + t) * m1;
-      T* gg = g.data();
-      for (index_t j = 0; j < m1; ++j) gg[j] = ge[j] + gp[j];
+      T* gg = g.data();  // the token columns of both rows (V), then the position columns as they are
+      for (index_t j = 0; j < V; ++j) gg[j] = ge[j] + gp[j];
       T* b = B1.data() + t * n;
-      T mx = -std::numeric_limits<T>::infinity();
-      for (index_t s = 0; s <= t; ++s) b[s] = gg[z[s]] + gg[V + s], mx = std::max(mx, b[s]);
-      T sum = 0;
-      for (index_t s = 0; s <= t; ++s) b[s] = softmax_weight<T>(b[s] - mx), sum += b[s];
-      const T inv = T(1) / sum;
-      for (index_t s = 0; s <= t; ++s) b[s] *= inv;
+      for (index_t s = 0; s <= t; ++s) b[s] = gg[z[s]] + ge[V + s];
+      normalize_causal_row<T>(b, gp + V, t + 1);
       for (index_t s = t + 1; s < std::min(n, (t / kCausalBlock + 1) * kCausalBlock); ++s) b[s] = 0;
     }
     lower_times<T>(m(B1, s1, n), m(C, s1, d), m(H1, s1, d), T(1));
@@ -290,12 +316,7 @@ struct SequencePass {
     for (index_t i = 0; i < nr; ++i) {
       T* b = B2.data() + i * s1;
       const index_t t = rows[i];
-      T mx = -std::numeric_limits<T>::infinity();
-      for (index_t s = 0; s <= t; ++s) mx = std::max(mx, b[s]);
-      T sum = 0;
-      for (index_t s = 0; s <= t; ++s) b[s] = softmax_weight<T>(b[s] - mx), sum += b[s];
-      const T inv = T(1) / sum;
-      for (index_t s = 0; s <= t; ++s) b[s] *= inv;
+      normalize_causal_row<T>(b, nullptr, t + 1);
       for (index_t s = t + 1; s < s1; ++s) b[s] = 0;
     }
     blas::gemm_serial<T>(false, false, T(1), m(B2, nr, s1), m(H1, s1, d), T(0), m(Mx, nr, d));
@@ -355,8 +376,7 @@ struct SequencePass {
       const T* b = B2.data() + i * s1;
       T* db = dB2.data() + i * s1;
       const index_t t = rows[i];
-      T dot = 0;
-      for (index_t s = 0; s <= t; ++s) dot += b[s] * db[s];
+      const T dot = row_dot(b, db, t + 1);
       for (index_t s = 0; s <= t; ++s) db[s] = b[s] * (db[s] - dot) * inv_sqrt_d;
       for (index_t s = t + 1; s < s1; ++s) db[s] = 0;
     }
@@ -380,8 +400,7 @@ struct SequencePass {
     for (index_t t = 0; t < s1; ++t) {
       const T* b = B1.data() + t * n;
       const T* db = dB1.data() + t * n;
-      T dot = 0;
-      for (index_t s = 0; s <= t; ++s) dot += b[s] * db[s];
+      const T dot = row_dot(b, db, t + 1);
       std::fill(drow.begin(), drow.end(), T(0));
       for (index_t s = 0; s <= t; ++s) {
         const T ds = b[s] * (db[s] - dot);
