@@ -128,3 +128,10 @@ def test_scan_snap_medium_on_a_smaller_grid(tmp_path):
     assert all(c["n_seeds"] == 3 for c in r["cells"])
     assert r["holds"]  # both claims hold on these panels (see the note on 10/20 in BENCHMARKS.md)
     assert all((tmp_path / f).stat().st_size > 0 for f in r["files"])
+
+
+def test_ihead_wo2_at_the_papers_size(tmp_path):
+    r = reproduce("ihead-wo2", tmp_path)
+    assert all((tmp_path / f).stat().st_size > 0 for f in r["files"])
+    assert r["checks"] and r["holds"], r["checks"]
+    assert len(r["loss"]["100"]) == 51

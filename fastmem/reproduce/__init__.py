@@ -3,7 +3,8 @@ Descent* (Cabannes, Simsek, Bietti, ICML 2024), computed by fastmem at run time.
 
 Also ``cmd``: Correlation Mode Decomposition (fastmem.cmd) of a fastmem run, and PathCond's
 ``pathcond-moons`` and ``pathcond-depth`` (fastmem.pathcond; PyTorch and scikit-learn needed), and
-Scan and Snap's ``scan-snap-small`` (Fig. 4) and ``scan-snap-medium`` (Fig. 6; fastmem.scansnap).
+Scan and Snap's ``scan-snap-small`` (Fig. 4) and ``scan-snap-medium`` (Fig. 6; fastmem.scansnap), and the
+paper's own small-transformer study, ``ihead-wo2`` (fastmem.transformer).
 Each writes its figures (PNG and PDF) and NAME.json with its key numbers, the
 phenomenon the paper reports ("expected") and whether this run shows it ("holds").
 """
@@ -11,7 +12,7 @@ phenomenon the paper reports ("expected") and whether this run shows it ("holds"
 import time
 from dataclasses import dataclass
 
-from . import cmd_run, larger, pathcond, scansnap, two_token, underparam
+from . import cmd_run, larger, pathcond, scansnap, transformer, two_token, underparam
 from ._common import write_json
 
 
@@ -41,6 +42,7 @@ EXPERIMENTS = {e.name: e for e in (
     Experiment("pathcond-depth", pathcond.depth_experiment, minutes=6),
     Experiment("scan-snap-small", scansnap.small_experiment),
     Experiment("scan-snap-medium", scansnap.medium_experiment, minutes=0.2),
+    Experiment("ihead-wo2", transformer.wo2_experiment, minutes=0.5),
 )}
 
 
