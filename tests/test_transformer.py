@@ -269,3 +269,31 @@ def test_from_text():
     bg = Bigrams.from_text("abracadabra")
     assert bg.chars == ("a", "b", "c", "d", "r") and np.allclose(bg.C.sum(1), 1)
     assert bg.C[0, 1] == pytest.approx(2 / 4)  # "a" is followed by b, c, d, b
+
+
+def test_fastmem_sweep_runs_an_ihead_grid_and_resumes(tmp_path):
+    """`fastmem sweep GRID.toml` with experiment = "ihead": the W_O^2 rows of one group equal
+    direct runs, the "all" rows too, and a rerun runs nothing again."""
+    import subprocess
+    import sys
+
+    grid = tmp_path / "grid.toml"
+    grid.write_text('experiment = "ihead"\n[grid]\nd = 8\nlr = [5, 20]\ntrain = ["wo2", "all"]\nsteps = 6\n'
+                    'batch = 8\nT = 24\nk = 3\ndtype = "float64"\n')
+    cmd = [sys.executable, "-m", "fastmem", "sweep", str(grid), "--out", str(tmp_path / "out"), "--workers", "2",
+           "--quiet"]
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd="/")
+    assert first.returncode == 0, first.stderr
+    df = fm.load_sweep(tmp_path / "out")
+    assert len(df) == 4 and (df["status"] == "ok").all()
+    task = InductionHeads(k=3, seq_len=24)
+    model = TwoLayer(d=8, seq_len=24, dtype=np.float64, seed=0)
+    for train in ("wo2", "all"):
+        run = fm.transformer.train(model, task, 20.0, 6, batch_size=8, train=train, record=Record(steps=[6]))
+        row = df[(df["lr"] == 20) & (df["train"] == train)].iloc[0]
+        assert row["loss"] == pytest.approx(run.loss[-1], rel=1e-12)
+        assert row["recall_wo2"] == pytest.approx(run.recall["wo2"][-1])
+    chunks = {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "runs").iterdir()}
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd="/")
+    assert again.returncode == 0, again.stderr
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "runs").iterdir()} == chunks

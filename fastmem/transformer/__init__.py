@@ -22,6 +22,7 @@ from .data import Batch, Bigrams, InductionHeads
 from .model import TRAIN_SETS, TwoLayer
 from .probes import PROBES, probe_memories, probes
 from .train import IHeadRun, Record, train, train_lrs
+from . import experiments  # registers the sweep experiment "ihead"
 
 __all__ = ["Batch", "Bigrams", "IHeadRun", "InductionHeads", "PROBES", "Record", "TRAIN_SETS", "TwoLayer",
            "probe_memories", "probes", "train", "train_lrs"]
