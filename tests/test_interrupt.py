@@ -26,6 +26,10 @@ SCRIPT = textwrap.dedent("""
         elif kind == "scansnap":
             run = fm.scansnap.train(fm.scansnap.syn_small(), 10**7, batch=8, L=16, backend="cpp",
                                     record_steps=[0, 1, 2, 10**7])
+        elif kind == "transformer":
+            tr = fm.transformer
+            tr.train(tr.TwoLayer(d=8, seq_len=16), tr.InductionHeads(seq_len=16), 1.0, 10**7, batch_size=8,
+                     train="all", record=tr.Record(steps=[0, 1, 2]), backend="cpp")
         else:
             opt = {"primal": fm.Adam(lr=1e-3), "dual": fm.SGD(lr=0.1), "projected": fm.SignGD(lr=1e-3)}[kind]
             fm.train(mem, task, opt, 10**12, batch_size=8, backend="cpp", representation=kind,
@@ -39,7 +43,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("kind", ["primal", "dual", "projected", "many", "scansnap"])
+@pytest.mark.parametrize("kind", ["primal", "dual", "projected", "many", "scansnap", "transformer"])
 def test_ctrl_c_stops_a_compiled_run_keeping_its_records(kind):
     if not fm.backends()["cpp"]["available"]:
         pytest.skip("the compiled backend is not built")
