@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import _validate as v
 from ..backends import get
-from ..scansnap.data import alias_table
+from ..scansnap.data import _readonly, alias_table
 
 
 class Tables(NamedTuple):
@@ -50,12 +50,6 @@ class Batch(NamedTuple):
     @property
     def y(self):
         return self.z[:, 1:]
-
-
-def _readonly(a):
-    a = np.array(a)
-    a.setflags(write=False)
-    return a
 
 
 @dataclass(frozen=True, eq=False)

@@ -273,7 +273,7 @@ struct SequencePass {
 
   SequencePass(const Weights<T>& w_, const Layer1Tables<T>& t_)
       : w(w_), tab(t_), V(w_.V()), n(w_.n()), d(w_.d()), inv_sqrt_d(T(1.0 / std::sqrt(double(w_.d())))) {
-    C.resize(n * d), H1.resize(n * d), B1.resize(n * n), g.resize(V + n);
+    C.resize(n * d), H1.resize(n * d), B1.resize(n * n), g.resize(V);
     Hr.resize(n * d), Qk.resize(n * d), B2.resize(n * n), Mx.resize(n * d), A2.resize(n * d);
   }
 
