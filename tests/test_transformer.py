@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fastmem as fm
-from fastmem.errors import BackendUnavailableError, InvalidArgumentError
+from fastmem.errors import InvalidArgumentError
 from fastmem.transformer import Bigrams, InductionHeads, Record, TwoLayer
 
 from cases import DTYPES, RTOL, assert_close
@@ -230,11 +230,6 @@ def test_diverged_run_keeps_its_records():
     run = fm.transformer.train(model, task, 1e30, 10, batch_size=8, train="all")
     assert run.status == "diverged" and run.steps_done < 10 and len(run.loss) == run.steps_done
     assert len(run.steps) >= 1
-
-
-def test_numba_says_it_lacks_the_transformer():
-    with pytest.raises(BackendUnavailableError, match="fastmem.transformer"):
-        InductionHeads(k=2, seq_len=8).sample(2, backend="numba")
 
 
 @pytest.mark.parametrize("make, arg", [
