@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from fastmem.errors import InvalidArgumentError
 from fastmem.reproduce import EXPERIMENTS, reproduce
 
 
@@ -135,3 +136,20 @@ def test_ihead_wo2_at_the_papers_size(tmp_path):
     assert all((tmp_path / f).stat().st_size > 0 for f in r["files"])
     assert r["checks"] and r["holds"], r["checks"]
     assert len(r["loss"]["100"]) == 51
+
+
+def test_ihead_all_at_a_small_size(tmp_path):
+    from fastmem.reproduce.transformer import all_experiment
+
+    r = all_experiment(tmp_path, size=dict(batch_size=32, seq_len=32, steps=300))
+    assert all((tmp_path / f).stat().st_size > 0 for f in r["files"])
+    assert all(len(v) == 300 for v in r["loss"].values()) and set(r["status"].values()) == {"ok"}
+    # what shows already at this size: the head forms and beats W_O^2 alone (docs/transformer.md)
+    formed = [c for c in r["checks"] if c.startswith(("L_0", "the head loss", "an induction head", "W_K^1"))]
+    assert len(formed) == 4 and all(r["checks"][c] for c in formed), r["checks"]
+    assert r["holds"] == all(r["checks"].values())
+
+
+def test_full_is_refused_where_there_is_no_reduced_size(tmp_path):
+    with pytest.raises(InvalidArgumentError, match="full"):
+        reproduce("ihead-wo2", tmp_path, full=True)
