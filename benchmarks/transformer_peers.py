@@ -11,11 +11,17 @@ paper's size (B = 512, T = 256, V = 65, k = 5 fixed triggers, float32, the same 
 3. One all-parameter step (W_K^1, W_K^2, W_O^2) at d = 64 and 128.
 4. The data generator: a batch of 512 sequences against a port of the authors' per-sequence
    Python sampler (ihead_data.py's gen_seq: one rng.choice per token).
+5. Peak memory of one all-parameter step at d = 64 and 128: each side in a fresh process, the
+   rise of its resident high-water mark (ru_maxrss) over what it held before the step (model
+   and batch built, one step taken at another size to load the code).
 """
 
 import argparse
 import json
+import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -50,12 +56,60 @@ def authors_gen_seq(rng, pi, C, trig, V):
     return seq
 
 
+def peak_of_step(side, d, threads):
+    """(5) in this process: the MB the resident high-water mark rises by during one step."""
+    torch.set_num_threads(threads)
+    fm.set_num_threads(threads)
+    task = tr.InductionHeads(k=5, seq_len=T)
+    m = tr.TwoLayer(d=d, seed=0)
+    batch = task.sample(B, seed=0)
+    names = ("WK1", "WK2", "WO2")
+    tiny_task = tr.InductionHeads(k=5, seq_len=8)
+    tiny, tiny_batch = tr.TwoLayer(d=4, seq_len=8, seed=0), tiny_task.sample(2, seed=0)
+    if side == "fastmem":
+        tiny.loss_and_grads(tiny_batch, names, "all")  # the code loaded, no workspace of this size yet
+        step = lambda: m.loss_and_grads(batch, names, "head")  # noqa: E731
+    else:
+        tt = load_port("torch_transformer")
+        tm = tt.TwoLayer(m.weights, torch.float32)
+        params = [tt.PARAMS[k](tm) for k in names]
+        for p in tm.parameters():
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        tiny_t = tt.TwoLayer(tiny.weights, torch.float32)
+        tt.loss(tiny_t, tiny_batch, head=False).backward()
+
+        def step():
+            for p in params:
+                p.grad = None
+            tt.loss(tm, batch).backward()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024  # KB on Linux
+
+
+def peak_memory(threads):
+    out = {}
+    for d in (64, 128):
+        for side in ("fastmem", "torch"):
+            r = subprocess.run([sys.executable, __file__, "--peak-of", side, "--d", str(d), "--threads", str(threads)],
+                               capture_output=True, text=True, check=True)
+            out[f"{side}_d{d}_MB"] = float(r.stdout.split()[-1])
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sweep-steps", type=int, default=51)
+    ap.add_argument("--peak-of", choices=("fastmem", "torch"), help=argparse.SUPPRESS)
+    ap.add_argument("--d", type=int, default=64, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.peak_of:
+        print(f"{peak_of_step(args.peak_of, args.d, args.threads):.1f}")
+        return
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # PyTorch at its fastest (docs/transformer.md: subnormals)
     fm.set_num_threads(args.threads)
@@ -113,6 +167,8 @@ def main():
     out["sampler"] = {"fastmem_ms_per_seq": 1e3 * fm_batch / B, "authors_ms_per_seq": 1e3 * auth_seq,
                       "ratio": auth_seq / (fm_batch / B)}
     print("sampler:", out["sampler"], flush=True)
+    out["peak_memory_all_step"] = peak_memory(args.threads)
+    print("peak memory of one all-parameter step:", out["peak_memory_all_step"], flush=True)
     print(json.dumps(out, indent=1))
 
 
