@@ -60,6 +60,7 @@ def test_constructor_errors_name_the_argument(make, name):
     (dict(batch_size=-3), "batch_size"),
     (dict(batch_size=2.5), "batch_size"),
     (dict(steps=-1), "steps"),
+    (dict(steps=2**63), "steps"),  # beyond an int64 step count: named as steps, not start_step
     (dict(seed=-1), "seed"),
     (dict(tokens=np.full((5, 2), 6)), "tokens"),
     (dict(tokens=np.zeros((4, 2), dtype=int)), "tokens"),

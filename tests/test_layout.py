@@ -147,3 +147,23 @@ def test_the_shared_backend_and_binding_files_stay_small(folder):
     long = {p.name: n for p in (ROOT / folder).rglob("*") if p.suffix in (".py", ".cpp", ".hpp")
             for n in [len(p.read_text().splitlines())] if n > 500}
     assert not long, long
+
+
+# Versions a requirement must exclude: pyarrow 14.0.0 deserialises untrusted Parquet metadata
+# unsafely (CVE-2023-47248, fixed in 14.0.1).
+FLAWED = {"pyarrow": ["14.0.0", "13.0.0"]}
+
+
+def test_dependency_floors_exclude_known_flaws():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = [Requirement(r) for r in meta["dependencies"] + sum(meta["optional-dependencies"].values(), [])]
+    seen = 0
+    for r in reqs:
+        for bad in FLAWED.get(r.name, []):
+            seen += 1
+            assert bad not in r.specifier, f"{r} admits {r.name} {bad}"
+    assert seen  # the requirement is still declared somewhere

@@ -184,7 +184,7 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=None, tokens=Non
     E, oc, os_, U, p, y = problem_args(memory, task)
     v.finite("memory.W", memory.W)  # W is the caller's to change; E and U are read-only copies
     opt = spec_of(optimizer)  # the one conversion of the optimizer: everything below reads the spec
-    steps = v.positive_int("steps", steps, allow_zero=True)
+    steps = v.positive_int("steps", steps, allow_zero=True, below=2**63)  # int64 step counts
     start_step = v.positive_int("start_step", start_step, allow_zero=True)
     if resume is not None:
         if not isinstance(resume, TrainState):
@@ -253,7 +253,7 @@ def _train_with_callback(memory, task, optimizer, steps, batch_size, seed, token
     if not callable(callback):
         v.fail("callback", "a callable(step, state)", repr(callback))
     every = v.positive_int("callback_every", every)
-    steps = v.positive_int("steps", steps, allow_zero=True)
+    steps = v.positive_int("steps", steps, allow_zero=True, below=2**63)  # int64 step counts
     if representation in ("dual", "projected"):
         v.fail("representation", "'primal' or 'auto' with a callback (it works on W)", repr(representation))
     record = Record() if record is None else record
