@@ -119,6 +119,8 @@ def _cmd_reproduce(a):
             took += f" [--full: the paper's size, about {e.full_minutes:g} min]" if e.full_minutes else ""
             print(f"{e.name:<16} {e.summary}{took}")
         return 0
+    if a.all and a.name:
+        raise InvalidArgumentError(f"name: --all runs every experiment; give {a.name!r} or --all, not both")
     names = list(EXPERIMENTS) if a.all else [a.name]
     failed = []
     for name in names:

@@ -59,3 +59,15 @@ def test_reproduce_list_and_one(tmp_path):
     assert json.loads((tmp_path / "figs" / "one-step.json").read_text())["holds"] is True
     r = _fastmem("reproduce", "nonsense", cwd=tmp_path)
     assert r.returncode == 2 and "name: expected one of" in r.stderr
+
+
+def test_reproduce_list_gives_whole_sentences_and_refuses_a_name_with_all(tmp_path):
+    from fastmem.reproduce import EXPERIMENTS
+
+    lines = _fastmem("reproduce", "--list", cwd=tmp_path).stdout.splitlines()
+    assert len(lines) == len(EXPERIMENTS)
+    for line in lines:
+        summary = line.split(" (about")[0].rstrip()
+        assert summary.endswith((".", ")")), line
+    r = _fastmem("reproduce", "spike", "--all", cwd=tmp_path)
+    assert r.returncode == 2 and "--all" in r.stderr and not (tmp_path / "reproduce-out").exists()

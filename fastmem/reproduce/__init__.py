@@ -25,7 +25,7 @@ class Experiment:
 
     @property
     def summary(self):
-        return self.run.__doc__.strip().splitlines()[0]
+        return " ".join(self.run.__doc__.strip().split("\n\n")[0].split())  # the first paragraph
 
 
 EXPERIMENTS = {e.name: e for e in (
