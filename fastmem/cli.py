@@ -3,6 +3,7 @@
 import argparse
 import csv
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,11 +39,13 @@ def _run_parser(sub):
     p.add_argument("--plot", type=Path, help="save loss and error curves (.png, .pdf)")
 
 
-def _writable(name, path):
-    """Check before the run that ``path`` can be written (its folder made), so that a run's
-    results are never lost to a bad --out or --plot after the work."""
+def _writable(name, path, formats):
+    """Check before the run that ``path`` has one of ``formats`` and can be written (its folder
+    made), so that a run's results are never lost to a bad --out or --plot after the work."""
     if path is None:
         return
+    if path.suffix.lower() not in formats:
+        raise InvalidArgumentError(f"{name}: expected a file ending in one of {formats}, got {str(path)!r}")
     existed = path.exists()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,6 +58,19 @@ def _writable(name, path):
         path.unlink()
 
 
+def _write_whole(name, path, write):
+    """write(tmp) to a temporary file beside ``path``, then moved into place: a full disk leaves
+    the old file (or none), never a truncated one, and is reported by name."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # the suffix tells the format
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InvalidArgumentError(f"{name}: could not write {str(path)!r} ({exc.strerror or exc})") from None
+
+
 def _cmd_run(a):
     import fastmem as fm
     from fastmem import _validate as v
@@ -65,8 +81,8 @@ def _cmd_run(a):
         v.fail("--momentum", f"no momentum with --optimizer {a.optimizer} (sgd and gd only)", a.momentum)
     if a.betas is not None and a.optimizer != "adam":
         v.fail("--betas", f"no betas with --optimizer {a.optimizer} (adam only)", a.betas)
-    _writable("--out", a.out)
-    _writable("--plot", a.plot)
+    _writable("--out", a.out, (".csv", ".json"))
+    _writable("--plot", a.plot, (".png", ".pdf", ".svg"))
     dtype = np.dtype(a.dtype)
     if a.embeddings == "orthogonal":
         E, U = fm.embeddings.orthogonal(a.N, a.M, a.d, dtype=dtype)
@@ -92,20 +108,22 @@ def _cmd_run(a):
     if a.out:
         rows = [{"step": int(s), "loss": float(l), "accuracy": float(c)}
                 for s, l, c in zip(run.steps, run.loss, run.accuracy)]
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        if a.out.suffix == ".json":
-            a.out.write_text(json.dumps({"status": run.status, "steps_done": run.steps_done, "records": rows}, indent=1))
-        else:
-            with a.out.open("w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=["step", "loss", "accuracy"])
-                w.writeheader()
-                w.writerows(rows)
+        def write_metrics(tmp):
+            if a.out.suffix.lower() == ".json":
+                tmp.write_text(json.dumps({"status": run.status, "steps_done": run.steps_done, "records": rows},
+                                          indent=1))
+            else:
+                with tmp.open("w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=["step", "loss", "accuracy"])
+                    w.writeheader()
+                    w.writerows(rows)
+        _write_whole("--out", a.out, write_metrics)
         print(f"metrics written to {a.out}")
     if a.plot:
         from .plot import plot_run
 
-        a.plot.parent.mkdir(parents=True, exist_ok=True)
-        plot_run(run, a.plot, title=f"N={a.N} M={a.M} d={a.d} {a.optimizer} lr={a.lr} batch={a.batch_size or 'full'}")
+        title = f"N={a.N} M={a.M} d={a.d} {a.optimizer} lr={a.lr} batch={a.batch_size or 'full'}"
+        _write_whole("--plot", a.plot, lambda tmp: plot_run(run, tmp, title=title))
         print(f"plot written to {a.plot}")
     return 0 if run.status == "ok" else 3
 

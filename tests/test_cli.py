@@ -71,3 +71,17 @@ def test_reproduce_list_gives_whole_sentences_and_refuses_a_name_with_all(tmp_pa
         assert summary.endswith((".", ")")), line
     r = _fastmem("reproduce", "spike", "--all", cwd=tmp_path)
     assert r.returncode == 2 and "--all" in r.stderr and not (tmp_path / "reproduce-out").exists()
+
+
+@pytest.mark.parametrize("flag, name", [("--plot", "p.txt"), ("--out", "m.txt")])
+def test_run_refuses_an_unknown_format_before_the_run(tmp_path, flag, name):
+    r = _fastmem("run", "--steps", "100000000", flag, name, cwd=tmp_path)  # the run would take minutes
+    assert r.returncode == 2 and f"{flag}: expected a file ending in one of" in r.stderr, r.stderr
+    assert "status" not in r.stdout and list(tmp_path.iterdir()) == []
+
+
+def test_run_writes_its_files_whole(tmp_path):
+    r = _fastmem("run", "--steps", "20", "--out", "m.json", "--plot", "p.svg", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "p.svg"]  # no temporary file left
+    assert json.loads((tmp_path / "m.json").read_text())["steps_done"] == 20
