@@ -12,7 +12,7 @@ paper's size (B = 512, T = 256, V = 65, k = 5 fixed triggers, float32, the same 
 4. The data generator: a batch of 512 sequences against a port of the authors' per-sequence
    Python sampler (ihead_data.py's gen_seq: one rng.choice per token).
 5. Peak memory of one all-parameter step at d = 64 and 128: each side in a fresh process, the
-   rise of its resident high-water mark (ru_maxrss) over what it held before the step (model
+   rise of its resident high-water mark (VmHWM) over what it held before the step (model
    and batch built, one step taken at another size to load the code).
 """
 
@@ -84,9 +84,21 @@ def peak_of_step(side, d, threads):
             for p in params:
                 p.grad = None
             tt.loss(tm, batch).backward()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = high_water_kb()
     step()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024  # KB on Linux
+    return (high_water_kb() - before) / 1024
+
+
+def high_water_kb():
+    """This process's resident high-water mark: VmHWM (fresh at exec), else ru_maxrss (which
+    Linux carries over an exec from the parent, hiding a child's rise below the parent's peak)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1])
+    except OSError:
+        pass
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def peak_memory(threads):
