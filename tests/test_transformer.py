@@ -123,6 +123,62 @@ def test_rows_forward_matches_reference(backend):
         assert_close(a, b, np.float64)
 
 
+# (n rows, d, V, runs): one row, V = 2, one run, n not a multiple of the 256-row tile, many runs
+WO2_SHAPES = [(1, 3, 2, 1), (257, 8, 5, 3), (600, 16, 65, 2), (40, 4, 7, 9)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,d,V,R", WO2_SHAPES)
+def test_wo2_grads_match_reference(backend, dtype, n, d, V, R):
+    """The W_O^2 memory step of R runs on a shared forward against the float64 reference."""
+    _runs(backend)
+    from fastmem.backends import get
+
+    rng = np.random.default_rng(n + R)
+    Hr, A2 = rng.normal(size=(n, d)).astype(dtype), rng.normal(size=(n, d)).astype(dtype)
+    WU, y = rng.normal(size=(V, d)).astype(dtype), rng.integers(0, V, n)
+    Ws = (0.3 * rng.normal(size=(R, d, d))).astype(dtype)
+    out = []
+    for be, dt in ((backend, dtype), ("numpy", np.float64)):
+        G, L = np.full((R, d, d), np.nan, dt), np.full(R, np.nan)
+        get(be, kernel="ihead_wo2_grads").ihead_wo2_grads(*(a.astype(dt) for a in (Hr, A2, WU)), y, Ws.astype(dt),
+                                                           1.0 / n, G, L)
+        out.append((G, L))
+    (G, L), (G0, L0) = out
+    assert G.dtype == dtype
+    assert_close(G, G0, dtype)
+    assert_close(L, L0, dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_wo2_grads_are_the_memorys_gradient(backend):
+    """Each run's G is the gradient of the W_O^2-only loss: the full model's dL/dW_O2, transposed."""
+    _runs(backend)
+    from fastmem.backends import get
+    from fastmem.transformer.model import rows_of
+
+    task = _task(40, 3, "fixed", "uniform")
+    models = [TwoLayer(d=6, seq_len=40, dtype=np.float64, seed=s) for s in (5, 6)]
+    batch = task.sample(4, seed=2)
+    rows = rows_of(batch.outs, "head")
+    n = int(rows.ptr[-1])
+    Hr, A2 = np.empty((n, 6)), np.empty((n, 6))
+    w0 = models[0].weights
+    get("numpy", kernel="ihead_rows_forward").ihead_rows_forward(w0, batch.z, rows, Hr, A2)
+    y = batch.z[:, 1:][np.repeat(np.arange(4), np.diff(rows.ptr)), rows.idx]
+    # run 2: model 0 with model 1's W_O2 (everything else frozen, as in a sweep)
+    Ws = np.ascontiguousarray(np.stack([w0.WO2.T, models[1].weights.WO2.T]))
+    G, L = np.empty((2, 6, 6)), np.empty(2)
+    get(backend, kernel="ihead_wo2_grads").ihead_wo2_grads(Hr, A2, w0.WU, y, Ws, 1.0 / n, G, L)
+    for r in range(2):
+        m = models[0].copy()
+        m.weights = m.weights._replace(WO2=np.ascontiguousarray(Ws[r].T))
+        L0, g0 = m.loss_and_grads(batch, ("WO2",), "head", backend="numpy")
+        assert abs(L[r] - L0) <= 1e-12 * abs(L0)
+        assert_close(G[r], g0["WO2"].T, np.float64)
+
+
 torch = pytest.importorskip("torch")
 
 

@@ -111,7 +111,26 @@ double py_ihead_loss_grads(py::object weights, py::array z, py::object rows, dou
   });
 }
 
+void py_ihead_wo2_grads(py::array Hr, py::array A2, py::array WU, py::array y, py::array Ws, double weight,
+                        py::array G, py::array loss) {
+  dispatch(Hr, [&](auto tag) {
+    using T = decltype(tag);
+    auto hv = cmatrix<T>(Hr, "Hr"), av = cmatrix<T>(A2, "A2"), uv = cmatrix<T>(WU, "WU");
+    const index_t n = hv.rows, d = hv.cols;
+    FASTMEM_CHECK_ARG(av.rows == n && av.cols == d && uv.cols == d, "Hr and A2 must be n x d, WU V x d");
+    FASTMEM_CHECK_ARG(Ws.ndim() == 3, "Ws must be R x d x d");
+    const index_t R = Ws.shape(0);
+    const T* w = dense<T>(Ws, {R, d, d}, "Ws");
+    T* g = dense<T, true>(G, {R, d, d}, "G");
+    double* l = vec<double>(loss, R, "loss");
+    const std::int64_t* yv = cvec<std::int64_t>(y, n, "y");  // targets checked in Python
+    py::gil_scoped_release nogil;
+    transformer::wo2_grads<T>(hv, av, uv, yv, w, R, T(weight), g, l);
+  });
+}
+
 void bind_transformer(py::module_& m) {
+  m.def("ihead_wo2_grads", &py_ihead_wo2_grads);
   m.def("ihead_sample", &py_ihead_sample);
   m.def("ihead_rows_forward", &py_ihead_rows_forward);
   m.def("ihead_loss_grads", &py_ihead_loss_grads);

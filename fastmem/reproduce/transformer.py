@@ -31,7 +31,14 @@ def wo2_experiment(out, d=64, steps=51, batch_size=512, seq_len=256, seed=0):
     L = {lr: r.loss for lr, r in runs.items()}
     L0 = L[LRS[0]][0]
     recall = {lr: float(r.recall["wo2"][-1]) for lr, r in runs.items()}
-    flips = {lr: float(sign_changes(r.margins["wo2"][1:]).mean()) for lr, r in runs.items()}
+    # the margins' oscillation: lr 200's trajectory is chaotic, so its count on one seed moves with
+    # float32 rounding; the check is on the mean over three seeds (model and data)
+    flips_by_seed = {seed: [float(sign_changes(r.margins["wo2"][1:]).mean()) for r in runs.values()]}
+    for s in (seed + 1, seed + 2):
+        more = tr.train_lrs(tr.TwoLayer(d=d, seq_len=seq_len, seed=s), task, list(LRS), steps, batch_size=batch_size,
+                             seed=s, record=tr.Record(steps="all", probes=("wo2",)))
+        flips_by_seed[s] = [float(sign_changes(r.margins["wo2"][1:]).mean()) for r in more]
+    flips = dict(zip(LRS, np.mean(list(flips_by_seed.values()), axis=0).tolist()))
     last10 = {lr: float(L[lr][-10:].mean()) for lr in LRS}
     faster = float((L[50.0][2:] < L[20.0][2:]).mean())  # the fraction of t >= 2 where lr 50 is below lr 20
 
@@ -59,13 +66,15 @@ def wo2_experiment(out, d=64, steps=51, batch_size=512, seq_len=256, seed=0):
             L[100.0].max() > L0 and last10[100.0] <= last10[50.0] + 0.05),
         "too large: lr 200 spikes far above L_0 and has not settled": bool(
             L[200.0].max() > L0 + 1 and last10[200.0] > last10[50.0]),
-        "margins oscillate more at larger lr (sign changes per token)": bool(
+        "margins oscillate more at larger lr (sign changes per token, mean of 3 seeds)": bool(
             all(flips[a] < flips[b] for a, b in zip(LRS, LRS[1:]))),
         "the loss at non-trigger positions rises (not trained on)": bool(all(other[lr] > 0 for lr in LRS)),
     }
     return {"files": files, "d": d, "steps": steps, "batch_size": batch_size, "seq_len": seq_len,
             "loss": {f"{lr:g}": L[lr] for lr in LRS}, "recall_t50": {f"{lr:g}": recall[lr] for lr in LRS},
             "sign_changes_per_token": {f"{lr:g}": flips[lr] for lr in LRS},
+            "sign_changes_per_token_by_seed": {str(k): dict(zip((f"{lr:g}" for lr in LRS), v))
+                                               for k, v in flips_by_seed.items()},
             "lr50_below_lr20": faster, "last10_loss": {f"{lr:g}": last10[lr] for lr in LRS},
             "other_loss_change": {f"{lr:g}": other[lr] for lr in LRS},
             "expected": "L_0 common and above ln 65; larger stable lr converges faster; benign spikes at lr 100; "

@@ -16,6 +16,7 @@ _register(__name__, {  # the induction-head kernels (kernels/induction_heads.hpp
     "ihead_sample": ("tables", "spec", "z", "outs"),
     "ihead_rows_forward": ("weights", "z", "rows", "Hr", "A2"),
     "ihead_loss_grads": ("weights", "z", "rows", "weight", "grads"),
+    "ihead_wo2_grads": ("Hr", "A2", "WU", "y", "Ws", "weight", "G", "loss"),
 })
 
 from .data import Batch, Bigrams, InductionHeads

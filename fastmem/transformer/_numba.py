@@ -11,6 +11,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..backends.numba_cpu import splitmix64
+from ..memory import _numba as memory
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _FAST = {"reassoc", "contract"}  # vectorised reductions; NaN and Inf keep their meaning
@@ -367,3 +368,15 @@ def ihead_loss_grads(weights, z, rows, weight, grads):
         if want["wE"]:  # the residual, the values and both sides of the scores
             grads.wE[...] = dXX.sum(0) + dCT.sum(0) @ VO + s * (DX[:V] @ w.WK1.T + (Dsum.T @ XX)[:V] @ w.WK1)
     return float(losses.sum())
+
+
+def ihead_wo2_grads(Hr, A2, WU, y, Ws, weight, G, loss):
+    """Each run's memory step on the memory's numba kernels (fastmem/memory/_numba.py)."""
+    n, d = Hr.shape
+    w = np.full(n, weight, Hr.dtype)
+    H, lse, zy, zo = np.empty_like(Hr), np.empty(n, Hr.dtype), np.empty(n, Hr.dtype), np.empty(n, Hr.dtype)
+    for r in range(len(Ws)):
+        memory.softmax_xent_grad(Hr + A2 @ Ws[r], WU, y, w, H, lse, zy, zo, 0)
+        G[r] = 0
+        memory.sgd_rank_update(G[r], A2, H, 1.0)
+        loss[r] = float((lse.astype(np.float64) - zy).sum() * weight)

@@ -148,3 +148,17 @@ def ihead_loss_grads(weights, z, rows, weight, grads):
         if g is not None:
             g[...] = out[name]
     return loss
+
+
+def ihead_wo2_grads(Hr, A2, WU, y, Ws, weight, G, loss):
+    """Run r's memory Q = Hr + A2 W_r read out through W_U: G[r] = A2^T H, H the softmax-CE
+    gradient weight (softmax(Q W_U^T) - e_y) W_U; loss[r] = weight * sum of the CEs."""
+    Hr, A2, WU = (np.asarray(a, ref.F) for a in (Hr, A2, WU))
+    rows = np.arange(len(y))
+    for r in range(len(Ws)):
+        Z = (Hr + A2 @ np.asarray(Ws[r], ref.F)) @ WU.T
+        lse = np.log(np.exp(Z - Z.max(1, keepdims=True)).sum(1)) + Z.max(1)
+        P = np.exp(Z - lse[:, None])
+        P[rows, y] -= 1.0
+        G[r] = A2.T @ (weight * (P @ WU))
+        loss[r] = weight * (lse - Z[rows, y]).sum()

@@ -6,8 +6,9 @@ The W_O^2-only study is fastmem's associative memory exactly (docs/transformer.m
 everything else frozen, the frozen forward gives each loss row its h1 (the read-out offset) and
 its layer-2 attention output a2 (the memory's input), and the step is
 ``fm.kernels.softmax_xent_grad(H1 + A2 W, W_U, y, 1/n)`` then ``fm.kernels.sgd_rank_update``
-with W = W_O2^T. ``train_lrs`` runs several learning rates on common batches, the frozen
-forward of each step computed once for all of them."""
+with W = W_O2^T: the kernel ihead_wo2_grads runs exactly these on tiles of rows, for every lr of
+a sweep in turn while a tile is in cache. ``train_lrs`` runs several learning rates on common
+batches, the frozen forward of each step computed once for all of them."""
 
 import numbers
 from dataclasses import dataclass, field
@@ -16,7 +17,6 @@ import numpy as np
 
 from .. import _validate as v
 from ..backends import get
-from ..memory import kernels
 from .data import InductionHeads
 from .model import LOSSES, TwoLayer, rows_of, trainable
 from .probes import PROBES, probes
@@ -194,10 +194,11 @@ def train_lrs(model, task, lrs, steps, *, batch_size=512, momentum=0.0, weight_d
     step (h1 and a2 at the loss rows) is computed once for all of them."""
     lrs, steps, B, momentum, wd, record = _check(model, task, lrs, steps, batch_size, momentum, weight_decay, loss,
                                                  record)
-    kernel = get(backend, kernel="ihead_rows_forward").ihead_rows_forward
+    forward = get(backend, kernel="ihead_rows_forward").ihead_rows_forward
+    memory_grads = get(backend, kernel="ihead_wo2_grads").ihead_wo2_grads
     models = [model.copy() for _ in lrs]
-    # the memory's W = W_O2^T, held C-contiguous for the rank update; W_O2 is its transpose view
-    Ws = [np.ascontiguousarray(m.weights.WO2.T) for m in models]
+    # the memories' W = W_O2^T, one C-contiguous (runs, d, d) stack; each W_O2 is its transpose view
+    Ws = np.ascontiguousarray(np.stack([m.weights.WO2.T for m in models]))
     for m, W in zip(models, Ws):
         m.weights = m.weights._replace(WO2=W.T)
     recs = [_Recorder(record, steps, task, backend) for _ in lrs]
@@ -225,27 +226,18 @@ def train_lrs(model, task, lrs, steps, *, batch_size=512, momentum=0.0, weight_d
                     losses[r].append(np.nan)
                 continue
             Hr, A2 = np.empty((n, d), model.dtype), np.empty((n, d), model.dtype)
-            kernel(w0, batch.z, rows, Hr, A2)
+            forward(w0, batch.z, rows, Hr, A2)
             y = batch.z[:, 1:][np.repeat(np.arange(B), np.diff(rows.ptr)), rows.idx]
-            wts = np.full(n, 1.0 / n, model.dtype)
-            for r in live:
-                W = Ws[r]
-                H, lse, zy, _ = kernels.softmax_xent_grad(Hr + A2 @ W, w0.WU, y, wts, backend=backend)
-                L = float((lse.astype(np.float64) - zy).sum() / n)
-                losses[r].append(L)
-                if not np.isfinite(L):
+            # every live run's memory step on the shared forward: G[j] = A2^T H of run live[j]
+            G, L = np.empty((len(live), d, d), model.dtype), np.empty(len(live))
+            memory_grads(Hr, A2, w0.WU, y, Ws[live], 1.0 / n, G, L)
+            for j, r in enumerate(live):
+                losses[r].append(float(L[j]))
+                if not np.isfinite(L[j]):
                     status[r] = "diverged"
                     continue
-                if momentum:
-                    g = np.zeros_like(W)
-                    kernels.sgd_rank_update(g, A2, H, 1.0, backend=backend)
-                    _sgd(W, g, bufs[r], lrs[r], momentum, wd)
-                else:  # (1 - lr wd) W - lr A2^T H, in place
-                    if wd:
-                        with np.errstate(over="ignore", invalid="ignore"):
-                            W *= 1.0 - lrs[r] * wd
-                    kernels.sgd_rank_update(W, A2, H, -lrs[r], backend=backend)
-                if not np.isfinite(W).all():
+                _sgd(Ws[r], G[j], bufs[r], lrs[r], momentum, wd)
+                if not np.isfinite(Ws[r]).all():
                     status[r] = "diverged"
                     continue
                 if record.pairing == "authors":
@@ -256,5 +248,5 @@ def train_lrs(model, task, lrs, steps, *, batch_size=512, momentum=0.0, weight_d
             exc.run = exc.run[0]
         raise
     for m, W in zip(models, Ws):
-        m.weights = m.weights._replace(WO2=np.ascontiguousarray(W.T))
+        m.weights = m.weights._replace(WO2=np.ascontiguousarray(W.T))  # each run's own, not a view of the stack
     return [rc.run(ls, m, s, len(ls), c) for rc, ls, m, s, c in zip(recs, losses, models, status, configs)]

@@ -461,6 +461,61 @@ void rows_forward(const Weights<T>& w, MatrixView<const std::int64_t> z, Rows ro
   for (auto* p : passes) delete p;
 }
 
+// The W_O^2-only study's memory step for R runs that share one frozen forward (TRANSFORMER (d)):
+// Hr, A2 (n x d) the loss rows' h1 and layer-2 attention outputs, y (n) their targets. For run
+// r, the memory reads out Q = Hr + A2 W_r (W_r = W_O2^T, d x d) through W_U with row weight
+// `weight`: softmax_xent_grad gives H, the gradient is the rank update's product A2^T H, written
+// to G[r] (d x d), and loss[r] = sum_i weight * CE_i. Rows go in tiles that every run reads in
+// turn while they are in cache, each thread with its own accumulators.
+template <class T>
+void wo2_grads(MatrixView<const T> Hr, MatrixView<const T> A2, MatrixView<const T> WU, const std::int64_t* y,
+               const T* W, index_t R, T weight, T* G, double* loss) {
+  constexpr index_t kTile = 256;
+  const index_t n = Hr.rows, d = Hr.cols, V = WU.rows, dd = d * d;
+  const index_t tiles = (n + kTile - 1) / kTile;
+  const int threads = std::max(1, threads_for(tiles, kTile * R * 4 * d * std::max(d, V)));
+  std::vector<std::vector<T>> acc(threads);
+  std::vector<std::vector<double>> lacc(threads);
+#pragma omp parallel num_threads(threads)
+  {
+#ifdef _OPENMP
+    const int tid = omp_get_thread_num();
+#else
+    const int tid = 0;
+#endif
+    acc[tid].assign(R * dd, T(0));
+    lacc[tid].assign(R, 0.0);
+    std::vector<T> Q(kTile * d), H(kTile * d), lse(kTile), zy(kTile), zo(kTile), w(kTile, weight);
+    SoftmaxXentWorkspace<T> ws;
+#pragma omp for schedule(static)
+    for (index_t t = 0; t < tiles; ++t) {
+      const index_t r0 = t * kTile, rows = std::min(kTile, n - r0);
+      const MatrixView<const T> A = A2.row_block(r0, rows);
+      MatrixView<T> Qv(Q.data(), rows, d), Hv(H.data(), rows, d);
+      for (index_t r = 0; r < R; ++r) {
+        for (index_t i = 0; i < rows; ++i) std::copy(Hr.row(r0 + i), Hr.row(r0 + i) + d, Qv.row(i));
+        blas::gemm_serial<T>(false, false, T(1), A, MatrixView<const T>(W + r * dd, d, d), T(1), Qv);
+        SoftmaxXentGradParams<T> p{MatrixView<const T>(Qv), WU, y + r0, w.data(), Hv, lse.data(), zy.data(),
+                                   zo.data()};
+        softmax_xent_grad(p, ws);  // serial: called inside this parallel region
+        blas::gemm_serial<T>(true, false, T(1), A, MatrixView<const T>(Hv), T(1),
+                             MatrixView<T>(acc[tid].data() + r * dd, d, d));
+        double l = 0.0;
+        for (index_t i = 0; i < rows; ++i) l += double(lse[i]) - double(zy[i]);
+        lacc[tid][r] += double(weight) * l;
+      }
+    }
+  }
+  for (index_t r = 0; r < R; ++r) {
+    loss[r] = 0.0;
+    std::fill(G + r * dd, G + (r + 1) * dd, T(0));
+    for (int k = 0; k < threads; ++k) {
+      loss[r] += lacc[k][r];
+      for (index_t j = 0; j < dd; ++j) G[r * dd + j] += acc[k][r * dd + j];
+    }
+  }
+}
+
 // The loss sum over rows of weight * CE, and (where `gr` asks) its gradients, written to gr
 // (overwritten, not accumulated).
 template <class T>
