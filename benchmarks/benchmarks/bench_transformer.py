@@ -60,3 +60,14 @@ class IHeadSample(_Step):
 
     def time_batch_512(self, d, T, backend):
         self.task.sample(512, seed=0, step=1, backend=self.backend)
+
+
+class IHeadWO2Sweep(_Step):
+    """One step of cell 3's sweep: 4 lrs on a shared frozen forward (fm.transformer.train_lrs)."""
+
+    params = ([32, 64, 128], [64, 256], BACKENDS)
+    param_names = ["d", "T", "backend"]
+
+    def time_step_4_lrs(self, d, T, backend):
+        tr.train_lrs(self.model, self.task, [20.0, 50.0, 100.0, 200.0], 1, batch_size=self.B, record=self.record,
+                     backend=self.backend)
