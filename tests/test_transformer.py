@@ -123,6 +123,19 @@ def test_rows_forward_matches_reference(backend):
         assert_close(a, b, np.float64)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_run_is_the_same_run_twice(backend):
+    """float32 gradients summed over threads in a fixed order: the same call twice is bit-identical."""
+    _runs(backend)
+    task = InductionHeads(k=5, seq_len=64)
+    model = TwoLayer(d=16, seq_len=64, seed=0)
+    runs = [fm.transformer.train(model, task, 5.0, 8, batch_size=48, train="all", backend=backend,
+                                 record=Record(steps=[8], probes=("wk2",))) for _ in range(3)]
+    for r in runs[1:]:
+        assert np.array_equal(r.loss, runs[0].loss)
+        assert np.array_equal(r.model.weights.WK1, runs[0].model.weights.WK1)
+
+
 # (n rows, d, V, runs): one row, V = 2, one run, n not a multiple of the 256-row tile, many runs
 WO2_SHAPES = [(1, 3, 2, 1), (257, 8, 5, 3), (600, 16, 65, 2), (40, 4, 7, 9)]
 
