@@ -44,7 +44,7 @@ EXPERIMENTS = {e.name: e for e in (
     Experiment("scan-snap-small", scansnap.small_experiment),
     Experiment("scan-snap-medium", scansnap.medium_experiment, minutes=0.2),
     Experiment("ihead-wo2", transformer.wo2_experiment, minutes=0.3),
-    Experiment("ihead-all", transformer.all_experiment, minutes=1.2, full_minutes=25),
+    Experiment("ihead-all", transformer.all_experiment, minutes=1.2, full_minutes=20),
 )}
 
 
