@@ -463,7 +463,7 @@ void rows_forward(const Weights<T>& w, MatrixView<const std::int64_t> z, Rows ro
   for (auto* p : passes) delete p;
 }
 
-// The W_O^2-only study's memory step for R runs that share one frozen forward (TRANSFORMER (d)):
+// The W_O^2-only study's memory step for R runs that share one frozen forward (docs/transformer.md):
 // Hr, A2 (n x d) the loss rows' h1 and layer-2 attention outputs, y (n) their targets. For run
 // r, the memory reads out Q = Hr + A2 W_r (W_r = W_O2^T, d x d) through W_U with row weight
 // `weight`: softmax_xent_grad gives H, the gradient is the rank update's product A2^T H, written
