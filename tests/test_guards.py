@@ -74,6 +74,29 @@ def test_memory_owns_its_embeddings_so_no_fact_about_them_goes_stale(backend):
         fm.train(mem, task, fm.SGD(lr=1.0), 2, backend=backend)
 
 
+
+def test_a_new_E_or_U_brings_its_own_facts(backend):
+    """Assigning mem.E (one-hot -> dense, dense -> one-hot) or mem.U: every backend computes with
+    the new arrays, exactly as a memory built on them."""
+    N, M, d = 5, 3, 5
+    rng = np.random.default_rng(2)
+    onehot, dense, U2 = np.eye(N, d), rng.standard_normal((N, d)), rng.standard_normal((M, d))
+    task = fm.Task.zipf(N, M, 1.0)
+    W = rng.standard_normal((d, d))
+    for first, then in ((onehot, dense), (dense, onehot)):
+        mem = fm.AssociativeMemory(first, rng.standard_normal((M, d)), W=W)
+        mem.E, mem.U = then, U2
+        built = fm.AssociativeMemory(then, U2, W=W)
+        assert (mem.onehot is None) == (built.onehot is None)
+        assert fm.loss(mem, task, backend=backend) == fm.loss(built, task, backend=backend)
+        a = fm.train(mem, task, fm.SGD(lr=1.0), 10, batch_size=4, backend=backend)
+        b = fm.train(built, task, fm.SGD(lr=1.0), 10, batch_size=4, backend=backend)
+        np.testing.assert_array_equal(a.W, b.W)
+    with pytest.raises(fm.InvalidArgumentError, match="^E: expected"):
+        mem.E = np.zeros((N, d + 1))
+    with pytest.raises(ValueError):  # the memory's copy stays read-only
+        mem.E.flags.writeable = True
+
 @pytest.mark.parametrize("N, d", [(0, 3), (3, 0)])
 def test_empty_memories_are_refused(N, d):
     with pytest.raises(fm.InvalidArgumentError, match="^E: expected a non-empty array"):

@@ -33,7 +33,7 @@ class AssociativeMemory:
             onehot = _detect_onehot(E)
         else:
             onehot = _owned
-        self.E, self.U = E, U
+        self._E, self._U = E, U
         d = E.shape[1]
         if W is None:
             self.W = np.zeros((d, d), dtype=self.E.dtype)
@@ -41,6 +41,29 @@ class AssociativeMemory:
             self.W = v.float_matrix("W", W, shape=(d, d), dtype=self.E.dtype).copy()
         self.layernorm = bool(layernorm)
         self._onehot = onehot
+
+    @property
+    def E(self):
+        """(N, d), read-only. Assigning another E copies and checks it, and finds again whether it
+        is one-hot: what the backends are told about E follows E."""
+        return self._E
+
+    @E.setter
+    def E(self, E):
+        E = _read_only_copy(v.float_matrix("E", E, shape=(None, self.d), dtype=self.dtype))
+        self._E, self._onehot = E, _detect_onehot(E)
+
+    @property
+    def U(self):
+        """(M, d), read-only; assigning another U copies and checks it."""
+        return self._U
+
+    @U.setter
+    def U(self, U):
+        U = _read_only_copy(v.float_matrix("U", U, shape=(None, self.d), dtype=self.dtype))
+        if U.shape[0] < 2:
+            v.fail("U", "at least 2 rows (M >= 2 output tokens)", f"shape {U.shape}")
+        self._U = U
 
     @property
     def N(self):
@@ -73,9 +96,10 @@ class AssociativeMemory:
 
 
 def _read_only_copy(a):
+    """A read-only view of a read-only copy: the view's flag cannot be set back to writeable."""
     a = a.copy()
     a.flags.writeable = False
-    return a
+    return a.view()
 
 
 def _detect_onehot(E):
