@@ -88,6 +88,21 @@ def positive_float(name, v, allow_zero=False):
     return float(v)
 
 
+def in_precision(name, v, dtype):
+    """v (a float already checked) as the kernel computing in ``dtype`` sees it: finite there,
+    and not rounded to 0 when it is not 0 (lr = 1e39 is inf in float32, eps = 1e-50 is 0)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f" or dtype == np.float64:
+        return v
+    with np.errstate(over="ignore", under="ignore"):
+        x = dtype.type(v)
+    if not np.isfinite(x) or (v != 0 and x == 0):
+        info = np.finfo(dtype)
+        fail(name, f"a magnitude that {dtype} holds (in [{info.smallest_subnormal:.3g}, {info.max:.3g}]), "
+                   f"as the kernel computes in {dtype}", repr(v))
+    return v
+
+
 def unit_interval(name, v, closed_right=False):
     v = positive_float(name, v, allow_zero=True)
     if v > 1 or (v == 1 and not closed_right):

@@ -97,6 +97,25 @@ def test_a_new_E_or_U_brings_its_own_facts(backend):
     with pytest.raises(ValueError):  # the memory's copy stays read-only
         mem.E.flags.writeable = True
 
+
+@pytest.mark.parametrize("call, name", [
+    (lambda W, E, U, t: fm.sgd_step(W, E, U, [0, 1], [0, 1], lr=1e39), "lr"),  # inf in float32
+    (lambda W, E, U, t: fm.kernels.sgd_rank_update(W, E[:2], np.ones((2, 4), np.float32), -1e39), "alpha"),
+    (lambda W, E, U, t: fm.train(fm.AssociativeMemory(E, U, W=W), t, fm.SGD(lr=1e39), 3), "optimizer.lr"),
+    (lambda W, E, U, t: fm.train(fm.AssociativeMemory(E, U, W=W), t, fm.Adam(lr=0.1, eps=1e-50), 3),
+     "optimizer.eps"),  # 0 in float32
+    (lambda W, E, U, t: fm.train(fm.AssociativeMemory(E, U, W=W), t, fm.SGD(lr=1.0, weight_decay=1e39), 3),
+     "optimizer.weight_decay"),
+])
+def test_parameters_are_checked_in_the_kernels_precision(backend, call, name):
+    E, U, task = _problem(np.float32)
+    W = np.zeros((4, 4), np.float32)
+    with fm.use_backend(backend), pytest.raises(fm.InvalidArgumentError, match=rf"^{re.escape(name)}: expected a "
+                                                                                 "magnitude that float32 holds"):
+        call(W, E, U, task)
+    assert (W == 0).all()
+    fm.sgd_step(W.astype(np.float64), E.astype(np.float64), U.astype(np.float64), [0], [0], lr=1e39)  # float64 holds it
+
 @pytest.mark.parametrize("N, d", [(0, 3), (3, 0)])
 def test_empty_memories_are_refused(N, d):
     with pytest.raises(fm.InvalidArgumentError, match="^E: expected a non-empty array"):

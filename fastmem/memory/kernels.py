@@ -65,6 +65,7 @@ def sgd_rank_update(W, Eb, H, alpha, backend=None):
     H = v.float_matrix("H", H, shape=(Eb.shape[0], Wd.shape[1]), dtype=Wd.dtype, device=device)
     if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, numbers.Real) or not np.isfinite(alpha):
         v.fail("alpha", "a finite real number", repr(alpha))
+    v.in_precision("alpha", float(alpha), Wd.dtype)
     get(backend, device=device).sgd_rank_update(Wd, Eb, H, float(alpha))
     return W
 

@@ -65,7 +65,7 @@ def sgd_step(W, E, U, x, y, lr, out=None, layernorm=False, backend=None):
     if x.ndim != 1 or x.size == 0:
         v.fail("x", "a non-empty 1-D array of tokens", f"shape {x.shape}")
     y = v.tokens("y", y, Uv.shape[0], shape=x.shape)
-    lr = v.positive_float("lr", lr)
+    lr = v.in_precision("lr", v.positive_float("lr", lr), Ev.dtype)
     oc, os_ = _detect_onehot(Ev) or (None, None)
     return float(get(backend).sgd_step(Wv, Ev, oc, os_, Uv, x, y, lr, bool(layernorm), Ov))
 
@@ -85,7 +85,7 @@ def _device_step(W, E, U, x, y, lr, out, layernorm, backend):
     if x.ndim != 1 or x.size == 0:
         v.fail("x", "a non-empty 1-D array of tokens", f"shape {x.shape}")
     y = v.tokens("y", y, U.shape[0], shape=x.shape, device=True)
-    lr = v.positive_float("lr", lr)
+    lr = v.in_precision("lr", v.positive_float("lr", lr), E.dtype)
     return float(get(backend, device=True).sgd_step(Wd, E, None, None, U, x, y, lr, bool(layernorm), Od))
 
 

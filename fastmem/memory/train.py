@@ -184,6 +184,8 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=None, tokens=Non
     E, oc, os_, U, p, y = problem_args(memory, task)
     v.finite("memory.W", memory.W)  # W is the caller's to change; E and U are read-only copies
     opt = spec_of(optimizer)  # the one conversion of the optimizer: everything below reads the spec
+    for name in ("lr", "weight_decay", "eps"):  # as the kernel sees them, in the memory's dtype
+        v.in_precision(f"optimizer.{name}", getattr(opt, name), memory.dtype)
     steps = v.positive_int("steps", steps, allow_zero=True, below=2**63)  # int64 step counts
     start_step = v.positive_int("start_step", start_step, allow_zero=True)
     if resume is not None:

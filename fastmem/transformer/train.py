@@ -102,7 +102,8 @@ def _check(model, task, lr, steps, batch_size, momentum, weight_decay, loss, rec
     if (task.V, task.seq_len) != (model.V, model.T):
         v.fail("task", f"V = {model.V} tokens and seq_len = {model.T} (the model's)", f"V = {task.V}, "
                f"seq_len = {task.seq_len}")
-    lrs = [v.positive_float("lr", x) for x in np.atleast_1d(np.asarray(lr, dtype=object))]
+    lrs = [v.in_precision("lr", v.positive_float("lr", x), model.dtype)
+           for x in np.atleast_1d(np.asarray(lr, dtype=object))]
     steps = v.positive_int("steps", steps, allow_zero=True, below=2**40)
     B = v.positive_int("batch_size", batch_size, below=2**31)
     momentum = v.unit_interval("momentum", momentum)
