@@ -116,6 +116,7 @@ def test_parameters_are_checked_in_the_kernels_precision(backend, call, name):
     assert (W == 0).all()
     fm.sgd_step(W.astype(np.float64), E.astype(np.float64), U.astype(np.float64), [0], [0], lr=1e39)  # float64 holds it
 
+
 @pytest.mark.parametrize("N, d", [(0, 3), (3, 0)])
 def test_empty_memories_are_refused(N, d):
     with pytest.raises(fm.InvalidArgumentError, match="^E: expected a non-empty array"):
@@ -159,6 +160,16 @@ TAMPER = {
     "moment of another shape": dict(arrays={"m": np.zeros((4, 5))}),
     "integer W": dict(arrays={"W": np.zeros((4, 4), dtype=np.int64)}),
 }
+
+
+def test_an_adam_state_is_checked_for_its_invariants(tmp_path):
+    """Adam's v is a running mean of squares: a negative entry is refused, not resumed into divergence."""
+    path, run = _saved_state(tmp_path, optimizer=fm.Adam(lr=0.1))
+    v = run.state.arrays["v"].copy()
+    v.flat[3] = -1e-3
+    _rewrite(path, arrays={"v": v})
+    with pytest.raises(fm.InvalidStateError, match="v >= 0"):
+        fm.TrainState.load(path)
 
 
 @pytest.mark.parametrize("how", TAMPER)

@@ -129,5 +129,8 @@ class TrainState:
                 bad(f"{name} of the shape and dtype of {REQUIRED[rep][0]} {shape}", f"{a.dtype} {a.shape}")
             if not np.isfinite(a).all():
                 bad(f"{name} finite", "NaN or Inf")
+        if "v" in self.arrays and (self.arrays["v"] < 0).any():
+            bad("v >= 0 (Adam's second moment, a running mean of squared gradients)",
+                f"{int((self.arrays['v'] < 0).sum())} negative entries")
         if rep == "primal" and shape[0] != shape[1]:
             bad("W square (d, d)", shape)
