@@ -57,6 +57,29 @@ def test_a_damaged_chunk_is_reported_moved_aside_and_redone(tmp_path, how, where
     np.testing.assert_array_equal(runs.set_index("run_id").loc[first["run_id"], "loss"], first["loss"])
 
 
+@pytest.mark.parametrize("intruder", ["copied chunk", "foreign parquet"])
+def test_a_store_reads_only_what_it_wrote_once_per_run(tmp_path, intruder):
+    import pandas as pd
+
+    first = _sweep(TINY, tmp_path)
+    chunks = sorted((tmp_path / "runs").glob("chunk-*.parquet"))
+    fake = tmp_path / "runs" / "chunk-0000000000000000.parquet"
+    if intruder == "copied chunk":
+        fake.write_bytes(chunks[-1].read_bytes())
+    else:  # valid Parquet, another schema: its rows must never be returned as runs
+        pd.DataFrame({"x": [1.0, 2.0], "loss": [0.0, 0.0]}).to_parquet(fake, index=False)
+    with pytest.warns(store.SweepStoreWarning, match="set aside|foreign"):
+        runs = fm.load_sweep(tmp_path)
+    assert len(runs) == len(first) and runs["run_id"].is_unique
+    assert set(runs["run_id"]) == set(first["run_id"])
+    with pytest.warns(store.SweepStoreWarning, match="moved to"):
+        again = _sweep(TINY, tmp_path)  # the store sets the intruder aside and says so
+    assert len(again) == len(first) and again["run_id"].is_unique
+    # one of the two copies (whichever is read second) is moved aside, nothing deleted
+    assert len(list((tmp_path / "runs").glob("chunk-*.parquet"))) == len(chunks)
+    assert len(list((tmp_path / "damaged" / "runs").glob("chunk-*.parquet"))) == 1
+
+
 def test_another_grid_is_refused_unless_extended_and_a_sweep_returns_its_own_runs(tmp_path):
     a, b = {**TINY, "seed": [1]}, {**TINY, "seed": [1, 2]}
     assert len(_sweep(a, tmp_path)) == 2

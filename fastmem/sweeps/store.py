@@ -39,6 +39,25 @@ def _read(path, columns=None):
     return pd.read_parquet(path, columns=columns)
 
 
+def _foreign(df, columns):
+    """Why a readable Parquet file in runs/ is not a chunk this store wrote (None if it is one):
+    every chunk holds the grid's keys, run_id and status."""
+    need = list(columns[:columns.index("run_id") + 1]) + ["status"] if "run_id" in columns else ["run_id", "status"]
+    missing = [c for c in need if c not in df.columns]
+    return f"not a chunk of this sweep: no column {missing}" if missing else None
+
+
+def _once_per_run(runs, out, stacklevel):
+    """Each run once: rows of a run id seen before (a chunk copied under another name) are set
+    aside, and said."""
+    dup = runs["run_id"].duplicated()
+    if dup.any():
+        warnings.warn(f"{out}: {int(dup.sum())} row(s) of runs already on disk (a chunk copied under another name?) "
+                      f"set aside: {sorted(set(runs['run_id'][dup]))[:5]}", SweepStoreWarning, stacklevel=stacklevel)
+        runs = runs[~dup].reset_index(drop=True)
+    return runs
+
+
 def _readable(path):
     try:
         _read(path)
@@ -86,13 +105,27 @@ def load(out, columns, trajectories=False):
         except Exception as exc:  # noqa: BLE001
             skipped.append(f"{f.relative_to(out)} ({type(exc).__name__})")
             continue
+        why = _foreign(df, columns)
+        if why:
+            skipped.append(f"{f.relative_to(out)} ({why})")
+            continue
         frames.append(df)
         if traj is not None:
             trajs.append(traj)
     if skipped:
-        warnings.warn(f"{out}: skipped {len(skipped)} unreadable chunk(s): {', '.join(skipped)}; running the sweep "
-                      f"again moves them to {out / 'damaged'} and redoes their runs", SweepStoreWarning, stacklevel=3)
+        warnings.warn(f"{out}: skipped {len(skipped)} unreadable or foreign chunk(s): {', '.join(skipped)}; running "
+                      f"the sweep again moves them to {out / 'damaged'} and redoes their runs", SweepStoreWarning,
+                      stacklevel=3)
     runs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    runs = _once_per_run(runs, out, stacklevel=3)
+    if trajectories and len(trajs):  # the trajectories of the rows kept: a copied chunk's twin is a copy too
+        trajs = [t.drop_duplicates(["run_id", "point"]) for t in trajs]
+        seen, kept = set(), []
+        for t in trajs:
+            t = t[~t["run_id"].isin(seen)]
+            seen.update(t["run_id"].unique())
+            kept.append(t)
+        trajs = kept
     return runs, (trajs if trajectories else None)
 
 
@@ -190,24 +223,29 @@ class Store:
         trajectories/ below it) and named in a SweepStoreWarning, its runs to be done again."""
         import pandas as pd
 
-        frames, moved = [], []
+        frames, moved, seen = [], [], set()
         for f in chunk_files(self.out):
             twin = self.out / "trajectories" / f.name
             try:
                 df = _read(f)
             except Exception:  # noqa: BLE001 - any failure to read is damage (pyarrow raises several types)
                 df = None
-            if df is None or twin.exists() and not _readable(twin):
-                moved.append(str(f.relative_to(self.out)))
+            why = None if df is None else _foreign(df, columns)
+            if not why and df is not None and len(df) and set(df["run_id"]) <= seen:
+                why = "runs already on disk in another chunk"
+            if df is None or why or twin.exists() and not _readable(twin):
+                moved.append(str(f.relative_to(self.out)) + (f" ({why})" if why else ""))
                 for path in (f, twin):
                     if path.exists():
                         self._move_aside(path)
             else:
                 frames.append(df)
+                seen.update(df["run_id"])
         if moved:
-            warnings.warn(f"{self.out}: {len(moved)} damaged chunk(s) moved to {self.out / 'damaged'}, their runs "
-                          f"are done again: {', '.join(moved)}", SweepStoreWarning, stacklevel=3)
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+            warnings.warn(f"{self.out}: {len(moved)} damaged or foreign chunk(s) moved to {self.out / 'damaged'}, "
+                          f"their runs are done again: {', '.join(moved)}", SweepStoreWarning, stacklevel=3)
+        runs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+        return _once_per_run(runs, self.out, stacklevel=3)
 
     def _move_aside(self, path):
         dest = self.out / "damaged" / path.parent.name
