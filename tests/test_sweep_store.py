@@ -92,6 +92,13 @@ def test_another_grid_is_refused_unless_extended_and_a_sweep_returns_its_own_run
     assert len(json.loads((tmp_path / "sweep.json").read_text())["grids"]) == 3
 
 
+def test_a_grid_is_the_set_of_its_runs(tmp_path):
+    first = _sweep(TINY, tmp_path)
+    again = _sweep({**TINY, "seed": [3, 2, 1, 1], "d": [6, 4]}, tmp_path)  # the same runs, listed otherwise
+    assert sorted(again["run_id"]) == sorted(first["run_id"])
+    assert len(json.loads((tmp_path / "sweep.json").read_text())["grids"]) == 1
+
+
 def test_a_folder_in_use_by_another_sweep_is_refused(tmp_path):
     with store.Store(tmp_path, SL.name, [sw.axes(TINY)]):
         with pytest.raises(fm.InvalidArgumentError, match=f"out: .*locked by pid {os.getpid()}"):

@@ -39,6 +39,12 @@ def _read(path, columns=None):
     return pd.read_parquet(path, columns=columns)
 
 
+def _grid_key(grid):
+    """A grid as the set of its runs: each key's values as a set (order and repeats aside)."""
+    return json.dumps({k: sorted({json.dumps(x, sort_keys=True) for x in (vals if isinstance(vals, list) else [vals])})
+                       for k, vals in grid.items()}, sort_keys=True)
+
+
 def _foreign(df, columns):
     """Why a readable Parquet file in runs/ is not a chunk this store wrote (None if it is one):
     every chunk holds the grid's keys, run_id and status."""
@@ -183,11 +189,13 @@ class Store:
 
     def _record_grids(self, grids, extend):
         path = self.out / "sweep.json"
-        want = [json.dumps(g, sort_keys=True) for g in grids]
+        want = [_grid_key(g) for g in grids]
+        given = dict(zip(want, grids))
         if path.exists():
             try:
                 meta = json.loads(path.read_text())
-                held = [json.dumps(g, sort_keys=True) for g in meta["grids"]]
+                held = [_grid_key(g) for g in meta["grids"]]
+                given.update(zip(held, meta["grids"]))
                 experiment = meta["experiment"]
             except (ValueError, KeyError, TypeError):
                 v.fail("out", "a sweep folder whose sweep.json fastmem wrote", f"{str(path)!r}, unreadable")
@@ -203,7 +211,7 @@ class Store:
         held = [g for g in held if g is not None] + new
         tmp = path.with_name(f".sweep.json.{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"format": FORMAT, "experiment": self.experiment,
-                                   "grids": [json.loads(g) for g in held]}, indent=1) + "\n")
+                                   "grids": [given[g] for g in held]}, indent=1) + "\n")
         os.replace(tmp, path)
 
     def close(self):
