@@ -17,7 +17,8 @@ from .train import INITS, OPTIMIZERS, SIMULATORS, train
 _NONNEGATIVE = number_key(0)[0]
 KEYS = {
     "num_last": integer_key(1), "num_next_per_last": integer_key(1), "num_common": integer_key(0),
-    "num_common_per_last": integer_key(0), "num_unique_per_next": integer_key(1), "lr_z": number_key(0),
+    "num_common_per_last": integer_key(0), "num_unique_per_next": integer_key(1),
+    "lr_z": number_key(0, strict=True),  # lr_y = lr_z * ratio: both would be 0
     "ratio": number_key(0, strict=True), "seed": integer_key(0), "steps": integer_key(0), "batch": integer_key(1),
     "L": integer_key(2),
     "init": (lambda x: x in INITS, f"one of {INITS}"),
