@@ -242,6 +242,6 @@ def test_fastmem_sweep_runs_a_scan_snap_grid_and_resumes(tmp_path):
 def test_a_grid_value_no_run_accepts_is_refused_before_the_first_run(tmp_path):
     """lr_z = 0 makes lr_y = lr_z * ratio = 0 too: every run would fail, so the grid is refused."""
     with pytest.raises(fm.InvalidArgumentError, match=r"^grid\['lr_z'\]: expected a number > 0"):
-        fm.sweep({"num_last": 1, "lr_z": [0.0, 1.0], "steps": 2, "batch": 4, "L": 8}, tmp_path / "out",
-                 experiment="scan-snap", workers=1, quiet=True)
+        fm.sweep({"num_last": 1, "lr_z": [0.0, 1.0], "ratio": 1.0, "seed": 0, "steps": 2, "batch": 4, "L": 8},
+                 tmp_path / "out", experiment="scan-snap", workers=1, quiet=True)
     assert not (tmp_path / "out" / "runs").exists()
