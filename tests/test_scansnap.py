@@ -90,6 +90,18 @@ def test_resume_continues_bit_exactly(backend):
         np.testing.assert_array_equal(rest.records.steps, np.arange(4, 11))
 
 
+@pytest.mark.parametrize("kw, name", [(dict(batch=999), "batch"), (dict(lr_z=0.5), "lr_z"), (dict(seed=7), "seed"),
+                                      (dict(optimizer="adam"), "optimizer"), (dict(dtype=np.float32), "dtype"),
+                                      (dict(ratio=3.0), "ratio")])
+def test_resume_refuses_a_setting_it_would_ignore(kw, name):
+    data = ss.syn_small()
+    half = ss.train(data, 4, batch=8, L=12, init="torch", seed=4, lr_z=0.1)
+    with pytest.raises(fm.InvalidArgumentError, match=f"^{name}: expected .*the resumed run's"):
+        ss.train(data, 6, resume=half, **kw)
+    same = ss.train(data, 6, resume=half, batch=8, L=12, seed=4, lr_z=0.1)  # its own settings, repeated: fine
+    assert same.records.steps[0] == 4
+
+
 def test_lemma5_h_star_is_exact_for_Y_alone_from_zero():
     """Orthonormal bags (no shared tokens), Z fixed at zero, Y from zero, full-batch GD on the
     population: Y f_n = h*(s) (M e_n - 1) with eta = lr_y / K, to 1e-10 in float64."""

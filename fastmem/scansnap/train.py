@@ -2,6 +2,7 @@
 sequences from the counter-based stream) and the population simulator (the exact
 long-sequence-limit dynamics), on one kernel per backend (``scansnap_train``)."""
 
+import inspect
 import numbers
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -137,6 +138,22 @@ def _record_steps(record_steps, start, steps):
     return r
 
 
+def _same_as_resumed(given, ratio, config):
+    """A setting passed with ``resume`` must be the resumed run's: resume goes on with its own
+    settings, and one asked for otherwise would be silently ignored. A setting left at its
+    default is taken from the run."""
+    defaults = {k: p.default for k, p in inspect.signature(train).parameters.items()}
+    for k, x in given.items():
+        want = config[k]
+        same = (np.dtype(x) == np.dtype(want)) if k == "dtype" else (x == want or tuple(np.atleast_1d(x)) ==
+                                                                        tuple(np.atleast_1d(want)))
+        if not same and x is not None and not (x is defaults[k] or (k != "dtype" and x == defaults[k])):
+            v.fail(k, f"{want!r}, the resumed run's (resume goes on with its settings), or left out", repr(x))
+    if ratio != defaults["ratio"] and given["lr_y"] is None and ratio * config["lr_z"] != config["lr_y"]:
+        v.fail("ratio", f"lr_y / lr_z = {config['lr_y'] / max(config['lr_z'], 1e-300):g}, the resumed run's, "
+                        "or left out", repr(ratio))
+
+
 def train(data, steps=100, *, batch=128, L=128, lr_z=1.0, ratio=1.0, lr_y=None, optimizer="sgd",
           momentum=0.9, betas=(0.9, 0.999), eps=1e-8, init="zero", Y=None, Z=None, seed=0,
           simulator="sampled", record_steps=None, record=("attention",), dtype=np.float64, backend=None,
@@ -173,6 +190,9 @@ def train(data, steps=100, *, batch=128, L=128, lr_z=1.0, ratio=1.0, lr_y=None, 
         if c["M"] != data.M:
             v.fail("resume", f"a run over M = {data.M} tokens", f"M = {c['M']}")
         start = resume.next_step
+        given = dict(batch=batch, L=L, lr_y=lr_y, lr_z=lr_z, seed=seed, simulator=simulator, optimizer=optimizer,
+                     momentum=momentum, betas=betas, eps=eps, dtype=dtype)
+        _same_as_resumed(given, ratio, c)
         batch, L, lr_y, lr_z, seed, simulator = c["batch"], c["L"], c["lr_y"], c["lr_z"], c["seed"], c["simulator"]
         optimizer, momentum, betas, eps, dtype = c["optimizer"], c["momentum"], c["betas"], c["eps"], c["dtype"]
     else:
