@@ -322,3 +322,32 @@ def test_enorm_takes_zero_weights_but_refuses_a_neuron_without_any(compiled):
         model[2].weight[:, 1] = 0.0  # neuron 1 of layer 1 has no outgoing weight
     with pytest.raises(fm.InvalidArgumentError, match="^model: expected hidden neurons with non-zero"):
         pc.rescale(model, method="enorm", backend=compiled)
+
+
+def _numpy_net(dtype=np.float64, seed=0):
+    from fastmem.pathcond import Dense, Network
+
+    rng = np.random.default_rng(seed)
+    W1, b1, W2 = (rng.normal(size=s) * 3 for s in ((4, 3), (4,), (2, 4)))
+    return Network([Dense(W1.astype(dtype), b1.astype(dtype)), Dense(W2.astype(dtype))])
+
+
+@pytest.mark.parametrize("spoil, match", [
+    ("int weights", "float weights.*int64"),
+    ("read-only second weight", "writeable weights.*layer 1"),
+    ("NaN z", "^z: expected finite"),
+    ("huge z", "^z: expected a rescaling that keeps the weights finite"),
+])
+def test_a_rescaling_is_applied_whole_or_not_at_all(spoil, match):
+    net = _numpy_net(np.int64 if spoil == "int weights" else np.float64)
+    if spoil == "read-only second weight":
+        net.layers[1].weight.flags.writeable = False
+    before = [a.copy() for la in net.layers for a in (la.weight, la.bias) if a is not None]
+    z = {"NaN z": np.array([0.1, np.nan, 0.0, 0.2]), "huge z": np.array([1e4, 0.0, 0.0, 0.0])}.get(spoil)
+    with pytest.raises(fm.InvalidArgumentError, match=match):
+        if z is None:
+            fm.pathcond.rescale(net)
+        else:
+            fm.pathcond.apply(net, z)
+    after = [a for la in net.layers for a in (la.weight, la.bias) if a is not None]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))  # nothing was changed

@@ -165,33 +165,75 @@ def bz(groups, z, P):
 
 def apply_rescaling(net, z):
     """theta' = theta * exp(-B z / 2) on the network's own arrays, in place: hidden neuron h's
-    incoming weights and bias times e^{z_h / 2}, its outgoing weights times e^{-z_h / 2}."""
+    incoming weights and bias times e^{z_h / 2}, its outgoing weights times e^{-z_h / 2}.
+    Whole or not at all: every new array is computed and checked (float, writeable, finite)
+    before the first is written."""
     z = np.asarray(z, dtype=np.float64)
-    params, start = net.params(), 0
+    if not np.isfinite(z).all():
+        v.fail("z", "finite values", f"{int((~np.isfinite(z)).sum())} NaN or Inf")
+    factors, params, start = {}, net.params(), 0  # id(array) -> [array, name, factor]
+
+    def scale(a, name, f):
+        entry = factors.setdefault(id(a), [a, name, np.ones((1,) * len(_shape(a)))])
+        entry[2] = entry[2] * f  # a hidden layer's weight is scaled on both sides
+
     for k, la in enumerate(params[:-1]):
         H = _shape(la.weight)[0]
-        lam = np.exp(z[start:start + H] / 2)
+        with np.errstate(over="ignore"):
+            lam = np.exp(z[start:start + H] / 2)
         start += H
         nxt = params[k + 1]
         ns = _shape(nxt.weight)
-        inv = (1.0 / lam)
-        _scale(la.weight, lam.reshape((H,) + (1,) * (len(_shape(la.weight)) - 1)))
+        inv = 1.0 / lam
+        scale(la.weight, f"layer {k}'s weight", lam.reshape((H,) + (1,) * (len(_shape(la.weight)) - 1)))
         if la.bias is not None:
-            _scale(la.bias, lam)
+            scale(la.bias, f"layer {k}'s bias", lam)
         if isinstance(nxt, Conv2d):
-            _scale(nxt.weight, inv.reshape(1, H, 1, 1))
+            scale(nxt.weight, f"layer {k + 1}'s weight", inv.reshape(1, H, 1, 1))
         else:  # dense: its inputs are the H neurons, each over its spatial size after a flatten
-            inner = ns[1] // H
-            _scale(nxt.weight, np.repeat(inv, inner).reshape(1, ns[1]))
+            scale(nxt.weight, f"layer {k + 1}'s weight", np.repeat(inv, ns[1] // H).reshape(1, ns[1]))
+    new = []
+    for a, name, f in factors.values():
+        _check_rescalable(a, name)
+        b = _scaled(a, f)
+        if not _all_finite(b):
+            v.fail("z", f"a rescaling that keeps the weights finite ({name} overflows)", "a z too large")
+        new.append(b)
+    for (a, _, _), b in zip(factors.values(), new):
+        _assign(a, b)
 
 
-def _scale(a, factor):
-    """a *= factor in place, for numpy arrays and PyTorch tensors (on their device)."""
+def _check_rescalable(a, name):
     if isinstance(a, np.ndarray):
-        a *= factor.astype(a.dtype)
+        if a.dtype.kind != "f":
+            v.fail("model", f"float weights (a rescaling multiplies them); {name} is", f"dtype {a.dtype}")
+        if not a.flags.writeable:
+            v.fail("model", f"writeable weights (rescaled in place); {name} is", "read-only")
+    elif not a.is_floating_point():
+        v.fail("model", f"float weights (a rescaling multiplies them); {name} is", f"dtype {a.dtype}")
+
+
+def _scaled(a, factor):
+    """a * factor, a new array of a's kind, dtype and device."""
+    if isinstance(a, np.ndarray):
+        with np.errstate(over="ignore", invalid="ignore"):
+            return a * factor.astype(a.dtype)
+    import torch
+
+    with torch.no_grad():
+        return a.detach() * torch.from_numpy(np.ascontiguousarray(factor)).to(device=a.device, dtype=a.dtype)
+
+
+def _all_finite(b):
+    return bool(np.isfinite(b).all()) if isinstance(b, np.ndarray) else bool(b.isfinite().all())
+
+
+def _assign(a, b):
+    if isinstance(a, np.ndarray):
+        a[...] = b
         return
     import torch
 
     with torch.no_grad():
-        a.mul_(torch.from_numpy(np.ascontiguousarray(factor)).to(device=a.device, dtype=a.dtype))
+        a.copy_(b)
 
