@@ -1,4 +1,5 @@
-"""The ``fastmem`` command line: ``run`` one training run, ``info`` on the build."""
+"""The fastmem command line: run one training run, reproduce the paper's experiments, sweep a
+grid of runs (resumably, to Parquet), info on the build."""
 
 import argparse
 import csv
@@ -15,28 +16,36 @@ from .errors import InvalidArgumentError
 EMBEDDINGS = ("gaussian", "sphere", "orthogonal")
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default where it has one (not None, not a flag's False)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _run_parser(sub):
-    p = sub.add_parser("run", help="train one memory and print a summary",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("run", help="train one memory and print a summary", formatter_class=_Help)
     p.add_argument("--N", type=int, default=100, help="input tokens")
     p.add_argument("--M", type=int, default=5, help="output tokens (y(x) = x mod M)")
     p.add_argument("--d", type=int, default=100, help="embedding dimension")
     p.add_argument("--alpha", type=float, default=2.0, help="Zipf exponent of p")
-    p.add_argument("--embeddings", choices=EMBEDDINGS, default="gaussian")
-    p.add_argument("--optimizer", choices=("sgd", "gd", "adam", "sign"), default="sgd")
-    p.add_argument("--lr", type=float, default=1.0)
+    p.add_argument("--embeddings", choices=EMBEDDINGS, default="gaussian", help="E and U")
+    p.add_argument("--optimizer", choices=("sgd", "gd", "adam", "sign"), default="sgd", help="the update")
+    p.add_argument("--lr", type=float, default=1.0, help="learning rate")
     p.add_argument("--momentum", type=float, default=None, help="sgd and gd only (default 0)")
-    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--weight-decay", type=float, default=0.0, help="W <- (1 - lr wd) W - lr update")
     p.add_argument("--betas", type=float, nargs=2, default=None, help="adam only (default 0.9 0.999)")
     p.add_argument("--batch-size", type=int, default=0, help="0: full-batch GD on the population loss")
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=1000, help="updates")
     p.add_argument("--seed", type=int, default=0, help="embeddings and sampling")
-    p.add_argument("--layernorm", action="store_true")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--layernorm", action="store_true", help="normalise the read-out before the scores")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="precision of the run")
     p.add_argument("--record", default="log", help="'log', 'all', 'last' or every K steps")
     p.add_argument("--backend", default=None, help="auto, cpp, numba or numpy (fm.backends() lists them)")
     p.add_argument("--out", type=Path, help="write the recorded metrics (.csv or .json)")
-    p.add_argument("--plot", type=Path, help="save loss and error curves (.png, .pdf)")
+    p.add_argument("--plot", type=Path, help="save loss and error curves (.png, .pdf, .svg)")
 
 
 def _writable(name, path, formats):
@@ -197,11 +206,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastmem", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
-    rp = sub.add_parser("reproduce", help="the paper's experiments: figures (PNG, PDF) and NAME.json")
+    rp = sub.add_parser("reproduce", help="the paper's experiments: figures (PNG, PDF) and NAME.json",
+                        formatter_class=_Help)
     rp.add_argument("name", nargs="?", help="an experiment (see --list)")
     rp.add_argument("--all", action="store_true", help="every experiment")
     rp.add_argument("--list", action="store_true", help="what each experiment shows")
-    rp.add_argument("--out", type=Path, default=Path("reproduce-out"))
+    rp.add_argument("--out", type=Path, default=Path("reproduce-out"), help="folder for the figures and NAME.json")
     rp.add_argument("--full", action="store_true",
                     help="at the paper's size, for the experiments that run at a reduced one (see --list)")
     sp = sub.add_parser("sweep", help="run a grid of runs (TOML), resumably, writing Parquet under --out")

@@ -85,3 +85,14 @@ def test_run_writes_its_files_whole(tmp_path):
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "p.svg"]  # no temporary file left
     assert json.loads((tmp_path / "m.json").read_text())["steps_done"] == 20
+
+
+def test_help_reads_as_plain_text_with_every_command_and_default(tmp_path):
+    top = _fastmem("--help", cwd=tmp_path).stdout
+    assert "``" not in top and all(c in top.split("options:")[0] for c in ("run", "reproduce", "sweep", "info"))
+    run = " ".join(_fastmem("run", "--help", cwd=tmp_path).stdout.split())
+    for flag, default in (("--lr", "1.0"), ("--steps", "1000"), ("--optimizer", "sgd"), ("--dtype", "float32"),
+                          ("--seed", "0"), ("--batch-size", "0")):
+        assert f"(default: {default})" in run.split(flag, 2)[-1].split(" --")[0], flag
+    assert "(default: None)" not in run and "(default 0) (default" not in run
+    assert "(default:" in " ".join(_fastmem("reproduce", "--help", cwd=tmp_path).stdout.split()).split("--out")[-1]
