@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -202,7 +203,13 @@ def _cmd_info(a):
     return 0
 
 
+def _print_warning(message, category, filename, lineno, file=None, line=None):
+    """A warning as one line on stderr, as a user reads it: no source file, no code line."""
+    print(f"fastmem: {category.__name__}: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv=None):
+    warnings.showwarning = _print_warning  # this process is the command line's
     parser = argparse.ArgumentParser(prog="fastmem", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)

@@ -256,3 +256,20 @@ def test_a_sweep_runs_from_any_main_module(tmp_path, how):
         script.write_text(code)
         r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd="/")
     assert r.returncode == 0 and r.stdout.strip() == "['ok'] 3", r.stderr
+
+
+def test_the_cli_says_a_store_warning_in_one_line(tmp_path):
+    import pandas as pd
+
+    grid = _toml(tmp_path / "g.toml", "[1]")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "fastmem", "sweep", str(grid), "--out", str(out), "--workers", "1", "--quiet"]
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd="/", timeout=120)
+    assert first.returncode == 0, first.stderr
+    pd.DataFrame({"x": [1.0]}).to_parquet(out / "runs" / "chunk-0000000000000000.parquet", index=False)
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd="/", timeout=120)
+    assert again.returncode == 0, again.stderr
+    err = again.stderr.splitlines()
+    said = [line for line in err if "SweepStoreWarning" in line]
+    assert len(said) == 1 and said[0].startswith("fastmem: SweepStoreWarning: ") and "foreign" in said[0], err
+    assert not any("warnings.warn" in line or ".py:" in line for line in err), err
