@@ -68,6 +68,19 @@ def _writable(name, path, formats):
         path.unlink()
 
 
+def _writable_folder(name, path):
+    if path.exists() and not path.is_dir():
+        raise InvalidArgumentError(f"{name}: expected a folder (or a path to create), got {str(path)!r}, a file")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".probe.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise InvalidArgumentError(f"{name}: expected a folder this process can write to, got {str(path)!r} "
+                                   f"({exc.strerror or exc})") from None
+
+
 def _write_whole(name, path, write):
     """write(tmp) to a temporary file beside ``path``, then moved into place: a full disk leaves
     the old file (or none), never a truncated one, and is reported by name."""
@@ -79,6 +92,18 @@ def _write_whole(name, path, write):
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise InvalidArgumentError(f"{name}: could not write {str(path)!r} ({exc.strerror or exc})") from None
+
+
+def _available_memory():
+    """Bytes the system can give without swapping (MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _cmd_run(a):
@@ -93,6 +118,13 @@ def _cmd_run(a):
         v.fail("--betas", f"no betas with --optimizer {a.optimizer} (adam only)", a.betas)
     _writable("--out", a.out, (".csv", ".json"))
     _writable("--plot", a.plot, (".png", ".pdf", ".svg"))
+    for name in ("N", "M", "d"):
+        v.positive_int(f"--{name}", getattr(a, name))
+    # E and U drawn in float64 then cast: what the run holds at its largest, before it is made
+    need, have = 2 * 8 * (a.N + a.M) * a.d, _available_memory()
+    if have is not None and need > have:
+        v.fail("--N, --M, --d", f"embeddings that fit in memory ({have / 2**30:.1f} GiB available)",
+               f"(N + M) x d = {(a.N + a.M) * a.d:,} entries, about {need / 2**30:.1f} GiB")
     dtype = np.dtype(a.dtype)
     if a.embeddings == "orthogonal":
         E, U = fm.embeddings.orthogonal(a.N, a.M, a.d, dtype=dtype)
@@ -141,14 +173,19 @@ def _cmd_run(a):
 def _cmd_reproduce(a):
     from .reproduce import EXPERIMENTS, reproduce
 
+    if a.all and a.name:
+        raise InvalidArgumentError(f"name: --all runs every experiment; give {a.name!r} or --all, not both")
+    if not (a.list or not (a.all or a.name)):
+        if a.name and a.name not in EXPERIMENTS:
+            raise InvalidArgumentError(f"name: expected one of {sorted(EXPERIMENTS)}, got {a.name!r}")
+        _writable_folder("--out", a.out)  # before the work, not after it
+
     if a.list or not (a.all or a.name):
         for e in EXPERIMENTS.values():
             took = f" (about {e.minutes:g} min)" if e.minutes else ""
             took += f" [--full: the paper's size, about {e.full_minutes:g} min]" if e.full_minutes else ""
             print(f"{e.name:<16} {e.summary}{took}")
         return 0
-    if a.all and a.name:
-        raise InvalidArgumentError(f"name: --all runs every experiment; give {a.name!r} or --all, not both")
     names = list(EXPERIMENTS) if a.all else [a.name]
     failed = []
     for name in names:

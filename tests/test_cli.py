@@ -96,3 +96,13 @@ def test_help_reads_as_plain_text_with_every_command_and_default(tmp_path):
         assert f"(default: {default})" in run.split(flag, 2)[-1].split(" --")[0], flag
     assert "(default: None)" not in run and "(default 0) (default" not in run
     assert "(default:" in " ".join(_fastmem("reproduce", "--help", cwd=tmp_path).stdout.split()).split("--out")[-1]
+
+
+def test_bad_sizes_and_folders_are_named_before_the_work(tmp_path):
+    r = _fastmem("run", "--N", "1000000000", "--d", "1000", cwd=tmp_path)  # ~16 TB of embeddings
+    assert r.returncode == 2 and "--N, --M, --d: expected embeddings that fit in memory" in r.stderr, r.stderr
+    r = _fastmem("run", "--d", "0", cwd=tmp_path)
+    assert r.returncode == 2 and "--d: expected" in r.stderr
+    (tmp_path / "afile").write_text("")
+    r = _fastmem("reproduce", "one-step", "--out", "afile", cwd=tmp_path)
+    assert r.returncode == 2 and "--out: expected a folder" in r.stderr and "Traceback" not in r.stderr
