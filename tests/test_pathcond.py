@@ -351,3 +351,8 @@ def test_a_rescaling_is_applied_whole_or_not_at_all(spoil, match):
             fm.pathcond.apply(net, z)
     after = [a for la in net.layers for a in (la.weight, la.bias) if a is not None]
     assert all(np.array_equal(a, b) for a, b in zip(before, after))  # nothing was changed
+
+
+def test_sweeps_are_bounded_before_anything_is_allocated():
+    with pytest.raises(fm.InvalidArgumentError, match="^sweeps: expected an integer below"):
+        fm.pathcond.rescale(_numpy_net(), sweeps=10**12)

@@ -44,7 +44,8 @@ def solve(model, sweeps=10, tol=1e-2, method="pathcond", backend=None, input_sha
     if method not in METHODS:
         v.fail("method", f"one of {METHODS}", repr(method))
     net = as_network(model, input_shape)
-    sweeps = v.positive_int("sweeps", sweeps, allow_zero=True)
+    # the objective is kept per sweep: bounded before it is allocated (the authors run 10)
+    sweeps = v.positive_int("sweeps", sweeps, allow_zero=True, below=10**6)
     tol = v.positive_float("tol", tol, allow_zero=True)
     groups = net.groups()
     G = diag_G(net) if G is None else np.asarray(G, dtype=np.float64)
