@@ -196,6 +196,8 @@ def _cmd_reproduce(a):
         for check, held in numbers.get("checks", {}).items():
             if held is False:
                 print(f"  not seen: {check}")
+        if numbers.get("holds") is False and not numbers.get("checks"):
+            print(f"  expected: {numbers.get('expected', 'see the JSON')}")
         if numbers.get("holds") is False:
             failed.append(name)
     return 4 if failed else 0

@@ -128,6 +128,7 @@ def test_scan_snap_medium_on_a_smaller_grid(tmp_path):
                                                       "ratio")}
     assert all(c["n_seeds"] == 3 for c in r["cells"])
     assert r["holds"]  # both claims hold on these panels (see the note on 10/20 in BENCHMARKS.md)
+    assert len(r["checks"]) == 2 * 2 + 2 and r["holds"] == all(r["checks"].values())  # what the CLI names
     assert all((tmp_path / f).stat().st_size > 0 for f in r["files"])
 
 

@@ -115,4 +115,8 @@ def medium_experiment(out, num_last=(1, 3, 5, 10), lr_z=(0.5, 1.0, 2.0, 3.0), ra
             # iteration have not snapped yet
             "snap_time_at_lr_y_1": {str(nl): float(fm.scansnap.snap_time(2 * nl, fm.scansnap.syn_medium(nl).M, 1.0))
                                     for nl in num_last},
+            "checks": {**{f"entropy higher at ratio {max(ratio):g} than {min(ratio):g} ({k})": x["holds"]
+                          for k, x in higher_at_10.items()},
+                       **{f"entropy falls as lr_z grows at ratio {min(ratio):g} (num_last={k})": x
+                          for k, x in falls_with_lr_z.items()}},
             "holds": all(x["holds"] for x in higher_at_10.values()) and all(falls_with_lr_z.values())}
