@@ -106,6 +106,22 @@ def _available_memory():
     return None
 
 
+def _write_metrics(path, run):
+    """The run's records to ``path`` (.json, else CSV), written whole."""
+    rows = [{"step": int(s), "loss": float(l), "accuracy": float(c)} for s, l, c in zip(run.steps, run.loss,
+                                                                                           run.accuracy)]
+
+    def write(tmp):
+        if path.suffix.lower() == ".json":
+            tmp.write_text(json.dumps({"status": run.status, "steps_done": run.steps_done, "records": rows}, indent=1))
+        else:
+            with tmp.open("w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=["step", "loss", "accuracy"])
+                w.writeheader()
+                w.writerows(rows)
+    _write_whole("--out", path, write)
+
+
 def _cmd_run(a):
     import fastmem as fm
     from fastmem import _validate as v
@@ -139,27 +155,23 @@ def _cmd_run(a):
     record = fm.Record(steps=int(a.record) if a.record.isdigit() else a.record, metrics=("loss", "accuracy"))
     mem = fm.AssociativeMemory(E, U, layernorm=a.layernorm)
     task = fm.Task.zipf(a.N, a.M, a.alpha)
+    print(f"fastmem run: N={a.N} M={a.M} d={a.d} {opt} batch={a.batch_size or 'full'} steps={a.steps:,}", flush=True)
     t0 = time.perf_counter()
-    run = fm.train(mem, task, opt, a.steps, batch_size=a.batch_size or None, seed=a.seed, record=record,
-                   backend=a.backend)
+    try:
+        run = fm.train(mem, task, opt, a.steps, batch_size=a.batch_size or None, seed=a.seed, record=record,
+                       backend=a.backend)
+    except KeyboardInterrupt as exc:  # what was recorded before Ctrl-C is kept
+        if getattr(exc, "run", None) is not None and a.out:
+            _write_metrics(a.out, exc.run)
+            print(f"metrics so far written to {a.out}", file=sys.stderr)
+        raise
     secs = time.perf_counter() - t0
-    print(f"fastmem run: N={a.N} M={a.M} d={a.d} {opt} batch={a.batch_size or 'full'} backend={run.backend}")
-    print(f"status {run.status}: {run.steps_done} steps in {secs:.3f} s ({run.steps_done / max(secs, 1e-12):,.0f} steps/s)")
+    print(f"status {run.status}: {run.steps_done} steps in {secs:.3f} s ({run.steps_done / max(secs, 1e-12):,.0f} "
+          f"steps/s) on backend {run.backend}")
     if len(run.steps):
         print(f"loss {run.loss[0]:.6g} -> {run.loss[-1]:.6g}, accuracy {run.accuracy[0]:.4f} -> {run.accuracy[-1]:.4f}")
     if a.out:
-        rows = [{"step": int(s), "loss": float(l), "accuracy": float(c)}
-                for s, l, c in zip(run.steps, run.loss, run.accuracy)]
-        def write_metrics(tmp):
-            if a.out.suffix.lower() == ".json":
-                tmp.write_text(json.dumps({"status": run.status, "steps_done": run.steps_done, "records": rows},
-                                          indent=1))
-            else:
-                with tmp.open("w", newline="") as f:
-                    w = csv.DictWriter(f, fieldnames=["step", "loss", "accuracy"])
-                    w.writeheader()
-                    w.writerows(rows)
-        _write_whole("--out", a.out, write_metrics)
+        _write_metrics(a.out, run)
         print(f"metrics written to {a.out}")
     if a.plot:
         from .plot import plot_run

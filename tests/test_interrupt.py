@@ -110,7 +110,24 @@ def test_ctrl_c_stops_fastmem_run():
         pytest.skip("the compiled backend is not built")
     p = subprocess.Popen([sys.executable, "-m", "fastmem", "run", "--steps", str(10**12), "--batch-size", "8",
                           "--optimizer", "adam"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
-    time.sleep(2.5)  # imports, then well into the run
+    assert p.stdout.readline().startswith("fastmem run: ")  # said before the run (the backend still to load)
+    time.sleep(2.0)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=20)
     assert p.returncode == 130 and "fastmem run: interrupted after" in err, err
+
+
+def test_an_interrupted_fastmem_run_keeps_what_it_recorded(tmp_path):
+    if not fm.backends()["cpp"]["available"]:
+        pytest.skip("the compiled backend is not built")
+    out = tmp_path / "m.json"
+    p = subprocess.Popen([sys.executable, "-m", "fastmem", "run", "--steps", str(10**12), "--batch-size", "8",
+                          "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, cwd="/")
+    assert p.stdout.readline().startswith("fastmem run: ")
+    time.sleep(2.0)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=20)
+    assert p.returncode == 130 and "metrics so far written" in err, err
+    got = json.loads(out.read_text())
+    assert got["status"] == "interrupted" and len(got["records"]) >= 1 and got["records"][0]["step"] == 0
