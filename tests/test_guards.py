@@ -162,6 +162,18 @@ TAMPER = {
 }
 
 
+def test_a_state_that_could_unpack_to_any_size_is_refused_unread(tmp_path):
+    path, run = _saved_state(tmp_path)
+    with np.load(path, allow_pickle=False) as f:
+        data = {k: f[k] for k in f.files}
+    data["W"] = np.zeros((3000, 3000))  # 72 MB of zeros in a file of ~100 KB
+    bomb = tmp_path / "bomb.npz"
+    np.savez_compressed(bomb, **data)
+    assert bomb.stat().st_size < 1e6
+    with pytest.raises(fm.InvalidStateError, match="compressed members"):
+        fm.TrainState.load(bomb)
+
+
 def test_an_adam_state_is_checked_for_its_invariants(tmp_path):
     """Adam's v is a running mean of squares: a negative entry is refused, not resumed into divergence."""
     path, run = _saved_state(tmp_path, optimizer=fm.Adam(lr=0.1))

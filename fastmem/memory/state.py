@@ -72,6 +72,12 @@ class TrainState:
         arrays, shapes that disagree), raises InvalidStateError naming what is wrong."""
         try:  # our own file object: np.load leaks its own when the file is not an archive
             with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:
+                # save() stores its arrays uncompressed, so a state unpacks to about its file's size;
+                # a compressed member could unpack to any size (a few MB of zeros to gigabytes)
+                packed = [i.filename for i in f.zip.infolist() if i.compress_type != zipfile.ZIP_STORED]
+                if packed:
+                    raise InvalidStateError(f"{path}: compressed members {packed[:3]}: TrainState.save writes them "
+                                            "uncompressed, and a compressed one may unpack to any size")
                 if "__meta__" not in f.files:
                     raise InvalidStateError(f"{path}: not a state written by TrainState.save (no header)")
                 meta = json.loads(str(f["__meta__"]))
