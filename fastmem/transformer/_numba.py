@@ -116,7 +116,7 @@ def _axpy(alpha, x, y, n):
 
 @njit(cache=True, fastmath=_FAST)
 def _rows_times(A, nr, M, out, beta):
-    """out[:nr] = beta out[:nr] + A[:nr] @ M (M: k x c)."""
+    """out[:nr] = A[:nr] @ M (beta 0) or out[:nr] += A[:nr] @ M (beta 1); M: k x c."""
     for i in range(nr):
         if beta == 0:
             out[i, :] = 0
@@ -126,11 +126,11 @@ def _rows_times(A, nr, M, out, beta):
 
 @njit(cache=True, fastmath=_FAST)
 def _rows_times_t(A, nr, M, out, beta):
-    """out[:nr] = beta out[:nr] + A[:nr] @ M^T (M: c x k)."""
+    """out[:nr] = A[:nr] @ M^T (beta 0) or out[:nr] += A[:nr] @ M^T (beta 1); M: c x k."""
     for i in range(nr):
         for j in range(M.shape[0]):
             x = _dot(A[i], M[j], M.shape[1])
-            out[i, j] = x if beta == 0 else beta * out[i, j] + x
+            out[i, j] = x if beta == 0 else out[i, j] + x
 
 
 @njit(cache=True, fastmath=_FAST)
