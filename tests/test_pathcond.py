@@ -333,18 +333,20 @@ def _numpy_net(dtype=np.float64, seed=0):
 
 
 @pytest.mark.parametrize("spoil, match", [
-    ("int weights", "float weights.*int64"),
+    ("int weights", "weight: expected float32 or float64 values, got dtype int64"),
     ("read-only second weight", "writeable weights.*layer 1"),
     ("NaN z", "^z: expected finite"),
     ("huge z", "^z: expected a rescaling that keeps the weights finite"),
 ])
 def test_a_rescaling_is_applied_whole_or_not_at_all(spoil, match):
-    net = _numpy_net(np.int64 if spoil == "int weights" else np.float64)
+    net = _numpy_net()
     if spoil == "read-only second weight":
         net.layers[1].weight.flags.writeable = False
     before = [a.copy() for la in net.layers for a in (la.weight, la.bias) if a is not None]
     z = {"NaN z": np.array([0.1, np.nan, 0.0, 0.2]), "huge z": np.array([1e4, 0.0, 0.0, 0.0])}.get(spoil)
     with pytest.raises(fm.InvalidArgumentError, match=match):
+        if spoil == "int weights":
+            net = _numpy_net(np.int64)  # refused as it is built, before any rescaling
         if z is None:
             fm.pathcond.rescale(net)
         else:
@@ -356,3 +358,23 @@ def test_a_rescaling_is_applied_whole_or_not_at_all(spoil, match):
 def test_sweeps_are_bounded_before_anything_is_allocated():
     with pytest.raises(fm.InvalidArgumentError, match="^sweeps: expected an integer below"):
         fm.pathcond.rescale(_numpy_net(), sweeps=10**12)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: _layers(np.ones(4), np.ones((2, 4))), "weight: expected a 2-D array"),
+    (lambda: _layers([[1.0, 2.0]], np.ones((2, 1))), "weight: expected a numpy array or a PyTorch tensor, got list"),
+    (lambda: _layers(np.ones((4, 3), complex), np.ones((2, 4))), "weight: expected float32 or float64 values"),
+    (lambda: nn.Sequential(nn.Linear(3, 4).to(torch.bfloat16), nn.ReLU(), nn.Linear(4, 2).to(torch.bfloat16)),
+     "0.weight: expected float32 or float64 values, got dtype bfloat16"),
+    (lambda: nn.Sequential(nn.Linear(3, 4, device="meta"), nn.ReLU(), nn.Linear(4, 2, device="meta")),
+     "0.weight: expected a tensor with data"),
+])
+def test_bad_weights_are_named(make, match):
+    with pytest.raises(fm.InvalidArgumentError, match=match):
+        fm.pathcond.rescale(make())
+
+
+def _layers(W1, W2):
+    from fastmem.pathcond import Dense, Network
+
+    return Network([Dense(W1), Dense(W2)])

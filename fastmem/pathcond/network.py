@@ -84,6 +84,11 @@ class Network:
         params = [la for la in self.layers if isinstance(la, PARAM_LAYERS)]
         if len(params) < 2:
             v.fail("layers", "at least two parameterised layers (one hidden layer to rescale)", len(params))
+        for i, la in enumerate(self.layers):
+            if isinstance(la, PARAM_LAYERS):
+                _check_param(f"{la.name}.weight", la.weight, 4 if isinstance(la, Conv2d) else 2)
+                if la.bias is not None:
+                    _check_param(f"{la.name}.bias", la.bias, 1)
         self._check()
 
     @classmethod
@@ -233,6 +238,22 @@ class Network:
 
     def hidden_sizes(self):
         return [int(_shape(la.weight)[0]) for la in self.params()[:-1]]
+
+
+def _check_param(name, a, ndim):
+    """A layer's array: a float32/float64 numpy array or PyTorch tensor with data, of ndim dims."""
+    if isinstance(a, np.ndarray):
+        dtype, where = a.dtype, None
+    elif type(a).__module__.startswith("torch") and hasattr(a, "detach"):
+        dtype, where = str(a.dtype).replace("torch.", ""), a.device.type
+        if where == "meta":
+            v.fail(name, "a tensor with data", "a tensor on the meta device")
+    else:
+        v.fail(name, "a numpy array or a PyTorch tensor", type(a).__name__)
+    if str(dtype) not in ("float32", "float64"):
+        v.fail(name, "float32 or float64 values", f"dtype {dtype}")
+    if a.ndim != ndim:
+        v.fail(name, f"a {ndim}-D array", f"shape {tuple(a.shape)}")
 
 
 def _shape(a):
