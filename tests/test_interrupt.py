@@ -37,8 +37,14 @@ SCRIPT = textwrap.dedent("""
     except KeyboardInterrupt as exc:
         run = getattr(exc, "run", None)
         steps = None if run is None else run.records.steps if kind == "scansnap" else run.steps
+        resumes = None
+        if kind == "primal" and run is not None:  # from exc.run.state, exactly as one longer run
+            more = fm.train(mem, task, opt, 5, batch_size=8, backend="cpp", resume=run.state)
+            whole = fm.train(mem, task, opt, run.steps_done + 5, batch_size=8, backend="cpp", representation=kind)
+            resumes = bool(np.array_equal(more.W, whole.W))
         print(json.dumps(None if run is None else {"status": run.status, "steps": steps.tolist(),
-                                                   "done": run.steps_done, "loss": run.loss.tolist()}))
+                                                   "done": run.steps_done, "loss": run.loss.tolist(),
+                                                   "resumes_exactly": resumes}))
         sys.exit(130)
 """)
 
@@ -61,6 +67,8 @@ def test_ctrl_c_stops_a_compiled_run_keeping_its_records(kind):
     run = json.loads(out)
     assert run["status"] == "interrupted" and run["done"] > 2 and run["steps"] == [0, 1, 2]
     assert np.isfinite(run["loss"]).all()
+    if kind == "primal":
+        assert run["resumes_exactly"] is True
 
 
 def _openmp_runtimes():

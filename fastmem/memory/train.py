@@ -233,8 +233,13 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=None, tokens=Non
     except KeyboardInterrupt as exc:  # Ctrl-C in the compiled loop: what it recorded stays reachable
         done, n_rec = getattr(exc, "fastmem_progress", (None, None))
         if done is not None:
+            state = None
+            if rep == "primal":  # W and the moments are those after `done` steps: resumable as they are
+                t_opt = (resume.opt_t if resume is not None else 0) + (int(done) if arrays.get("m") is not None else 0)
+                state = TrainState(rep, start_step + int(done), seed, {k: a for k, a in arrays.items() if a is not None},
+                                   1.0, t_opt, optimizer_kind(opt))
             exc.run = Run(memory, task, start_step + rec_steps[:n_rec], _written(rec, n_rec), arrays.get("W"),
-                          "interrupted", int(done), be.name, optimizer, rep, reason)
+                          "interrupted", int(done), be.name, optimizer, rep, reason, None, state)
         raise
     state = None if not policy.resumable else TrainState(  # a projected run keeps no W to resume from
         rep, start_step + int(out.steps_done), seed, {k: a for k, a in arrays.items() if a is not None},
