@@ -8,6 +8,7 @@ own package (fastmem/<system>/_numba.py), registered with fastmem.backends.
 """
 
 import math
+import threading
 import types
 
 import numba as nb
@@ -71,10 +72,11 @@ def optimizer_step(kind, W, g, m, v, lr, decay, mom, b1, b2, eps, t):
 
 # --- the one loop (drive() in train.hpp) ---------------------------------------------------
 
-def _drive_loop(steps, ctx):
-    """drive() in train.hpp: record at t, then take step t, until `steps` or divergence.
-    record(t, r, ctx) writes the records due at t from record r on and returns (next r,
-    diverged); step(t, ctx) returns False when the loss turned non-finite."""
+def _drive_loop(steps, ctx, stop):
+    """drive() in train.hpp: record at t, then take step t, until `steps`, divergence (status
+    1) or stop[0] set (status 2: Ctrl-C, see interruptible). record(t, r, ctx) writes the
+    records due at t from record r on and returns (next r, diverged); step(t, ctx) returns
+    False when the loss turned non-finite."""
     r, status, done = 0, 0, 0
     for t in range(steps + 1):
         r, diverged = record(t, r, ctx)  # noqa: F821 (bound per representation by driver)
@@ -83,13 +85,16 @@ def _drive_loop(steps, ctx):
             status = 1
         if t == steps or status != 0:
             break
+        if stop[0] != 0:
+            status = 2
+            break
         if not step(t, ctx):  # noqa: F821
             status = 1
             break
     return status, done, r
 
 
-def _drive_batches_loop(steps, ctx):
+def _drive_batches_loop(steps, ctx, stop):
     """drive() for the memory's trainers (train.hpp): the loop walks the records due at t
     (due(t, r, ctx); record(t, r, ctx) writes record r and returns whether its loss is not
     finite), draws step t's batch and learning rate (batch(t, ctx) -> (tokens, weights, lr)) and
@@ -102,6 +107,9 @@ def _drive_batches_loop(steps, ctx):
             r += 1
         done = t
         if t == steps or status != 0:
+            break
+        if stop[0] != 0:
+            status = 2
             break
         toks, w, lr = batch(t, ctx)  # noqa: F821
         if not step(t, toks, w, lr, ctx):  # noqa: F821
@@ -121,4 +129,39 @@ def driver(name, record, step, due=None, batch=None):
     bound = {"record": record, "step": step, "due": due, "batch": batch, "range": range, "__name__": __name__}
     f = types.FunctionType(loop.__code__, bound, "_drive_" + name)
     f.__qualname__ = f.__name__
-    return njit(cache=True)(f)
+    return njit(cache=True, nogil=True)(f)  # nogil: run by interruptible() beside the main thread
+
+
+INTERRUPTED = 2  # the loops' status when stop[0] was set
+
+
+def interruptible(f, *args, progress):
+    """f(*args, stop) in a worker thread, the main thread waiting where Ctrl-C reaches it: a
+    KeyboardInterrupt sets stop[0], the loop ends between two steps (status INTERRUPTED), and
+    the interrupt is raised again carrying ``fastmem_progress = progress(result)`` (steps done,
+    records written), as the compiled backend's does. f must be compiled nogil."""
+    stop = np.zeros(1, np.uint8)
+    box, finished = {}, threading.Event()
+
+    def work():
+        try:
+            box["result"] = f(*args, stop)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            box["error"] = exc
+        finally:
+            finished.set()
+
+    threading.Thread(target=work, name="fastmem-numba", daemon=True).start()
+    interrupt = None
+    while not finished.is_set():  # an Event, not join(): an interrupted join can report a live thread dead
+        try:
+            finished.wait(0.05)
+        except KeyboardInterrupt as exc:
+            interrupt = interrupt or exc
+            stop[0] = 1
+    if "error" in box:
+        raise box["error"]
+    if interrupt is not None:
+        interrupt.fastmem_progress = progress(box["result"])
+        raise interrupt
+    return box["result"]

@@ -13,7 +13,7 @@ from collections import namedtuple
 import numpy as np
 from numba import njit, prange
 
-from ..backends.numba_cpu import draw, driver, lr_at, optimizer_step, splitmix64
+from ..backends.numba_cpu import draw, driver, interruptible, lr_at, optimizer_step, splitmix64
 from ..specs import LAYERNORM_EPS as _LN_EPS
 from ..specs import SHARPNESS_TOL
 
@@ -423,6 +423,11 @@ def _context(E, U, p, y, cdf, tokens, opt, tp, rec):
     return _Problem(E, U, p, y, bool(tp.layernorm), chunk), batches, optimizer, records
 
 
+def _progress(result):
+    """(steps done, records written) of a loop's (status, done, records)."""
+    return int(result[1]), int(result[2])
+
+
 def train(E, onehot_col, onehot_scale, U, W, p, y, cdf, tokens, opt, tp, rec, m, v, t0):
     d, dt = E.shape[1], E.dtype
     m_ = m if m is not None else np.zeros((d, d), dtype=dt)
@@ -430,7 +435,7 @@ def train(E, onehot_col, onehot_scale, U, W, p, y, cdf, tokens, opt, tp, rec, m,
     opt_t = np.array([t0], dtype=np.int64)
     ctx = (*_context(E, U, p, y, cdf, tokens, opt, tp, rec), (W, m_, v_, opt_t))
     with np.errstate(over="ignore", invalid="ignore"):
-        status, done, r = _drive_primal(tp.steps, ctx)
+        status, done, r = interruptible(_drive_primal, tp.steps, ctx, progress=_progress)
     return int(status), int(done), int(r), int(opt_t[0])
 
 
@@ -565,7 +570,8 @@ def train_dual(E, onehot_col, onehot_scale, U, W0, p, y, cdf, tokens, opt, tp, r
     KE, KU = _dual_setup(E, U, W0, Z, A, mA_, mZ_, c_, fresh, bool(tp.layernorm))
     state = (W0, Z, A, mA_, mZ_, c_, KE, KU, p.astype(E.dtype))
     with np.errstate(over="ignore", invalid="ignore"):
-        status, done, r = _drive_dual(tp.steps, (*_context(E, U, p, y, cdf, tokens, opt, tp, rec), state))
+        status, done, r = interruptible(_drive_dual, tp.steps, (*_context(E, U, p, y, cdf, tokens, opt, tp, rec), state),
+                                        progress=_progress)
     return int(status), int(done), int(r), float(c_[0])
 
 
@@ -607,19 +613,20 @@ _drive_many = driver("many", _many_record, _many_step)
 
 # Serial over runs: a prange here ran the per-run BLAS calls inside numba's threads and was
 # 30x slower than this loop on 2 cores.
-@njit(cache=True)
-def _train_many(E, U, W, p, y, lr, steps, loss, accuracy, status, chunk):
+@njit(cache=True, nogil=True)
+def _train_many(E, U, W, p, y, lr, steps, loss, accuracy, status, chunk, stop):
     G = np.empty_like(W[0])
     out = np.zeros(2)
     for r in range(E.shape[0]):
         Wr = W[r].copy()
-        st, _, _ = _drive_many(steps, (E[r], U[r], Wr, p[r], y[r], E.dtype.type(lr[r]), steps, chunk, G, out))
+        st, _, _ = _drive_many(steps, (E[r], U[r], Wr, p[r], y[r], E.dtype.type(lr[r]), steps, chunk, G, out), stop)
         W[r] = Wr
         loss[r], accuracy[r], status[r] = out[0], out[1], st
 
 
 def train_many(E, U, W, p, y, lr, steps, loss, accuracy, status):
-    _train_many(E, U, W, p, y, lr, steps, loss, accuracy, status, _chunk(E.shape[1], U.shape[1], E.itemsize, 0))
+    interruptible(_train_many, E, U, W, p, y, lr, steps, loss, accuracy, status,
+                  _chunk(E.shape[1], U.shape[1], E.itemsize, 0), progress=lambda res: (0, 0))
 
 
 @njit(cache=True, inline="always")
@@ -657,5 +664,5 @@ _drive_projected = driver("projected", _projected_record, _projected_step, _memo
 def train_projected(E, U, V, p, y, cdf, tokens, opt, tp, rec):
     ctx = (*_context(E, U, p, y, cdf, tokens, opt, tp, rec), (V, p.astype(E.dtype)))
     with np.errstate(over="ignore", invalid="ignore"):
-        out = _drive_projected(tp.steps, ctx)
+        out = interruptible(_drive_projected, tp.steps, ctx, progress=_progress)
     return tuple(int(o) for o in out)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 from numba import njit
 
-from ..backends.numba_cpu import driver, optimizer_step, splitmix64
+from ..backends.numba_cpu import driver, interruptible, optimizer_step, splitmix64
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -211,5 +211,6 @@ def scansnap_train(Yt, Z, mY, vY, mZ, vZ, facts, sequences, spec, out):
             *(a if a is not None else rec3 for a in (out.rec_Zq, out.rec_Y, out.rec_Z)),
             out.rec_Zq is not None, out.rec_Y is not None, out.rec_Z is not None)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        res = _drive_scansnap(int(spec.steps), (data, hist, work, opt, params, outs))
+        res = interruptible(_drive_scansnap, int(spec.steps), (data, hist, work, opt, params, outs),
+                            progress=lambda r: (int(r[1]), int(r[2])))
     return tuple(int(x) for x in res)
