@@ -28,6 +28,26 @@ def splitmix64(z):
     return z ^ (z >> np.uint64(31))
 
 
+@njit(cache=True, inline="always")
+def draw_bits(key, counter):
+    """rng.hpp's draw_bits: the 64 bits of draw `counter` of the stream `key`."""
+    return splitmix64(key + counter * np.uint64(0x9E3779B97F4A7C15))
+
+
+@njit(cache=True, inline="always")
+def bounded_index(bits, n):
+    """An index in [0, n) from the high 32 bits (bounded_index in the core)."""
+    return np.int64(((bits >> np.uint64(32)) * np.uint64(n)) >> np.uint64(32))
+
+
+@njit(cache=True, inline="always")
+def alias_draw(bits, thresh, alias):
+    """A Walker alias draw among len(thresh) slots: the slot from the high bits, slot or alias by
+    the low bits (alias_draw in the core)."""
+    k = bounded_index(bits, len(thresh))
+    return k if (bits & np.uint64(0xFFFFFFFF)) < thresh[k] else alias[k]
+
+
 @njit(cache=True)
 def draw(cdf, key, counter):
     u = np.float64(splitmix64(key ^ splitmix64(np.uint64(counter))) >> np.uint64(11)) * 2.0**-53

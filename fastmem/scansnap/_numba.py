@@ -5,14 +5,7 @@ import math
 import numpy as np
 from numba import njit
 
-from ..backends.numba_cpu import driver, interruptible, optimizer_step, splitmix64
-
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-@njit(cache=True)
-def _ss_bounded(bits, n):
-    return np.int64(((bits >> np.uint64(32)) * np.uint64(n)) >> np.uint64(32))
+from ..backends.numba_cpu import alias_draw, bounded_index, draw_bits, driver, interruptible, optimizer_step, splitmix64
 
 
 @njit(cache=True)
@@ -22,20 +15,17 @@ def _ss_sample(fq, fn, fptr, ftok, fthr, falias, stok, star, use_seq, key, step,
     cap = L - 1
     for b in range(B):
         base = (np.uint64(step) * np.uint64(B) + np.uint64(b)) * np.uint64(L)
-        pick = splitmix64(key + base * _GOLDEN)
+        pick = draw_bits(key, base)
         if use_seq:
-            i = _ss_bounded(pick, star.shape[0])
+            i = bounded_index(pick, star.shape[0])
             for j in range(cap):
                 ctx[j] = stok[i, j]
             hq[b], hn[b] = stok[i, L - 1], star[i]
         else:
-            f = _ss_bounded(pick, fq.shape[0])
+            f = bounded_index(pick, fq.shape[0])
             p0, s = fptr[f], fptr[f + 1] - fptr[f]
             for j in range(1, L):
-                bits = splitmix64(key + (base + np.uint64(j)) * _GOLDEN)
-                k = _ss_bounded(bits, s)
-                if not (bits & np.uint64(0xFFFFFFFF)) < fthr[p0 + k]:
-                    k = falias[p0 + k]
+                k = alias_draw(draw_bits(key, base + np.uint64(j)), fthr[p0:p0 + s], falias[p0:p0 + s])
                 ctx[j - 1] = ftok[p0 + k]
             hq[b], hn[b] = fq[f], fn[f]
         s = 0

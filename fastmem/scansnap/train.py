@@ -143,12 +143,13 @@ def _same_as_resumed(given, ratio, config):
     settings, and one asked for otherwise would be silently ignored. A setting left at its
     default is taken from the run."""
     defaults = {k: p.default for k, p in inspect.signature(train).parameters.items()}
+
+    def same(a, b, k):
+        return np.dtype(a) == np.dtype(b) if k == "dtype" else tuple(np.atleast_1d(a)) == tuple(np.atleast_1d(b))
+
     for k, x in given.items():
-        want = config[k]
-        same = (np.dtype(x) == np.dtype(want)) if k == "dtype" else (x == want or tuple(np.atleast_1d(x)) ==
-                                                                        tuple(np.atleast_1d(want)))
-        if not same and x is not None and not (x is defaults[k] or (k != "dtype" and x == defaults[k])):
-            v.fail(k, f"{want!r}, the resumed run's (resume goes on with its settings), or left out", repr(x))
+        if x is not None and not same(x, defaults[k], k) and not same(x, config[k], k):
+            v.fail(k, f"{config[k]!r}, the resumed run's (resume goes on with its settings), or left out", repr(x))
     if ratio != defaults["ratio"] and given["lr_y"] is None and ratio * config["lr_z"] != config["lr_y"]:
         v.fail("ratio", f"lr_y / lr_z = {config['lr_y'] / max(config['lr_z'], 1e-300):g}, the resumed run's, "
                         "or left out", repr(ratio))

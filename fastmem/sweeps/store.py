@@ -45,12 +45,17 @@ def _grid_key(grid):
                        for k, vals in grid.items()}, sort_keys=True)
 
 
-def _foreign(df, columns):
-    """Why a readable Parquet file in runs/ is not a chunk this store wrote (None if it is one):
-    every chunk holds the grid's keys, run_id and status."""
+def _set_aside(df, columns, seen):
+    """Why a readable Parquet file in runs/ is not read as runs (None if it is): every chunk holds
+    the grid's keys, run_id and status; one whose runs are all in chunks read before (``seen``)
+    is a copy."""
     need = list(columns[:columns.index("run_id") + 1]) + ["status"] if "run_id" in columns else ["run_id", "status"]
     missing = [c for c in need if c not in df.columns]
-    return f"not a chunk of this sweep: no column {missing}" if missing else None
+    if missing:
+        return f"foreign: not a chunk of this sweep, no column {missing}"
+    if len(df) and set(df["run_id"]) <= seen:
+        return "runs already on disk in another chunk"
+    return None
 
 
 def _once_per_run(runs, out, stacklevel):
@@ -102,7 +107,7 @@ def load(out, columns, trajectories=False):
     if not (out / "runs").is_dir() and not (out / "sweep.json").is_file():
         v.fail("out", "the folder of a sweep (holding runs/ or sweep.json)",
                f"{str(out)!r}, which {'is not a sweep folder' if out.exists() else 'does not exist'}")
-    frames, trajs, skipped = [], [], []
+    frames, trajs, skipped, seen = [], [], [], set()
     for f in chunk_files(out):
         try:
             df = _read(f)
@@ -111,11 +116,12 @@ def load(out, columns, trajectories=False):
         except Exception as exc:  # noqa: BLE001
             skipped.append(f"{f.relative_to(out)} ({type(exc).__name__})")
             continue
-        why = _foreign(df, columns)
+        why = _set_aside(df, columns, seen)
         if why:
             skipped.append(f"{f.relative_to(out)} ({why})")
             continue
         frames.append(df)
+        seen.update(df["run_id"])
         if traj is not None:
             trajs.append(traj)
     if skipped:
@@ -124,14 +130,8 @@ def load(out, columns, trajectories=False):
                       stacklevel=3)
     runs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
     runs = _once_per_run(runs, out, stacklevel=3)
-    if trajectories and len(trajs):  # the trajectories of the rows kept: a copied chunk's twin is a copy too
-        trajs = [t.drop_duplicates(["run_id", "point"]) for t in trajs]
-        seen, kept = set(), []
-        for t in trajs:
-            t = t[~t["run_id"].isin(seen)]
-            seen.update(t["run_id"].unique())
-            kept.append(t)
-        trajs = kept
+    if trajectories and trajs:  # chunks that overlap in part: each run's points once, as its row
+        trajs = [pd.concat(trajs, ignore_index=True).drop_duplicates(["run_id", "point"])]
     return runs, (trajs if trajectories else None)
 
 
@@ -238,9 +238,7 @@ class Store:
                 df = _read(f)
             except Exception:  # noqa: BLE001 - any failure to read is damage (pyarrow raises several types)
                 df = None
-            why = None if df is None else _foreign(df, columns)
-            if not why and df is not None and len(df) and set(df["run_id"]) <= seen:
-                why = "runs already on disk in another chunk"
+            why = None if df is None else _set_aside(df, columns, seen)
             if df is None or why or twin.exists() and not _readable(twin):
                 moved.append(str(f.relative_to(self.out)) + (f" ({why})" if why else ""))
                 for path in (f, twin):

@@ -10,30 +10,13 @@ import numba as nb
 import numpy as np
 from numba import njit, prange
 
-from ..backends.numba_cpu import splitmix64
+from ..backends.numba_cpu import alias_draw, bounded_index, draw_bits, splitmix64
 from ..memory import _numba as memory
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _FAST = {"reassoc", "contract"}  # vectorised reductions; NaN and Inf keep their meaning
 
 
-# --- the sampler ----------------------------------------------------------------------------
-
-@njit(cache=True, inline="always")
-def _bits(key, counter):
-    return splitmix64(key + counter * _GOLDEN)
-
-
-@njit(cache=True, inline="always")
-def _bounded(bits, n):
-    return np.int64(((bits >> np.uint64(32)) * np.uint64(n)) >> np.uint64(32))
-
-
-@njit(cache=True, inline="always")
-def _alias(bits, thresh, alias):
-    k = _bounded(bits, len(thresh))
-    return k if (bits & np.uint64(0xFFFFFFFF)) < thresh[k] else alias[k]
-
+# --- the sampler (the stream and the alias draws of backends/numba_cpu.py, as the core's rng.hpp) ---
 
 @njit(cache=True)
 def _draw_excluding(pi, chosen, u):
@@ -69,17 +52,18 @@ def _sample(pi, pi_thresh, pi_alias, cond_thresh, cond_alias, seed, step, k, ran
         which = np.full(V, -1, np.int64)
         for i in range(k):
             if random_triggers:
-                u = np.float64(_bits(key, base + np.uint64(i)) >> np.uint64(11)) * 2.0**-53
+                u = np.float64(draw_bits(key, base + np.uint64(i)) >> np.uint64(11)) * 2.0**-53
                 trig[i] = _draw_excluding(pi, chosen, u)
             else:
                 trig[i] = triggers[i]
             chosen[trig[i]] = True
         for i in range(k):
-            bits = _bits(key, base + np.uint64(k + i))
-            out[i] = _alias(bits, cond_thresh[trig[i]], cond_alias[trig[i]]) if bigram_outputs else _bounded(bits, V)
+            bits = draw_bits(key, base + np.uint64(k + i))
+            out[i] = (alias_draw(bits, cond_thresh[trig[i]], cond_alias[trig[i]]) if bigram_outputs
+                      else bounded_index(bits, V))
         for i in range(k):
             which[trig[i]] = i
-        z[b, 0] = _alias(_bits(key, base + np.uint64(2 * k)), pi_thresh, pi_alias)
+        z[b, 0] = alias_draw(draw_bits(key, base + np.uint64(2 * k)), pi_thresh, pi_alias)
         for t in range(T):
             j = which[z[b, t]]
             if j >= 0:
@@ -88,7 +72,8 @@ def _sample(pi, pi_thresh, pi_alias, cond_thresh, cond_alias, seed, step, k, ran
                 outs[b, t] = count[j]
             else:
                 c = z[b, t]
-                z[b, t + 1] = _alias(_bits(key, base + np.uint64(2 * k + 1 + t)), cond_thresh[c], cond_alias[c])
+                bits = draw_bits(key, base + np.uint64(2 * k + 1 + t))
+                z[b, t + 1] = alias_draw(bits, cond_thresh[c], cond_alias[c])
                 outs[b, t] = 0
 
 
@@ -139,6 +124,18 @@ def _t_times_acc(A, Bm, nr, out):
     for i in range(nr):
         for q in range(A.shape[1]):
             _axpy(A[i, q], Bm[i], out[q], Bm.shape[1])
+
+
+@njit(cache=True, fastmath=_FAST, inline="always")
+def _mix_backward_row(b, g, X, dX, drow, n, d):
+    """For the output row sum_s b[s] X[s] with gradient g: dX[s] += b[s] g and drow[s] = g . X[s]
+    (s < n); returns sum_s b[s] drow[s], the softmax backward's dot."""
+    dot = 0.0
+    for s in range(n):
+        drow[s] = _dot(g, X[s], d)
+        dot += b[s] * drow[s]
+        _axpy(b[s], g, dX[s], d)
+    return dot
 
 
 @njit(cache=True)
@@ -229,11 +226,7 @@ def _backward(z, rows, weight, flags, V, inv, WK2, WV2, WO2, WU, C, H1, B1, Hr, 
     for i in range(nr):
         t = rows[i]
         b = B2[i]
-        dot = 0.0
-        for s in range(t + 1):
-            drow[s] = _dot(dMx[i], H1[s], d)
-            dot += b[s] * drow[s]
-            _axpy(b[s], dMx[i], dH1[s], d)
+        dot = _mix_backward_row(b, dMx[i], H1, dH1, drow, t + 1, d)
         dQk[i, :] = 0
         for s in range(t + 1):
             ds = b[s] * (drow[s] - dot) * inv
@@ -249,11 +242,7 @@ def _backward(z, rows, weight, flags, V, inv, WK2, WV2, WO2, WU, C, H1, B1, Hr, 
     dC[:span] = 0
     for t in range(span):
         b = B1[t]
-        dot = 0.0
-        for s in range(t + 1):
-            drow[s] = _dot(dH1[t], C[s], d)
-            dot += b[s] * drow[s]
-            _axpy(b[s], dH1[t], dC[s], d)
+        dot = _mix_backward_row(b, dH1[t], C, dC, drow, t + 1, d)
         de, dp = D[z[t]], D[V + t]
         for s in range(t + 1):
             ds = b[s] * (drow[s] - dot)
@@ -284,14 +273,19 @@ def _chunks(B):
     return n, np.linspace(0, B, n + 1).astype(np.int64)
 
 
+@njit(cache=True)
+def _forward_workspace(T, d, dt):
+    """One chunk's buffers of _forward: C, H1, B1, Hr, Qk, B2, Mx, A2."""
+    return (np.empty((T, d), dt), np.empty((T, d), dt), np.empty((T, T), dt), np.empty((T, d), dt),
+            np.empty((T, d), dt), np.empty((T, T), dt), np.empty((T, d), dt), np.empty((T, d), dt))
+
+
 @njit(cache=True, parallel=True)
 def _rows_forward(z, ptr, idx, G1, CT, XX, WK2, WV2, V, inv, bounds, Hr, A2):
     T, d = z.shape[1] - 1, XX.shape[1]
     dt = XX.dtype
     for c in prange(len(bounds) - 1):
-        C, H1, B1 = np.empty((T, d), dt), np.empty((T, d), dt), np.empty((T, T), dt)
-        hr, qk, b2, mx, a2 = (np.empty((T, d), dt), np.empty((T, d), dt), np.empty((T, T), dt),
-                              np.empty((T, d), dt), np.empty((T, d), dt))
+        C, H1, B1, hr, qk, b2, mx, a2 = _forward_workspace(T, d, dt)
         for b in range(bounds[c], bounds[c + 1]):
             r0, r1 = ptr[b], ptr[b + 1]
             if r1 == r0:
@@ -318,9 +312,7 @@ def _loss_grads(z, ptr, idx, G1, CT, XX, WK2, WV2, WO2, WU, inv, weight, flags, 
     V = WU.shape[0]
     dt = XX.dtype
     for c in prange(len(bounds) - 1):
-        C, H1, B1 = np.empty((T, d), dt), np.empty((T, d), dt), np.empty((T, T), dt)
-        hr, qk, b2, mx, a2 = (np.empty((T, d), dt), np.empty((T, d), dt), np.empty((T, T), dt),
-                              np.empty((T, d), dt), np.empty((T, d), dt))
+        C, H1, B1, hr, qk, b2, mx, a2 = _forward_workspace(T, d, dt)
         H2, Gs, dH2, dA2, dMx = (np.empty((T, d), dt), np.empty((T, V), dt), np.empty((T, d), dt),
                                  np.empty((T, d), dt), np.empty((T, d), dt))
         dQk, dH1, dC, drow = np.empty((T, d), dt), np.empty((T, d), dt), np.empty((T, d), dt), np.empty(T, dt)

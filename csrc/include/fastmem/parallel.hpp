@@ -63,6 +63,15 @@ inline int max_threads() {
 #endif
 }
 
+// This thread's index in the enclosing parallel region (0 outside one, or without OpenMP).
+inline int thread_num() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
 // Threads worth using for n items of `work_per_item` multiply-adds each.
 inline int threads_for(index_t n, index_t work_per_item) {
   const index_t by_work = std::max<index_t>(1, n * work_per_item / kParallelWork);

@@ -433,11 +433,7 @@ void for_each_sequence(const Weights<T>& w, const Layer1Tables<T>& tab, index_t 
   passes.assign(std::max(threads, 1), nullptr);
 #pragma omp parallel num_threads(threads)
   {
-#ifdef _OPENMP
-    const int tid = omp_get_thread_num();
-#else
-    const int tid = 0;
-#endif
+    const int tid = thread_num();
     passes[tid] = new SequencePass<T>(w, tab);
 #pragma omp for schedule(static)
     for (index_t b = 0; b < B; ++b) f(*passes[tid], b);
@@ -480,11 +476,7 @@ void wo2_grads(MatrixView<const T> Hr, MatrixView<const T> A2, MatrixView<const 
   std::vector<std::vector<double>> lacc(threads);
 #pragma omp parallel num_threads(threads)
   {
-#ifdef _OPENMP
-    const int tid = omp_get_thread_num();
-#else
-    const int tid = 0;
-#endif
+    const int tid = thread_num();
     acc[tid].assign(R * dd, T(0));
     lacc[tid].assign(R, 0.0);
     std::vector<T> Q(kTile * d), H(kTile * d), lse(kTile), zy(kTile), zo(kTile), w(kTile, weight);
@@ -530,11 +522,7 @@ double loss_and_grads(const Weights<T>& w, MatrixView<const std::int64_t> z, Row
     if (p.H2.empty()) p.allocate_backward(gr);
     const index_t r0 = rows.ptr[b];
     p.forward(z.row(b), rows.idx + r0, rows.ptr[b + 1] - r0);
-#ifdef _OPENMP
-    partial[omp_get_thread_num()] += p.loss_and_backward(weight, gr);
-#else
-    partial[0] += p.loss_and_backward(weight, gr);
-#endif
+    partial[thread_num()] += p.loss_and_backward(weight, gr);
   });
   double loss = 0.0;
   for (double x : partial) loss += x;
