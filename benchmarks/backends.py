@@ -25,6 +25,16 @@ def workloads():
                lambda b, mem=mem, rep=rep, steps=steps: fm.train(mem, task, fm.SGD(lr=1.0), steps, batch_size=16,
                                                                   seed=42, record=NO_RECORD, representation=rep,
                                                                   backend=b))
+    # the scaling-law grid's trained-embedding models at its settings: Adam(0, 0), lr / d for W
+    for model, d, steps in (("learnable", 100, 6400), ("learnable", 1000, 640), ("exponential", 100, 6400),
+                            ("exponential", 1000, 6400)):
+        E, U = fm.embeddings.gaussian(100, 5, d, seed=0)
+        W = fm.kernels.normal((d, d), seed=0, scale=d**-0.5)
+        scale = {"W": 1 / d, "E": d**-0.5, "U": d**-0.5}
+        yield (f"{steps:,} Adam(0, 0) steps, d={d}, {model} model", 5,
+               lambda b, E=E, U=U, W=W, model=model, steps=steps, scale=scale: fm.models.train_model(
+                   model, E, U, task, fm.Adam(lr=1.0, betas=(0, 0)), steps, batch_size=16, seed=42, W=W,
+                   lr_scale=scale, record=fm.Record(steps="last"), backend=b))
     big = fm.AssociativeMemory(*fm.embeddings.gaussian(2048, 2048, 2048, seed=0))
     yield ("GD step, N=M=d=2048", 3,
            lambda b: fm.train(big, fm.Task.uniform(2048, 2048), fm.SGD(lr=1.0), 1, record=NO_RECORD,

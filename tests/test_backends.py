@@ -42,7 +42,11 @@ def test_auto_takes_the_first_backend_that_runs_the_kernel(monkeypatch):
     monkeypatch.setitem(reg._registry, "cpp", reg.Backend("cpp", False, reason="not built here"))
     monkeypatch.setattr(reg, "_fallback_logged", {"cpp"})  # the warning: tested above
     assert get("auto").name == "numba"
-    assert get("auto", kernel="train_model").name == "numpy"  # numba lacks it: said, not delegated
+    numba = reg._get("numba")  # a numba module that says it lacks a kernel (LACKS): auto skips it by name
+    lacking = reg.Backend("numba", True, kernels={k: f for k, f in numba.kernels.items() if k != "train_model"},
+                          lacks={"train_model": "not jitted in this test"})
+    monkeypatch.setitem(reg._registry, "numba", lacking)
+    assert get("auto", kernel="train_model").name == "numpy"  # said, not delegated
     E, U = fm.embeddings.gaussian(6, 3, 4, seed=0)
     with pytest.raises(fm.BackendUnavailableError, match="'numba' does not run train_model"):
         fm.models.train_model("learnable", E, U, fm.Task.zipf(6, 3), fm.SGD(lr=1.0), 2, backend="numba")
@@ -113,3 +117,72 @@ def test_a_compiled_argument_error_names_its_source_location():
         _core.set_num_threads(0)
     with pytest.raises(fm.InvalidArgumentError, match=r"W must be 2-D \[.*arrays\.hpp:\d+\]"):
         _core.sgd_rank_update(np.zeros(3), np.zeros((1, 3)), np.zeros((1, 3)), 1.0)
+
+
+_PRANGE_MODULE = '''
+from numba import njit, prange
+from fastmem.backends.numba_cpu import driver, serial_and_parallel
+
+
+def impl(a):
+    s = 0.0
+    for i in prange(a.shape[0]):
+        s += a[i]
+    return s
+
+
+serial, parallel = serial_and_parallel(impl)
+
+
+@njit(inline="always")
+def record(t, r, ctx):
+    return r, False
+
+
+@njit(inline="always")
+def step(t, ctx):
+    return True
+'''
+
+
+def test_numbas_cache_holds_each_build_apart(tmp_path):
+    # numba's cache keys a build by its function's name and line, not its options: the serial
+    # build loaded the parallel one's code from the cache (and a driver's loop, keyed by
+    # numba_cpu.py, loaded a stale build of a changed system module)
+    (tmp_path / "prange_mod.py").write_text(_PRANGE_MODULE)
+    code = ("import sys, numpy as np, prange_mod as m; f = getattr(m, sys.argv[1]); f(np.ones(10)); "
+            "print(sum(f.stats.cache_hits.values()), sum(f.stats.cache_misses.values()))")
+    runs = [subprocess.run([sys.executable, "-c", code, which], cwd=tmp_path, capture_output=True, text=True)
+            for which in ("parallel", "serial", "serial")]
+    assert [r.stdout.split() for r in runs] == [["0", "1"], ["0", "1"], ["1", "0"]], [r.stderr for r in runs]
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        m = importlib.import_module("prange_mod")
+        from fastmem.backends.numba_cpu import driver
+
+        before = driver("probe", m.record, m.step).py_func.__name__
+        with open(tmp_path / "prange_mod.py", "a") as f:
+            f.write("# a changed step\n")
+        assert driver("probe", m.record, m.step).py_func.__name__ != before
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("prange_mod", None)
+
+
+def test_fastmems_thread_count_reaches_numbas_worker_thread():
+    # numba's thread count is per calling thread, and its loops run in a worker thread (Ctrl-C)
+    import numba
+
+    from fastmem.backends.numba_cpu import interruptible
+
+    @numba.njit(nogil=True)
+    def threads_seen(stop):
+        return numba.get_num_threads()
+
+    before = numba.get_num_threads()
+    try:
+        fm.set_num_threads(1)
+        assert interruptible(threads_seen, progress=lambda r: (0, 0)) == 1
+    finally:
+        fm.set_num_threads(before)

@@ -2,6 +2,7 @@
 
 import concurrent.futures as cf
 import dataclasses
+import importlib
 import os
 import signal
 import subprocess
@@ -177,6 +178,21 @@ def test_invalid_grid_is_refused_before_any_run(tmp_path, grid, message):
     with pytest.raises(ValueError, match=message):
         fm.sweep(grid, tmp_path, workers=1, quiet=True)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_backend_lacking_a_kernel_of_the_grid_is_refused_before_any_run(tmp_path, monkeypatch):
+    reg = importlib.import_module("fastmem.backends")
+    numba = reg._get("numba")
+    lacking = reg.Backend("numba", True, kernels={k: f for k, f in numba.kernels.items() if k != "train_model"},
+                          lacks={"train_model": "not jitted in this test"})
+    monkeypatch.setitem(reg._registry, "numba", lacking)
+    with pytest.raises(fm.BackendUnavailableError, match=r"'scaling-law' grid call train_model.*not jitted in this"):
+        fm.sweep(SMALL, tmp_path / "a", workers=1, quiet=True, backend="numba")
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(ValueError, match=r"call normal_fill, which backend 'cuda' cannot run.*host arrays"):
+        fm.sweep({**SMALL, "model": "matrix"}, tmp_path / "b", workers=1, quiet=True, backend="cuda")
+    ax = {k: (x if isinstance(x, list) else [x]) for k, x in {**SL.defaults, **SMALL, "model": "matrix"}.items()}
+    assert "train_model" not in SL.kernels(ax)  # a matrix-only grid does not need it: it would run
 
 
 def test_diverged_and_failed_runs_are_recorded(tmp_path, monkeypatch):

@@ -233,25 +233,49 @@ def test_learnable_model_at_vector_widths(compiled_model, dtype, d, opt, batch_s
     assert got.status == want.status == "ok"
 
 
-def test_learnable_results_do_not_depend_on_the_thread_count():
-    # the fused read-out of the next batch sums 64-row groups of W in group order, whatever the threads
-    if not fm.backends()["cpp"]["available"]:
-        pytest.skip("the compiled core is not built")
-    from fastmem import _core
+# Both trained-embedding models at awkward shapes (N = 1, M = 2, a batch of 1, d below a vector
+# and not a multiple of 4, a batch of more rows than the W pass's 4-row blocks), every backend.
+@pytest.mark.parametrize("layernorm", [False, True])
+@pytest.mark.parametrize("opt", [fm.SGD(lr=0.5), fm.Adam(lr=0.01, betas=(0.0, 0.0), eps=1e-4)], ids=["sgd", "adam00"])
+@pytest.mark.parametrize("N, M, d, batch_size", [(1, 2, 3, None), (7, 2, 5, 1), (30, 11, 13, 16), (40, 3, 70, None)])
+@pytest.mark.parametrize("model", ["learnable", "exponential"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_models_at_awkward_shapes(compiled_model, dtype, model, N, M, d, batch_size, opt, layernorm):
     from fastmem.memory.models import train_model
 
+    E, U = fm.embeddings.gaussian(N, M, d, seed=N + d, dtype=dtype)
+    W = fm.kernels.normal((d, d), seed=d, scale=d**-0.5, dtype=dtype)
+    task = fm.Task.zipf(N, M, 1.0)
+    kw = dict(batch_size=batch_size, seed=5, W=W, layernorm=layernorm, record=fm.Record(steps="all"))
+    got = train_model(model, E, U, task, opt, 12, backend=compiled_model, **kw)
+    names = ["loss"] if layernorm and not opt.linear else ["loss", "E", "U"] + (["W"] if model == "learnable" else [])
+    want = assert_trajectory(got, lambda be: train_model(model, E, U, task, opt, 12, backend=be, **kw), dtype, names)
+    assert got.status == want.status == "ok" and got.steps_done == 12
+
+
+@pytest.mark.parametrize("backend", ["cpp", "numba"])
+def test_learnable_results_do_not_depend_on_the_thread_count(backend):
+    # the fused read-out of the next batch sums 64-row groups of W in group order, whatever the threads
+    if not fm.backends()[backend]["available"]:
+        pytest.skip(f"{backend} is not available here")
+    from fastmem.memory.models import train_model
+
+    if backend == "cpp":
+        from fastmem import _core as threads
+    else:
+        import numba as threads
     d = 600
     E, U = fm.embeddings.gaussian(100, 5, d, seed=0)
     W = fm.kernels.normal((d, d), seed=0, scale=d**-0.5)
-    kw = dict(batch_size=16, seed=3, W=W, lr_scale={"W": 1 / d, "E": d**-0.5, "U": d**-0.5}, backend="cpp",
+    kw = dict(batch_size=16, seed=3, W=W, lr_scale={"W": 1 / d, "E": d**-0.5, "U": d**-0.5}, backend=backend,
               record=fm.Record(steps=10))
-    before, runs = _core.get_num_threads(), []
+    before, runs = threads.get_num_threads(), []
     try:
-        for threads in (1, 2):
-            _core.set_num_threads(threads)
+        for n in (1, 2):
+            threads.set_num_threads(n)
             runs.append(train_model("learnable", E, U, fm.Task.zipf(100, 5, 2.0), fm.Adam(lr=1.0, betas=(0, 0)), 40,
                                     **kw))
     finally:
-        _core.set_num_threads(before)
+        threads.set_num_threads(before)
     for name in ("W", "E", "U", "loss"):
         np.testing.assert_array_equal(getattr(runs[0], name), getattr(runs[1], name))

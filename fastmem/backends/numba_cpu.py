@@ -7,9 +7,12 @@ optim.hpp) and the one training loop (drive() in train.hpp). Each system's kerne
 own package (fastmem/<system>/_numba.py), registered with fastmem.backends.
 """
 
+import hashlib
+import inspect
 import math
 import threading
 import types
+from pathlib import Path
 
 import numba as nb
 import numpy as np
@@ -147,9 +150,27 @@ def driver(name, record, step, due=None, batch=None):
     own compiled copy of the loop's code."""
     loop = _drive_loop if batch is None else _drive_batches_loop
     bound = {"record": record, "step": step, "due": due, "batch": batch, "range": range, "__name__": __name__}
-    f = types.FunctionType(loop.__code__, bound, "_drive_" + name)
+    # numba's cache checks the file of the loop's code (this one) only: a name that carries a
+    # digest of the system's module too, so that a changed step is compiled, not loaded stale
+    files = sorted({__file__} | {inspect.getfile(g.py_func) for g in (record, step, due, batch) if g is not None})
+    digest = hashlib.sha256(b"".join(Path(p).read_bytes() for p in files)).hexdigest()[:12]
+    f = types.FunctionType(loop.__code__, bound, f"_drive_{name}_{digest}")
     f.__qualname__ = f.__name__
     return njit(cache=True, nogil=True)(f)  # nogil: run by interruptible() beside the main thread
+
+
+def serial_and_parallel(impl, **options):
+    """Two builds of ``impl`` (a function with prange loops), without and with threads: for
+    kernels that thread on large inputs only. Each is its own copy of the function, named
+    apart: numba's cache keys a build by the function's name and line, not by its options, so
+    two builds of one function load each other's code from the cache."""
+    def build(suffix, parallel):
+        f = types.FunctionType(impl.__code__, impl.__globals__, impl.__name__ + suffix, impl.__defaults__,
+                               impl.__closure__)
+        f.__qualname__ = impl.__qualname__ + suffix
+        return njit(cache=True, parallel=parallel, **options)(f)
+
+    return build("_serial", False), build("_parallel", True)
 
 
 INTERRUPTED = 2  # the loops' status when stop[0] was set
@@ -162,9 +183,11 @@ def interruptible(f, *args, progress):
     records written), as the compiled backend's does. f must be compiled nogil."""
     stop = np.zeros(1, np.uint8)
     box, finished = {}, threading.Event()
+    threads = nb.get_num_threads()  # numba's thread count is the calling thread's own
 
     def work():
         try:
+            nb.set_num_threads(threads)
             box["result"] = f(*args, stop)
         except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
             box["error"] = exc

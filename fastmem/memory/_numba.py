@@ -5,6 +5,8 @@ train_projected.hpp and train_many.hpp as @njit loops.
 Same algorithms and semantics as the C++ core (streamed online softmax, merged duplicate
 draws, the counter-based sampler, one training loop under every representation as drive());
 the one-hot row path of the C++ core is not specialised here (dense E gives the same result).
+The learnable and exponential models (train_models.hpp) are here too: every kernel of the
+memory runs on numba.
 """
 
 import math
@@ -13,13 +15,10 @@ from collections import namedtuple
 import numpy as np
 from numba import njit, prange
 
-from ..backends.numba_cpu import draw, driver, interruptible, lr_at, optimizer_step, splitmix64
+from ..backends.numba_cpu import draw, driver, interruptible, lr_at, optimizer_step, serial_and_parallel, splitmix64
 from ..specs import LAYERNORM_EPS as _LN_EPS
 from ..specs import SHARPNESS_TOL
 
-# kernels of the signature table this backend does not run, and why (the registry reports them
-# in fm.backends() and raises BackendUnavailableError naming them; nothing runs them elsewhere)
-LACKS = {"train_model": "the learnable and exponential models are not jitted for numba (cpp and numpy run them)"}
 _BUDGET = 16 << 20  # bytes of a streamed score block, as default_chunk() in softmax_xent_grad.hpp
 
 
@@ -121,8 +120,7 @@ def _fused_impl(q, u, y, w, h, lse, zy, zother, chunk):
 
 # Compiled twice: threads pay off on large blocks only (a minibatch of a few rows would
 # spend more on waking them than on its work).
-_fused_serial = njit(cache=True)(_fused_impl)
-_fused_parallel = njit(cache=True, parallel=True)(_fused_impl)
+_fused_serial, _fused_parallel = serial_and_parallel(_fused_impl)
 
 
 @njit(cache=True)
@@ -665,4 +663,213 @@ def train_projected(E, U, V, p, y, cdf, tokens, opt, tp, rec):
     ctx = (*_context(E, U, p, y, cdf, tokens, opt, tp, rec), (V, p.astype(E.dtype)))
     with np.errstate(over="ignore", invalid="ignore"):
         out = interruptible(_drive_projected, tp.steps, ctx, progress=_progress)
+    return tuple(int(o) for o in out)
+
+
+# --- the learnable and exponential models (train_models.hpp) ----------------------------------
+
+@njit(cache=True)
+def _model_forward(kind, E, U, W, toks, w, y, layernorm, read_out=None):
+    """model_pass without gradients' second half: the batch rows Eb, read-outs H (after
+    LayerNorm), their norms r, and per row the loss terms, margins and dL/dz (b x M).
+    read_out: the learnable model's E[toks] W when already taken (b x d), else None."""
+    Eb = np.ascontiguousarray(E[toks])
+    if kind != 1:
+        H = np.maximum(Eb, Eb.dtype.type(0))
+    elif read_out is None:
+        H = Eb @ W
+    else:
+        H = read_out.copy()
+    b = H.shape[0]
+    r = np.ones(b, dtype=H.dtype)
+    if layernorm:
+        for i in range(b):
+            r[i] = math.sqrt((H[i] * H[i]).sum() + _LN_EPS)
+            H[i] /= r[i]
+    Z = H @ U.T
+    tiny = np.finfo(Z.dtype).tiny
+    yb = y[toks]
+    margins = np.empty(b, dtype=Z.dtype)
+    loss = 0.0
+    for i in range(b):  # the scores' softmax, in double as model_pass; underflows are exactly 0
+        z, yx = Z[i], yb[i]
+        zmax, zo = -np.inf, -np.inf
+        for k in range(Z.shape[1]):
+            zmax = max(zmax, z[k])
+            if k != yx:
+                zo = max(zo, z[k])
+        tot = 0.0
+        for k in range(Z.shape[1]):
+            tot += math.exp(np.float64(z[k]) - zmax)
+        lse = zmax + math.log(tot)
+        loss += w[i] * (lse - z[yx])
+        margins[i] = z[yx] - zo
+        for k in range(Z.shape[1]):  # Z's row becomes dL/dz; no denormals (the core flushes them)
+            g = w[i] * _exp_nonpositive(np.float64(z[k]) - lse)
+            z[k] = g if g >= tiny else 0.0
+        z[yx] -= w[i]
+    return loss, margins, Z, Eb, H, r
+
+
+@njit(cache=True, inline="always")
+def _model_step_value(param, grad, lr, eps, normalized):
+    return param - lr * (grad / (abs(grad) + eps) if normalized else grad)
+
+
+# error_model "numpy": a division by zero gives inf (|g| + eps > 0 here anyway) instead of
+# numba's check of every divisor, which kept the division loops from vectorising (2.5x)
+@njit(cache=True, error_model="numpy")
+def _model_update(P, rows, G, lr, eps, normalized):
+    """P[rows[i]] <- P[rows[i]] - lr u(G[i]) (u: identity for SGD, g / (|g| + eps) for
+    Adam(0, 0)); rows distinct, or None for every row of P in order."""
+    lr, eps = P.dtype.type(lr), P.dtype.type(eps)
+    for i in range(G.shape[0]):
+        pi, gi = P[i if rows is None else rows[i]], G[i]
+        for k in range(pi.shape[0]):
+            pi[k] = _model_step_value(pi[k], gi[k], lr, eps, normalized)
+
+
+_GROUP_ROWS = 64  # rows of W per group of the W pass: its threads' unit, fixed (see below)
+_MAX_READ_AHEAD = 16  # as kMaxReadAhead in train_models.hpp
+
+
+def _learnable_W_pass_impl(W, EbT, dH, lr, eps, normalized, E, toks, lr_E, nxt, part):
+    """The learnable model's W step in one pass over W (learnable_W_pass in train_models.hpp):
+    for each row i of W, dE[:, i] = dH W[i]^T (W before its update) and E's batch rows take
+    their step in column i, W[i] <- W[i] - lr u(E_b[:, i]^T dH) (no d x d gradient), then the
+    next batch's read-outs E[nxt] W gather row i while in cache (part[g]: the sums of row group
+    g, added in group order by the caller, so that results do not depend on the threads).
+    The batch rows go four at a time (EbT: d x b', dH: b' x d, zero rows padding b' to a
+    multiple of 4), each element of W loaded serving eight multiply-adds."""
+    d, bp, b = W.shape[1], dH.shape[0], len(toks)
+    lr, eps, lr_E = W.dtype.type(lr), W.dtype.type(eps), W.dtype.type(lr_E)
+    for grp in prange(part.shape[0]):
+        q = part[grp]
+        q[:] = 0
+        g = np.zeros(d, dtype=W.dtype)
+        for i in range(grp * _GROUP_ROWS, min(W.shape[0], (grp + 1) * _GROUP_ROWS)):
+            wi = W[i]
+            g[:] = 0
+            for j in range(0, bp, 4):
+                h0, h1, h2, h3 = dH[j], dH[j + 1], dH[j + 2], dH[j + 3]
+                a0, a1, a2, a3 = EbT[i, j], EbT[i, j + 1], EbT[i, j + 2], EbT[i, j + 3]
+                s0 = s1 = s2 = s3 = W.dtype.type(0.0)
+                for k in range(d):
+                    w = wi[k]
+                    g[k] += a0 * h0[k] + a1 * h1[k] + a2 * h2[k] + a3 * h3[k]
+                    s0 += h0[k] * w
+                    s1 += h1[k] * w
+                    s2 += h2[k] * w
+                    s3 += h3[k] * w
+                s = (s0, s1, s2, s3)
+                for jj in range(min(4, b - j)):  # E's batch rows, column i: nothing reads it until below
+                    E[toks[j + jj], i] = _model_step_value(E[toks[j + jj], i], s[jj], lr_E, eps, normalized)
+            for k in range(d):
+                wi[k] = _model_step_value(wi[k], g[k], lr, eps, normalized)
+            for n in range(len(nxt)):
+                e, qn = E[nxt[n], i], q[n]
+                for k in range(d):
+                    qn[k] += e * wi[k]
+
+
+# reassoc: the dot products of dE vectorise (as the core's vector partial sums); no other
+# fast-math flag, so that NaN and Inf still reach the loss that detects divergence. Compiled
+# twice, as _fused: threads pay off on a large W only.
+_learnable_W_serial, _learnable_W_parallel = serial_and_parallel(_learnable_W_pass_impl, fastmath={"reassoc"},
+                                                                 error_model="numpy")
+
+
+@njit(cache=True)
+def _learnable_W_pass(W, Eb, dH, lr, eps, normalized, E, toks, lr_E, nxt):
+    """W's step and E's batch rows' (see _learnable_W_pass_impl); returns E[nxt] W after
+    them (len(nxt) x d)."""
+    b, d = Eb.shape
+    bp = (b + 3) // 4 * 4
+    EbT = np.zeros((d, bp), dtype=W.dtype)
+    EbT[:, :b] = Eb.T
+    dHp = np.zeros((bp, d), dtype=W.dtype)
+    dHp[:b] = dH
+    groups = (W.shape[0] + _GROUP_ROWS - 1) // _GROUP_ROWS
+    part = np.empty((groups, len(nxt), d), dtype=W.dtype)
+    if bp * W.size >= (1 << 18):
+        _learnable_W_parallel(W, EbT, dHp, lr, eps, normalized, E, toks, lr_E, nxt, part)
+    else:
+        _learnable_W_serial(W, EbT, dHp, lr, eps, normalized, E, toks, lr_E, nxt, part)
+    Q = part[0].copy()
+    for grp in range(1, groups):  # in group order, whatever the threads
+        Q += part[grp]
+    return Q
+
+
+@njit(cache=True, inline="always")
+def _model_record(t, r, ctx):
+    prob, batches, opt, rec, state = ctx
+    kind, W, pw = state[0], state[1], state[5]
+    diverged = False
+    if _wants_scores(rec):
+        loss, margins, _, _, _, _ = _model_forward(kind, prob.E, prob.U, W, np.arange(prob.E.shape[0]), pw, prob.y,
+                                                   prob.layernorm)
+        diverged = _store_scores(r, loss, margins, prob.p, rec)
+    if rec.flags[3] and kind == 1:
+        rec.W[r] = W
+    return diverged
+
+
+@njit(cache=True, inline="always")
+def _model_step(t, toks, w, lr, ctx):
+    """One step of train_model (train_models.hpp): U, then W and dE from W before its update
+    with E's batch rows (distinct: the batch merges duplicate draws). A learnable minibatch
+    step with W of 1 MiB or more also reads the next batch's rows out of W in its W pass (W
+    streams from memory once a step, not twice), kept in the state for the next step."""
+    prob, batches, opt, rec, state = ctx
+    kind, W, lr_E, lr_U, normalized, steps, ahead, ahead_toks, ahead_rows = state[0], state[1], state[2], state[3], \
+        state[4], state[6], state[7], state[8], state[9]
+    E, U, eps = prob.E, prob.U, opt.eps
+    read_out = None
+    if ahead[0] == len(toks) and np.all(ahead_toks[:len(toks)] == toks):
+        read_out = ahead_rows[:len(toks)]
+    ahead[0] = -1
+    loss, _, G, Eb, H, r = _model_forward(kind, E, U, W, toks, w, prob.y, prob.layernorm, read_out)
+    if not np.isfinite(loss):
+        return False
+    dU = G.T @ H
+    dH = G @ U  # with U before its update
+    if prob.layernorm:
+        for i in range(dH.shape[0]):
+            dH[i] = (dH[i] - H[i] * (H[i] * dH[i]).sum()) / r[i]
+    _model_update(U, None, dU, lr_U, eps, normalized)
+    if kind == 1:
+        nxt = toks[:0]
+        if batches.b > 0 and W.size * W.itemsize >= (1 << 20) and t + 1 < steps:
+            nxt, _, _ = _memory_batch(t + 1, ctx)
+            if len(nxt) > _MAX_READ_AHEAD:
+                nxt = toks[:0]
+        Q = _learnable_W_pass(W, Eb, dH, lr, eps, normalized, E, toks, lr_E, nxt)
+        if len(nxt):
+            ahead[0] = len(nxt)
+            ahead_toks[:len(nxt)] = nxt
+            ahead_rows[:len(nxt)] = Q
+    else:
+        for i in range(dH.shape[0]):
+            for k in range(dH.shape[1]):
+                if Eb[i, k] <= 0:
+                    dH[i, k] = 0
+        _model_update(E, toks, dH, lr_E, eps, normalized)
+    return True
+
+
+_drive_model = driver("model", _model_record, _model_step, _memory_due, _memory_batch)
+
+
+def train_model(kind, E, U, W, p, y, cdf, tokens, opt, tp, rec):
+    learnable = int(kind) == 1
+    W_ = W if learnable else np.zeros((1, 1), dtype=E.dtype)
+    # the read-ahead of the next batch's rows (see _model_step): how many (-1: none), which, E[rows] W
+    ahead = (np.full(1, -1, np.int64), np.empty(_MAX_READ_AHEAD, np.int64),
+             np.empty((_MAX_READ_AHEAD, W_.shape[1]), E.dtype))
+    state = (int(kind), W_, float(opt.lr_E), float(opt.lr_U), bool(opt.normalized), p.astype(E.dtype),
+             int(tp.steps), *ahead)
+    ctx = (*_context(E, U, p, y, cdf, tokens, opt.opt, tp, rec), state)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = interruptible(_drive_model, tp.steps, ctx, progress=_progress)
     return tuple(int(o) for o in out)

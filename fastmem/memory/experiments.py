@@ -154,6 +154,17 @@ def _check_axes(ax):
                 v.fail("grid['ntrain']", f"a multiple of batch_size {b}", n)
 
 
+def kernels(ax):
+    """The kernels a grid's runs call: the matrix model's trainers (fm.train picks the
+    representation per run) and the trained-embedding models'; W's init (normal_fill) always."""
+    names = {"normal_fill"}
+    if "matrix" in ax["model"]:
+        names |= {"train", "train_dual", "train_projected"}
+    if set(ax["model"]) - {"matrix"}:
+        names.add("train_model")
+    return names
+
+
 def group_key(c):
     """Runs that differ only in ntrain share one trajectory (run_group)."""
     return json.dumps({**c, "ntrain": 0}, sort_keys=True)
@@ -172,4 +183,5 @@ def cost(c):
 
 SCALING_LAW = register(Experiment(
     name=EXPERIMENT, keys=KEYS, defaults=DEFAULTS, columns=RESULTS, run_group=run_group, group_key=group_key,
-    order_key=order_key, cost=cost, check_axes=_check_axes, float_keys=FLOAT_KEYS, module=__name__))
+    order_key=order_key, cost=cost, check_axes=_check_axes, float_keys=FLOAT_KEYS, kernels=kernels,
+    module=__name__))

@@ -34,11 +34,11 @@ def mlp(sizes, seed, init="torch"):
     return model
 
 
-def prepare(model, method, sweeps=10):
+def prepare(model, method, sweeps=10, backend=None):
     if method not in METHODS:
         v.fail("method", f"one of {METHODS}", repr(method))
     if method != "baseline":
-        rescale(model, sweeps=sweeps, method=method)
+        rescale(model, sweeps=sweeps, method=method, backend=backend)
     return model
 
 
@@ -63,7 +63,7 @@ def moons_losses(seed, method, epochs=3000, lr=1e-2, n_samples=1000, noise=0.1):
     return losses
 
 
-def digits_run(c):
+def digits_run(c, backend=None):
     """Epochs of minibatch SGD until 99% training accuracy on load_digits (pixels / 16) for an
     MLP 64-width^depth-10 with He init, rescaled first by ``method``; None past max_epochs."""
     import torch
@@ -71,7 +71,7 @@ def digits_run(c):
 
     data = load_digits()
     X, y = torch.tensor(data.data / 16.0, dtype=torch.float32), torch.tensor(data.target)
-    model = prepare(mlp([64] + [c["width"]] * c["depth"] + [10], c["seed"], init="he"), c["method"])
+    model = prepare(mlp([64] + [c["width"]] * c["depth"] + [10], c["seed"], init="he"), c["method"], backend=backend)
     opt = torch.optim.SGD(model.parameters(), lr=c["lr"])
     gen = torch.Generator().manual_seed(c["seed"])
     accuracy, reached = 0.0, None
@@ -99,7 +99,7 @@ def _digits_run_group(configs, backend=None, trajectory=0):
     out = []
     for c in configs:
         t0 = time.perf_counter()
-        row = digits_run(c)
+        row = digits_run(c, backend)
         out.append(({"status": "ok", **row, "seconds": time.perf_counter() - t0, "message": ""}, None))
     return out
 
@@ -113,5 +113,6 @@ DEPTH = register(Experiment(
     defaults={"width": 500, "lr": 1e-2, "batch_size": 128, "max_epochs": 60},
     columns=("status", "epochs", "accuracy", "n_params", "seconds", "message"),
     run_group=_digits_run_group, float_keys=("lr",),
+    kernels=lambda ax: ("pathcond_solve",) if set(ax["method"]) - {"baseline"} else (),
     order_key=lambda c: (0, (-c["depth"], c["seed"], c["method"])),
     cost=lambda c: c["depth"] * c["width"] ** 2, module=__name__))

@@ -82,4 +82,4 @@ def cost(c):
 SCAN_SNAP = register(Experiment(
     name="scan-snap", keys=KEYS, defaults=DEFAULTS, columns=COLUMNS, run_group=run_group,
     order_key=lambda c: (tuple(c[k] for k in DATA_KEYS), (c["lr_z"], c["ratio"], c["seed"])),
-    cost=cost, float_keys=("lr_z", "ratio", "momentum"), module=__name__))
+    cost=cost, float_keys=("lr_z", "ratio", "momentum"), kernels=lambda ax: ("scansnap_train",), module=__name__))

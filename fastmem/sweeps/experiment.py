@@ -37,6 +37,8 @@ class Experiment:
     check_axes : check_axes(axes) raises InvalidArgumentError on axis values that cannot go
         together (each value alone is checked by ``keys``)
     float_keys : keys whose values are floats in run ids (1 and 1.0: the same run)
+    kernels : kernels(axes) -> the names of the kernels (fm.backends' signature table) the grid's
+        runs call: a sweep on a backend that lacks one refuses before its first run, naming it
     module : the module that registers it (workers import it to find the experiment)
     """
 
@@ -50,6 +52,7 @@ class Experiment:
     cost: object = None
     check_axes: object = None
     float_keys: tuple = ()
+    kernels: object = None
     module: str = ""
 
 

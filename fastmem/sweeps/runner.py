@@ -193,6 +193,7 @@ def sweep(grid_or_configs, out, executor=None, workers=None, chunk_size=16, quie
         v.fail("grid_or_configs", "a grid (dict) or a non-empty list of grids", "[]")
     exp, grids = _experiment_of(grids, experiment)
     grids = [g.axes(gr, exp) for gr in grids]
+    _check_backend(exp, grids, backend)
     max_runs = v.positive_int("max_runs", max_runs)
     total = sum(g.count(gr) for gr in grids)
     if total > max_runs:
@@ -232,6 +233,20 @@ def sweep(grid_or_configs, out, executor=None, workers=None, chunk_size=16, quie
                                                                                  _failed_rows(exp, chunk, message)))))
         runs = load_sweep(out)
     return runs[runs["run_id"].isin(ids)].reset_index(drop=True)
+
+
+def _check_backend(exp, grids, backend):
+    """Refuse, before any run, a backend that lacks a kernel the grids' runs call (each run
+    would fail on it): named, with what the backend says."""
+    from ..backends import get
+    from ..errors import BackendUnavailableError, InvalidArgumentError
+
+    for kernel in sorted({k for ax in grids for k in (exp.kernels(ax) if exp.kernels else ())}):
+        try:
+            get(backend, device=False, kernel=kernel)
+        except (BackendUnavailableError, InvalidArgumentError) as exc:
+            raise type(exc)(f"backend: the runs of this {exp.name!r} grid call {kernel}, which backend {backend!r} "
+                            f"cannot run here ({exc})") from None
 
 
 def _exit_with_parent(pid):

@@ -81,4 +81,5 @@ IHEAD = register(Experiment(
     name="ihead", keys=KEYS, defaults=DEFAULTS, columns=COLUMNS, run_group=run_group, group_key=group_key,
     order_key=lambda c: ((c["d"], c["T"], c["train"]), (c["seed"], c["lr"])),
     cost=lambda c: c["steps"] * c["batch"] * c["T"] * (c["T"] + c["d"]) * c["d"] * (3 if c["train"] == "all" else 1),
-    float_keys=("lr", "momentum", "weight_decay"), module=__name__))
+    float_keys=("lr", "momentum", "weight_decay"),
+    kernels=lambda ax: ("ihead_sample", "ihead_rows_forward", "ihead_loss_grads", "ihead_wo2_grads"), module=__name__))
