@@ -24,6 +24,9 @@ SCRIPT = textwrap.dedent("""
     def go(n):
         if kind == "many":
             fm.train_many(E, U, np.zeros((3, 40, 40), np.float32), task.p, task.y, 0.1, n, backend=backend)
+        elif kind == "model":
+            fm.models.train_model("learnable", E, U, task, fm.SGD(lr=0.1), n, batch_size=8, backend=backend,
+                                  record=fm.Record(steps=[0, 1, 2, n]))
         elif kind == "scansnap":
             fm.scansnap.train(fm.scansnap.syn_small(), n, batch=8, L=16, backend=backend, record_steps=[0, 1, 2, n])
         elif kind == "transformer":
@@ -42,22 +45,26 @@ SCRIPT = textwrap.dedent("""
     except KeyboardInterrupt as exc:
         print("stopped", flush=True)
         run = getattr(exc, "run", None)
+        if kind == "many":
+            print(json.dumps(None if run is None else {"status": run.status.tolist(),
+                                                       "finite": bool(np.isfinite(run.W).all())}))
+            sys.exit(130)
         steps = None if run is None else run.records.steps if kind == "scansnap" else run.steps
         resumes = None
-        if kind == "primal" and run is not None:  # from exc.run.state, exactly as one longer run
+        if kind in ("primal", "dual") and run is not None:  # from exc.run.state, exactly as one longer run
             more = fm.train(mem, task, opt, 5, batch_size=8, backend=backend, resume=run.state)
             whole = fm.train(mem, task, opt, run.steps_done + 5, batch_size=8, backend=backend, representation=kind)
             resumes = bool(np.array_equal(more.W, whole.W))
-        print(json.dumps(None if run is None else {"status": run.status, "steps": steps.tolist(),
-                                                   "done": run.steps_done, "loss": run.loss.tolist(),
+        print(json.dumps(None if run is None else {"status": run.status, "steps": np.asarray(steps).tolist(),
+                                                   "done": run.steps_done, "loss": np.asarray(run.loss).tolist(),
                                                    "resumes_exactly": resumes}))
         sys.exit(130)
 """)
 
 
-@pytest.mark.parametrize("backend", ["cpp", "numba"])
-@pytest.mark.parametrize("kind", ["primal", "dual", "projected", "many", "scansnap", "transformer"])
-def test_ctrl_c_stops_a_compiled_run_keeping_its_records(kind, backend):
+@pytest.mark.parametrize("backend", ["cpp", "numba", "numpy"])
+@pytest.mark.parametrize("kind", ["primal", "dual", "projected", "many", "model", "scansnap", "transformer"])
+def test_ctrl_c_stops_a_run_keeping_its_records(kind, backend):
     if not fm.backends()[backend]["available"]:
         pytest.skip(f"the {backend} backend is not available")
     p = subprocess.Popen([sys.executable, "-c", SCRIPT, kind, backend], stdout=subprocess.PIPE,
@@ -71,12 +78,13 @@ def test_ctrl_c_stops_a_compiled_run_keeping_its_records(kind, backend):
     with p.stdout, p.stderr:  # not communicate(): readline() may hold what follows in its buffer
         out, err = p.stdout.read(), p.stderr.read()
     assert p.wait(120) == 130, err
-    if kind == "many":
-        return
     run = json.loads(out)
+    if kind == "many":  # every run ended between two steps, the first one within its steps
+        assert run["status"] == [2, 2, 2] and run["finite"]
+        return
     assert run["status"] == "interrupted" and run["done"] > 2 and run["steps"] == [0, 1, 2]
     assert np.isfinite(run["loss"]).all()
-    if kind == "primal":
+    if kind in ("primal", "dual"):
         assert run["resumes_exactly"] is True
 
 

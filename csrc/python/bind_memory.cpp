@@ -142,7 +142,8 @@ py::tuple py_train_dual(py::array E, py::object oc, py::object os, py::array U, 
     }
     st.c = c;
     st.fresh = fresh;
-    const TrainResult res = interruptible([&] { return train_dual(pr, W0v, st, cdfp, tok, op, tp, r); });
+    const TrainResult res = interruptible([&] { return train_dual(pr, W0v, st, cdfp, tok, op, tp, r); },
+                                          [&] { return py::make_tuple(st.c); });
     return py::make_tuple(static_cast<int>(res.status), res.steps_done, res.records, st.c);
   });
 }

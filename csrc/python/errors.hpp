@@ -39,10 +39,13 @@ inline bool python_signal_pending(void*) {
 }
 
 // Runs a training loop without the GIL, Ctrl-C polled between steps. An interrupted run
-// raises the exception of the signal handler, carrying (steps done, records written) as
-// `fastmem_progress` so that the caller can keep what the run recorded.
-template <class F>
-TrainResult interruptible(F&& run) {
+// raises the exception of the signal handler, carrying (steps done, records written, and
+// `more()`'s values: the dual run's scale c) as `fastmem_progress` so that the caller can keep
+// what the run recorded and resume from where it stopped.
+inline py::tuple no_more() { return py::tuple(); }
+
+template <class F, class More = py::tuple (*)()>
+TrainResult interruptible(F&& run, More&& more = no_more) {
   TrainResult res;
   {
     py::gil_scoped_release nogil;
@@ -52,7 +55,7 @@ TrainResult interruptible(F&& run) {
   if (res.status == Status::Interrupted) {
     py::error_already_set err;  // fetches (and clears) what the handler raised
     try {
-      err.value().attr("fastmem_progress") = py::make_tuple(res.steps_done, res.records);
+      err.value().attr("fastmem_progress") = py::make_tuple(res.steps_done, res.records) + more();
     } catch (py::error_already_set&) {  // an exception object without attributes: raise it as it is
     }
     throw err;

@@ -10,6 +10,10 @@ counter-based stream (rng.hpp), schedules and optimizers (optim.hpp) and the loo
 (train.hpp). Each system's reference is in its own package (fastmem/<system>/_reference.py).
 """
 
+import functools
+import signal
+import threading
+
 import numpy as np
 
 from .._rng import splitmix64 as _splitmix64
@@ -70,11 +74,47 @@ def held(a, dtype):
     return a if a is None or dtype == F else a.astype(dtype).astype(F)
 
 
+INTERRUPTED = 2  # drive()'s status when Ctrl-C came during an interruptible trainer
+_ctrl_c = [False]  # set by interruptible's SIGINT handler, read by drive() between steps
+
+
+def interruptible(progress):
+    """Decorates a reference trainer (a function around drive()): Ctrl-C while it runs ends
+    the loop between two steps (status INTERRUPTED), not in the middle of one, the trainer
+    writes its arrays back as at its end, and then KeyboardInterrupt is raised carrying
+    ``fastmem_progress = progress(result)`` (steps done, records written), as the compiled
+    backends do. In the main thread under Python's own SIGINT handler only; elsewhere Ctrl-C
+    is what it was."""
+    def wrap(f):
+        @functools.wraps(f)
+        def run(*args):
+            if (threading.current_thread() is not threading.main_thread()
+                    or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+                return f(*args)
+            _ctrl_c[0] = False
+            previous = signal.signal(signal.SIGINT, lambda signum, frame: _ctrl_c.__setitem__(0, True))
+            try:
+                result = f(*args)
+            finally:
+                signal.signal(signal.SIGINT, previous)
+            if _ctrl_c[0]:
+                _ctrl_c[0] = False
+                exc = KeyboardInterrupt()
+                exc.fastmem_progress = progress(result)
+                raise exc
+            return result
+
+        return run
+
+    return wrap
+
+
 def drive(steps, at, record, step, batch=None):
     """The loop of drive() in train.hpp: record at the steps ``at`` (ascending), then step t;
     record(r) returns the loss it saw, step(t) False where the loss turned non-finite. With
     ``batch`` (the memory's trainers), the driver draws step t's batch, batch(t) -> (tokens,
-    weights, lr), and hands it on: step(t, tokens, weights, lr)."""
+    weights, lr), and hands it on: step(t, tokens, weights, lr). Ctrl-C inside an
+    interruptible trainer ends it between two steps (status INTERRUPTED)."""
     status, r, done = 0, 0, 0
     for t in range(steps + 1):
         while r < len(at) and at[r] == t:
@@ -84,6 +124,9 @@ def drive(steps, at, record, step, batch=None):
             r += 1
         done = t
         if t == steps or status != 0:
+            break
+        if _ctrl_c[0]:
+            status = INTERRUPTED
             break
         if not (step(t) if batch is None else step(t, *batch(t))):
             status = 1

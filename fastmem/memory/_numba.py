@@ -569,7 +569,7 @@ def train_dual(E, onehot_col, onehot_scale, U, W0, p, y, cdf, tokens, opt, tp, r
     state = (W0, Z, A, mA_, mZ_, c_, KE, KU, p.astype(E.dtype))
     with np.errstate(over="ignore", invalid="ignore"):
         status, done, r = interruptible(_drive_dual, tp.steps, (*_context(E, U, p, y, cdf, tokens, opt, tp, rec), state),
-                                        progress=_progress)
+                                        progress=lambda result: (*_progress(result), float(c_[0])))
     return int(status), int(done), int(r), float(c_[0])
 
 

@@ -141,6 +141,12 @@ def _wants_metrics(rec):
     return rec.loss is not None or rec.accuracy is not None or rec.margins is not None
 
 
+def _progress(result):
+    """(steps done, records written) of a trainer's (status, done, records, ...)."""
+    return int(result[1]), int(result[2])
+
+
+@ref.interruptible(_progress)
 def train(E, onehot_col, onehot_scale, U, W, p, y, cdf, tokens, opt, tp, rec, m, v, t0):
     # A diverging run is a result, not an error: NaN/Inf is recorded and ends the run.
     with np.errstate(over="ignore", invalid="ignore"):
@@ -208,6 +214,7 @@ def _readout_residual(Q, U, y, toks, w):
     return float(w @ (lse - zy)), zy - zother, (dh - h * (h * dh).sum(axis=1, keepdims=True)) / r
 
 
+@ref.interruptible(lambda result: (*_progress(result), float(result[3])))  # with W0's scale c
 def train_dual(E, onehot_col, onehot_scale, U, W0, p, y, cdf, tokens, opt, tp, rec, Z, A, mA, mZ, c, fresh):
     with np.errstate(over="ignore", invalid="ignore"):
         return _train_dual(E.astype(ref.F), U.astype(ref.F), W0.astype(ref.F), p, y, cdf, tokens, opt, tp, rec,
@@ -273,10 +280,11 @@ def sgd_step(W, E, onehot_col, onehot_scale, U, x, y, lr, layernorm, out):
     return loss
 
 
+@ref.interruptible(lambda result: (0, 0))
 def train_many(E, U, W, p, y, lr, steps, loss, accuracy, status):
     """Run r: full-batch GD on (E[r], U[r], W[r], p[r], y[r]) at lr[r], as train() with
     batch_size 0 and a record at every step (the last one kept), on the one loop."""
-    every = np.arange(steps + 1)
+    every = range(steps + 1)  # a record at every step, without an array of steps + 1 entries
     with np.errstate(over="ignore", invalid="ignore"):
         for r in range(E.shape[0]):
             Er, Ur = E[r].astype(ref.F), U[r].astype(ref.F)
@@ -294,6 +302,7 @@ def train_many(E, U, W, p, y, lr, steps, loss, accuracy, status):
             W[r], loss[r], accuracy[r] = run["W"], run["loss"], run["accuracy"]
 
 
+@ref.interruptible(_progress)
 def train_projected(E, U, V, p, y, cdf, tokens, opt, tp, rec):
     """train() with V = W U^T (d x M) in place of W, for Adam(0, 0) or sign descent without
     LayerNorm: the W gradient is A U with A = E_b^T Delta (train_projected.hpp)."""
@@ -347,6 +356,7 @@ def _model_pass(kind, E, U, W, toks, w, y, ln, grads):
     return loss, zy - zother, grads
 
 
+@ref.interruptible(_progress)
 def train_model(kind, E, U, W, p, y, cdf, tokens, opt, tp, rec):
     with np.errstate(over="ignore", invalid="ignore"):
         return _train_model(kind, E, U, W, p, y, cdf, tokens, opt, tp, rec)

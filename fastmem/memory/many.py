@@ -17,7 +17,8 @@ class ManyRuns:
 
     W : (R, d, d) trained memories; loss, accuracy : (R,) population metrics at the last W;
     status : (R,) int8, 0 finished, 1 diverged (a non-finite loss ended the run; its W is the
-    one that produced it)."""
+    one that produced it), 2 interrupted (Ctrl-C: the runs not finished hold the W they reached,
+    on the ``run`` attribute of the KeyboardInterrupt)."""
 
     W: object
     loss: object
@@ -28,6 +29,10 @@ class ManyRuns:
     @property
     def diverged(self):
         return self.status == 1
+
+    @property
+    def interrupted(self):
+        return self.status == 2
 
 
 def _array(name, a, xp, dtype=None):
@@ -110,5 +115,9 @@ def train_many(E, U, W, p, y, lr, steps, backend=None):
     W = xp.array(W, dtype=W.dtype, order="C", copy=True)
     loss, accuracy = xp.empty(R, dtype=W.dtype), xp.empty(R, dtype=W.dtype)
     status = xp.zeros(R, dtype=np.int8)
-    be.train_many(E, U, W, p, y, lr, steps, loss, accuracy, status)
+    try:
+        be.train_many(E, U, W, p, y, lr, steps, loss, accuracy, status)
+    except KeyboardInterrupt as exc:  # every run ended between two steps: what they reached stays reachable
+        exc.run = ManyRuns(W, loss, accuracy, status, be.name)
+        raise
     return ManyRuns(W, loss, accuracy, status, be.name)

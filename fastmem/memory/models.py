@@ -20,7 +20,8 @@ KINDS = {"learnable": ModelKind.LEARNABLE, "exponential": ModelKind.EXPONENTIAL}
 
 @dataclass
 class ModelRun:
-    """Final parameters (E, U, W or None), the records and the status of a model run."""
+    """Final parameters (E, U, W or None), the records and the status ("ok", "diverged", or
+    "interrupted" on the ``run`` of the KeyboardInterrupt that Ctrl-C raises) of a model run."""
 
     E: np.ndarray
     U: np.ndarray
@@ -76,6 +77,11 @@ def train_model(model, E, U, task, optimizer, steps, batch_size=None, seed=0, W=
     rec = RecordSpec(rec_steps, loss=np.full(R, np.nan, E.dtype), accuracy=np.full(R, np.nan, E.dtype))
     tp = TrainSpec(steps, b, v.positive_int("seed", seed, allow_zero=True, below=2**64), layernorm=bool(layernorm))
     be = get(backend, kernel="train_model")
-    status, done, n = be.train_model(KINDS[model], E, U, W, task.p, task.y, task.cdf, tokens, opt, tp, rec)
+    try:
+        status, done, n = be.train_model(KINDS[model], E, U, W, task.p, task.y, task.cdf, tokens, opt, tp, rec)
+    except KeyboardInterrupt as exc:  # Ctrl-C between two steps: the parameters and records so far
+        done, n = getattr(exc, "fastmem_progress", (0, 0))[:2]
+        exc.run = ModelRun(E, U, W, rec_steps[:n], rec.loss[:n], rec.accuracy[:n], "interrupted", int(done))
+        raise
     return ModelRun(E, U, W, rec_steps[:n], rec.loss[:n], rec.accuracy[:n],
                     "ok" if status == 0 else "diverged", int(done))

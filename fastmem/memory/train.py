@@ -231,15 +231,15 @@ def train(memory, task, optimizer, steps, batch_size=None, seed=None, tokens=Non
     try:
         out = policy.run(be, call, arrays)
     except KeyboardInterrupt as exc:  # Ctrl-C in the compiled loop: what it recorded stays reachable
-        done, n_rec = getattr(exc, "fastmem_progress", (None, None))
-        if done is not None:
-            state = None
-            if rep == "primal":  # W and the moments are those after `done` steps: resumable as they are
-                t_opt = (resume.opt_t if resume is not None else 0) + (int(done) if arrays.get("m") is not None else 0)
-                state = TrainState(rep, start_step + int(done), seed, {k: a for k, a in arrays.items() if a is not None},
-                                   1.0, t_opt, optimizer_kind(opt))
+        done, n_rec, *more = getattr(exc, "fastmem_progress", (None, None))
+        if done is not None:  # the buffers are those after `done` steps: resumable as they are
+            c = float(more[0]) if rep == "dual" else 1.0  # the dual run's scale of W0 comes with the progress
+            t_opt = (resume.opt_t if resume is not None else 0) + (int(done) if arrays.get("m") is not None else 0)
+            state = TrainState(rep, start_step + int(done), seed, {k: a for k, a in arrays.items() if a is not None},
+                               c, t_opt, optimizer_kind(opt)) if policy.resumable else None
+            dual_state = (arrays["Z"], arrays["A"], c) if rep == "dual" else None
             exc.run = Run(memory, task, start_step + rec_steps[:n_rec], _written(rec, n_rec), arrays.get("W"),
-                          "interrupted", int(done), be.name, optimizer, rep, reason, None, state)
+                          "interrupted", int(done), be.name, optimizer, rep, reason, dual_state, state, arrays.get("V"))
         raise
     state = None if not policy.resumable else TrainState(  # a projected run keeps no W to resume from
         rep, start_step + int(out.steps_done), seed, {k: a for k, a in arrays.items() if a is not None},

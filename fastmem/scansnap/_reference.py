@@ -34,6 +34,7 @@ def _scansnap_grads(Y, Z, C, q, n, weight):
     return loss, dY, dZ
 
 
+@ref.interruptible(lambda result: (int(result[1]), int(result[2])))
 def scansnap_train(Yt, Z, mY, vY, mZ, vZ, facts, sequences, spec, out):
     """The Scan and Snap training loop on dense float64 arrays (one-hot-free, but every product
     dense): the reference the histogram kernels are tested against."""
