@@ -103,6 +103,26 @@ def in_precision(name, v, dtype):
     return v
 
 
+def available_memory():
+    """Bytes the system can give without swapping (MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def fits_in_memory(name, nbytes, what, got, hint=""):
+    """Refuse, before any allocation, ``what`` of ``nbytes`` that the system cannot give."""
+    have = available_memory()
+    if have is not None and nbytes > have:
+        fail(name, f"{what} that fit in memory ({have / 2**30:.1f} GiB available){hint}",
+             f"{got}, about {nbytes / 2**30:.1f} GiB")
+
+
 def unit_interval(name, v, closed_right=False):
     v = positive_float(name, v, allow_zero=True)
     if v > 1 or (v == 1 and not closed_right):

@@ -94,18 +94,6 @@ def _write_whole(name, path, write):
         raise InvalidArgumentError(f"{name}: could not write {str(path)!r} ({exc.strerror or exc})") from None
 
 
-def _available_memory():
-    """Bytes the system can give without swapping (MemAvailable), or None where unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def _write_metrics(path, run):
     """The run's records to ``path`` (.json, else CSV), written whole."""
     rows = [{"step": int(s), "loss": float(l), "accuracy": float(c)} for s, l, c in zip(run.steps, run.loss,
@@ -137,10 +125,8 @@ def _cmd_run(a):
     for name in ("N", "M", "d"):
         v.positive_int(f"--{name}", getattr(a, name))
     # E and U drawn in float64 then cast: what the run holds at its largest, before it is made
-    need, have = 2 * 8 * (a.N + a.M) * a.d, _available_memory()
-    if have is not None and need > have:
-        v.fail("--N, --M, --d", f"embeddings that fit in memory ({have / 2**30:.1f} GiB available)",
-               f"(N + M) x d = {(a.N + a.M) * a.d:,} entries, about {need / 2**30:.1f} GiB")
+    v.fits_in_memory("--N, --M, --d", 2 * 8 * (a.N + a.M) * a.d, "embeddings",
+                     f"(N + M) x d = {(a.N + a.M) * a.d:,} entries")
     dtype = np.dtype(a.dtype)
     if a.embeddings == "orthogonal":
         E, U = fm.embeddings.orthogonal(a.N, a.M, a.d, dtype=dtype)

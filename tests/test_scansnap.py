@@ -90,6 +90,20 @@ def test_resume_continues_bit_exactly(backend):
         np.testing.assert_array_equal(rest.records.steps, np.arange(4, 11))
 
 
+def test_memory_follows_what_is_recorded(backend):
+    # step_loss=False: no per-step loss array (10**9 steps kept 7.85 GB with record_steps=[0]);
+    # the same run, the same records; a per-step loss that cannot fit is refused before any work
+    data = ss.syn_small()
+    kw = dict(batch=8, L=12, init="torch", seed=4, lr_z=0.3, backend=backend, record_steps=[0, 3, 7])
+    whole, lean = ss.train(data, 7, **kw), ss.train(data, 7, step_loss=False, **kw)
+    assert whole.loss.shape == (7,) and lean.loss.shape == (0,) and lean.steps_done == 7
+    np.testing.assert_array_equal(lean.records.loss, whole.records.loss)
+    np.testing.assert_array_equal(lean.records.loss[:2], whole.loss[[0, 3]])
+    np.testing.assert_array_equal(lean.Y, whole.Y)
+    with pytest.raises(fm.InvalidArgumentError, match=r"^steps: .*each step's loss that fit in memory.*step_loss=False"):
+        ss.train(data, 2**39, backend=backend, record_steps=[0])
+
+
 @pytest.mark.parametrize("kw, name", [(dict(batch=999), "batch"), (dict(lr_z=0.5), "lr_z"), (dict(seed=7), "seed"),
                                       (dict(optimizer="adam"), "optimizer"), (dict(dtype=np.float32), "dtype"),
                                       (dict(ratio=3.0), "ratio")])

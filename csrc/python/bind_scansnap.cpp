@@ -76,7 +76,7 @@ py::tuple py_scansnap_train(py::array Yt, py::array Z, py::object mY, py::object
     FASTMEM_CHECK_ARG(!sp.population || !facts.is_none(), "the population needs facts");
     Output<T> o;
     py::array loss = field_array(out, "loss");
-    o.loss = vec<double>(loss, sp.steps, "out.loss");
+    if (loss.size()) o.loss = vec<double>(loss, sp.steps, "out.loss");  // empty: each step's loss not kept
     py::object rl = out.attr("rec_loss"), rq = out.attr("rec_Zq"), ry = out.attr("rec_Y"), rz = out.attr("rec_Z");
     o.rec_loss = opt_ptr<double>(rl, sp.n_record, "out.rec_loss");
     o.rec_Zq = opt_ptr<T>(rq, sp.n_record, "out.rec_Zq");

@@ -101,7 +101,7 @@ def _ss_batch(i, ctx):
             _ss_sample(fq, fn, fptr, ftok, fthr, falias, stok, star, use_seq, splitmix64(seed), start + i, B, L,
                        Z.shape[0], count, hq, hn, hlen, htok, hcnt, ctxbuf)
         batch_loss[0] = _ss_forward_backward(Yt, Z, hq, hn, hstart, hlen, htok, hcnt, weight, r, g, dz, u)
-        if i < opt[0]:
+        if i < len(loss_out):  # empty where each step's loss is not kept
             loss_out[i] = batch_loss[0]
         computed[0] = i
     return batch_loss[0]

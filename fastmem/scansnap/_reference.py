@@ -63,7 +63,7 @@ def scansnap_train(Yt, Z, mY, vY, mZ, vZ, facts, sequences, spec, out):
                 np.add.at(C, (np.repeat(np.arange(spec.batch), spec.L - 1), tokens[:, :-1].ravel()), 1.0)
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 cache.update(t=t, grads=_scansnap_grads(Y, Zw, C, q, n, weight))
-            if t < spec.steps:
+            if t < len(out.loss):  # empty where each step's loss is not kept
                 out.loss[t] = cache["grads"][0]
         return cache["grads"]
 

@@ -54,7 +54,7 @@ def run_one(c, backend=None, trajectory=0):
     rec = np.unique(np.linspace(0, steps, trajectory + 1).round().astype(np.int64)) if trajectory else [steps]
     run = train(facts, steps, batch=int(c["batch"]), L=int(c["L"]), lr_z=float(c["lr_z"]), ratio=float(c["ratio"]),
                 optimizer=c["optimizer"], momentum=float(c["momentum"]), init=c["init"], seed=int(c["seed"]),
-                simulator=c["simulator"], dtype=c["dtype"], record_steps=rec, backend=backend)
+                simulator=c["simulator"], dtype=c["dtype"], record_steps=rec, step_loss=False, backend=backend)
     r = run.records
     ok = run.status == "ok" and len(r.steps) and r.steps[-1] == steps
     row = {"status": run.status, "steps_done": run.steps_done, "message": "",

@@ -94,7 +94,7 @@ class Records:
 @dataclass
 class ScanSnapRun:
     """A finished (or diverged, or interrupted) run. loss (steps_done,): each step's loss
-    before its update; Y, Z (M x M) the final parameters (Y in the authors' layout, logits =
+    before its update (empty with ``step_loss=False``); Y, Z (M x M) the final parameters (Y in the authors' layout, logits =
     Y f); status "ok", "diverged" or "interrupted". ``fm.scansnap.train(..., resume=run)``
     continues it bit-exactly where it stopped."""
 
@@ -157,8 +157,8 @@ def _same_as_resumed(given, ratio, config):
 
 def train(data, steps=100, *, batch=128, L=128, lr_z=1.0, ratio=1.0, lr_y=None, optimizer="sgd",
           momentum=0.9, betas=(0.9, 0.999), eps=1e-8, init="zero", Y=None, Z=None, seed=0,
-          simulator="sampled", record_steps=None, record=("attention",), dtype=np.float64, backend=None,
-          resume=None):
+          simulator="sampled", record_steps=None, record=("attention",), step_loss=True, dtype=np.float64,
+          backend=None, resume=None):
     """Train the 1-layer transformer of Scan and Snap on ``data``.
 
     data : fm.scansnap.Facts (sampled or population) or fm.scansnap.Sequences (sampled)
@@ -173,6 +173,8 @@ def train(data, steps=100, *, batch=128, L=128, lr_z=1.0, ratio=1.0, lr_y=None, 
     record_steps : None (every step 0 .. steps, or 1,001 evenly spaced steps past 1,000), an int k
         (every k steps and the last), or the global steps to record
     record : what besides the loss: "attention" (with the per-fact metrics; facts only), "Y", "Z"
+    step_loss : keep each step's loss (``run.loss``, 8 bytes a step); False keeps the recorded
+        steps' loss only (``run.records.loss``): memory then follows what is recorded
     dtype : float32 or float64
     resume : a ScanSnapRun to continue (its data and settings; ``steps`` more)
 
@@ -253,7 +255,10 @@ def train(data, steps=100, *, batch=128, L=128, lr_z=1.0, ratio=1.0, lr_y=None, 
     opt = OptimizerSpec(OPTIMIZERS[optimizer], 0.0, momentum if optimizer == "sgd" else 0.0, 0.0, *betas, eps)
     spec = Spec(simulator == "population", batch, L, seed, start, steps, lr_y, lr_z, opt, adam_t0, rec_steps)
     R, F = len(rec_steps), (data.F if isinstance(data, Facts) else 0)
-    out = Outputs(np.full(steps, np.nan), np.full(R, np.nan),
+    if step_loss:
+        v.fits_in_memory("steps", 8 * steps, "each step's loss", f"{steps:,} steps",
+                         " (step_loss=False keeps the recorded steps' loss only)")
+    out = Outputs(np.full(steps if step_loss else 0, np.nan), np.full(R, np.nan),
                   np.zeros((R, F, M), dtype) if "attention" in record else None,
                   np.zeros((R, M, M), dtype) if "Y" in record else None,
                   np.zeros((R, M, M), dtype) if "Z" in record else None)

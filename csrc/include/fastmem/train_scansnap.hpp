@@ -32,7 +32,8 @@ struct State {
   MatrixView<T> Yt, Z, mY, vY, mZ, vZ;
 };
 
-// What a run writes. loss[i]: the loss of step start_step + i's batch before its update.
+// What a run writes. loss[i]: the loss of step start_step + i's batch before its update (null:
+// not kept, the records only).
 // Per record k: rec_loss[k]; rec_Zq (k x F x M): the facts' query rows of Z; rec_Y, rec_Z
 // (k x M x M, Y in its own layout): copies. Null pointers: not recorded.
 template <class T>
@@ -77,7 +78,7 @@ TrainResult train(const Facts& facts, const Sequences& seq, const Spec& sp, Stat
     if (computed == i) return;
     if (!sp.population) sample_batch(facts, seq, sp.seed, sp.start_step + i, sp.batch, sp.L, M, h);
     forward_backward<T>(st.Yt, st.Z, h, weight, gr);
-    if (i < sp.steps) out.loss[i] = gr.loss;
+    if (i < sp.steps && out.loss) out.loss[i] = gr.loss;
     computed = i;
   };
   auto record = [&](index_t i, TrainResult& res) {
