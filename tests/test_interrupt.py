@@ -156,3 +156,38 @@ def test_an_interrupted_fastmem_run_keeps_what_it_recorded(tmp_path):
     assert p.returncode == 130 and "metrics so far written" in err, err
     got = json.loads(out.read_text())
     assert got["status"] == "interrupted" and len(got["records"]) >= 1 and got["records"][0]["step"] == 0
+
+
+RESCALE_SCRIPT = textwrap.dedent("""
+    import json, sys, torch, fastmem as fm
+    torch.manual_seed(0)
+    model = fm.pathcond.experiments.mlp([64] + [1000] * 8 + [10], 0)
+    before = [p.detach().clone() for p in model.parameters()]
+    fm.pathcond.rescale(model, sweeps=2, backend=sys.argv[1], inplace=False)  # compiled before the long one
+    print("started", flush=True)
+    try:
+        fm.pathcond.rescale(model, sweeps=10**5, tol=0.0, backend=sys.argv[1])
+    except KeyboardInterrupt:
+        print("stopped", flush=True)
+        print(json.dumps(all(torch.equal(a, b) for a, b in zip(before, model.parameters()))))
+        sys.exit(130)
+""")
+
+
+@pytest.mark.parametrize("backend", ["cpp", "numba", "numpy"])
+def test_ctrl_c_stops_a_rescaling_leaving_the_model_as_it_was(backend):
+    pytest.importorskip("torch")
+    if not fm.backends()[backend]["available"]:
+        pytest.skip(f"the {backend} backend is not available")
+    p = subprocess.Popen([sys.executable, "-c", RESCALE_SCRIPT, backend], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, cwd="/")
+    assert p.stdout.readline().strip() == "started"
+    time.sleep(1.0)  # in the solver's 10**5 sweeps
+    t0 = time.perf_counter()
+    p.send_signal(signal.SIGINT)
+    assert p.stdout.readline().strip() == "stopped"
+    assert time.perf_counter() - t0 < 2
+    with p.stdout, p.stderr:
+        out, err = p.stdout.read(), p.stderr.read()
+    assert p.wait(60) == 130, err
+    assert json.loads(out) is True  # untouched: a rescaling is applied whole or not at all

@@ -355,9 +355,15 @@ def test_a_rescaling_is_applied_whole_or_not_at_all(spoil, match):
     assert all(np.array_equal(a, b) for a, b in zip(before, after))  # nothing was changed
 
 
-def test_sweeps_are_bounded_before_anything_is_allocated():
+def test_sweeps_and_inputs_are_bounded_before_anything_is_allocated():
     with pytest.raises(fm.InvalidArgumentError, match="^sweeps: expected an integer below"):
         fm.pathcond.rescale(_numpy_net(), sweeps=10**12)
+    conv = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
+    before = [p.detach().clone() for p in conv.parameters()]
+    with pytest.raises(fm.InvalidArgumentError, match=r"^input_shape: expected diag G's float64 arrays .* that fit "
+                                                      r"in memory .*got input \(3, 40960, 40960\)"):
+        fm.pathcond.rescale(conv, input_shape=(3, 40960, 40960))  # 1.4 TB of im2col columns
+    assert all(torch.equal(a, b) for a, b in zip(before, conv.parameters()))
 
 
 @pytest.mark.parametrize("make, match", [

@@ -37,8 +37,15 @@ int py_pathcond_solve(py::array weights, py::array groups, py::array z, py::obje
   p.enorm = enorm;
   p.objective = opt_ptr<double>(objective, max_sweeps + 1, "objective");
   PathCondWorkspace ws;
-  py::gil_scoped_release nogil;
-  return static_cast<int>(pathcond_solve(p, ws));
+  index_t sweeps = 0;
+  interruptible([&] {  // Ctrl-C polled between groups: raised here, nothing of the model changed
+    sweeps = pathcond_solve(p, ws);
+    TrainResult res;
+    res.status = ws.interrupted ? Status::Interrupted : Status::Ok;
+    res.steps_done = sweeps;
+    return res;
+  });
+  return static_cast<int>(sweeps);
 }
 
 void bind_pathcond(py::module_& m) { m.def("pathcond_solve", &py_pathcond_solve); }

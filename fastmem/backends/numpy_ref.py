@@ -11,11 +11,10 @@ counter-based stream (rng.hpp), schedules and optimizers (optim.hpp) and the loo
 """
 
 import functools
-import signal
-import threading
 
 import numpy as np
 
+from .._interrupts import deferred_ctrl_c
 from .._rng import splitmix64 as _splitmix64
 
 INFO = {"precision": "float64 internally"}
@@ -75,7 +74,7 @@ def held(a, dtype):
 
 
 INTERRUPTED = 2  # drive()'s status when Ctrl-C came during an interruptible trainer
-_ctrl_c = [False]  # set by interruptible's SIGINT handler, read by drive() between steps
+_ctrl_c = [[False]]  # the flag drive() reads between steps: that of the interruptible trainer running
 
 
 def interruptible(progress):
@@ -83,22 +82,17 @@ def interruptible(progress):
     the loop between two steps (status INTERRUPTED), not in the middle of one, the trainer
     writes its arrays back as at its end, and then KeyboardInterrupt is raised carrying
     ``fastmem_progress = progress(result)`` (steps done, records written), as the compiled
-    backends do. In the main thread under Python's own SIGINT handler only; elsewhere Ctrl-C
-    is what it was."""
+    backends do (see fastmem._interrupts for where Ctrl-C stays what it was)."""
     def wrap(f):
         @functools.wraps(f)
         def run(*args):
-            if (threading.current_thread() is not threading.main_thread()
-                    or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-                return f(*args)
-            _ctrl_c[0] = False
-            previous = signal.signal(signal.SIGINT, lambda signum, frame: _ctrl_c.__setitem__(0, True))
-            try:
-                result = f(*args)
-            finally:
-                signal.signal(signal.SIGINT, previous)
-            if _ctrl_c[0]:
-                _ctrl_c[0] = False
+            with deferred_ctrl_c() as came:
+                outer, _ctrl_c[0] = _ctrl_c[0], came
+                try:
+                    result = f(*args)
+                finally:
+                    _ctrl_c[0] = outer
+            if came[0]:
                 exc = KeyboardInterrupt()
                 exc.fastmem_progress = progress(result)
                 raise exc
@@ -125,7 +119,7 @@ def drive(steps, at, record, step, batch=None):
         done = t
         if t == steps or status != 0:
             break
-        if _ctrl_c[0]:
+        if _ctrl_c[0][0]:
             status = INTERRUPTED
             break
         if not (step(t) if batch is None else step(t, *batch(t))):

@@ -3,6 +3,8 @@
 import numpy as np
 from numba import njit
 
+from ..backends.numba_cpu import interruptible
+
 
 @njit(cache=True, error_model="numpy")  # 1/0 is inf (a neuron without weights, refused after)
 def _pathcond_sweep_group(w, g, z, off, s_in, s_out, f_in, f_out, S, P, enorm):
@@ -68,8 +70,8 @@ def _pathcond_objective(w, groups, z, log0, P):
     return P * np.log(w.sum() / P) - (log0 - az)
 
 
-@njit(cache=True, error_model="numpy")
-def _pathcond_solve(weights, groups, z, objective, has_objective, tol, max_sweeps, enorm):
+@njit(cache=True, error_model="numpy", nogil=True)  # nogil: run by interruptible() beside the main thread
+def _pathcond_solve(weights, groups, z, objective, has_objective, tol, max_sweeps, enorm, stop):
     P = weights.size
     w = weights.copy()
     log0 = np.log(weights).sum() if has_objective else 0.0
@@ -89,6 +91,8 @@ def _pathcond_solve(weights, groups, z, objective, has_objective, tol, max_sweep
     while sweep < max_sweeps:
         S, moved, off = w.sum(), 0.0, 0
         for k in range(groups.shape[0]):
+            if stop[0] != 0:  # Ctrl-C: z is half a sweep, raised by interruptible as it is
+                return sweep
             S, m = _pathcond_sweep_group(w, groups[k], z, off, s_in, s_out, f_in, f_out, S, P, enorm)
             moved += m
             off += groups[k, 0]
@@ -102,4 +106,5 @@ def _pathcond_solve(weights, groups, z, objective, has_objective, tol, max_sweep
 
 def pathcond_solve(weights, groups, z, objective, tol, max_sweeps, enorm):
     has = objective is not None
-    return int(_pathcond_solve(weights, groups, z, objective if has else np.empty(1), has, tol, max_sweeps, enorm))
+    return int(interruptible(_pathcond_solve, weights, groups, z, objective if has else np.empty(1), has, tol, max_sweeps,
+                             enorm, progress=lambda sweeps: (sweeps, 0)))

@@ -1,10 +1,13 @@
 """diag G of the path-lifting kernel by one backward pass, the objective F, and the
 function-preserving update theta' = theta * exp(-B z / 2)."""
 
+import math
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import _validate as v
+from .._interrupts import deferred_ctrl_c
 from .network import Conv2d, Dense, Flatten, MaxPool2d, _shape, _to_numpy
 
 
@@ -55,6 +58,7 @@ def diag_G(model, input_shape=None):
     net = as_network(model, input_shape)
     layers = net.layers
     (offsets, P) = net.layout()
+    _check_memory(net, P)
     G = np.empty(P)  # filled layer by layer, backward: each slice written once
     a = np.ones(net.shapes[0][0])
     saved = []  # what each layer's backward needs
@@ -113,6 +117,22 @@ def diag_G(model, input_shape=None):
         elif isinstance(la, Flatten):
             g = g.reshape(shape_in)
     return G
+
+
+def _check_memory(net, P):
+    """Refuse, before any allocation, a diag G whose float64 arrays cannot fit: G and the squared
+    weights (2P), and what the forward pass keeps per layer (its input; a convolution's im2col
+    columns, C_in kh kw x H_out W_out: a 4096 x 4096 input makes gigabytes of them)."""
+    kept = 0
+    for la, (shape_in, shape_out) in zip(net.layers, net.shapes):
+        if isinstance(la, Conv2d):
+            kh, kw = _shape(la.weight)[2:]
+            kept += shape_in[0] * kh * kw * shape_out[1] * shape_out[2]
+        kept += math.prod(shape_in)
+    conv = isinstance(net.params()[0], Conv2d)
+    v.fits_in_memory("input_shape" if conv else "model", 8 * (2 * P + kept),
+                     "diag G's float64 arrays (the parameters twice, the activations, im2col columns)",
+                     f"input {net.shapes[0][0]} through {P:,} parameters")
 
 
 def _check_G(G):
@@ -199,8 +219,11 @@ def apply_rescaling(net, z):
         if not _all_finite(b):
             v.fail("z", f"a rescaling that keeps the weights finite ({name} overflows)", "a z too large")
         new.append(b)
-    for (a, _, _), b in zip(factors.values(), new):
-        _assign(a, b)
+    with deferred_ctrl_c() as came:  # Ctrl-C waits until every array is written: whole
+        for (a, _, _), b in zip(factors.values(), new):
+            _assign(a, b)
+    if came[0]:
+        raise KeyboardInterrupt
 
 
 def _check_rescalable(a, name):

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "../errors.hpp"
+#include "../interrupt.hpp"
 #include "../parallel.hpp"
 #include "../views.hpp"
 
@@ -120,6 +121,7 @@ inline void check_rescale_groups(const RescaleGroup* groups, index_t n, index_t 
 struct PathCondWorkspace {
   std::vector<std::vector<double>> Gr;     // per group: its outgoing block summed over the inner axis (B > 1)
   std::vector<double> first_rows, last_cols, s_in, s_out, f_in, f_out, dot;
+  bool interrupted = false;  // the last solve stopped from outside
 };
 
 namespace detail {
@@ -161,8 +163,11 @@ inline void check_rescale_chain(const RescaleGroup* groups, index_t n) {
                       "groups: a chain (each group's outgoing block the next one's incoming block)");
 }
 
-// Runs the solver from p.z; returns the sweeps done.
+// Runs the solver from p.z; returns the sweeps done. A stop asked from outside (interrupt.hpp:
+// Ctrl-C) ends it between two groups with ws.interrupted set (z then half a sweep: not a result).
 inline index_t pathcond_solve(const PathCondParams& p, PathCondWorkspace& ws) {
+  StopPoller poller;
+  ws.interrupted = false;
   check_rescale_groups(p.groups, p.n_groups, p.P);
   check_rescale_chain(p.groups, p.n_groups);
   const index_t P = p.P, n = p.n_groups;
@@ -269,6 +274,10 @@ inline index_t pathcond_solve(const PathCondParams& p, PathCondWorkspace& ws) {
   while (sweep < p.max_sweeps) {
     double moved = 0.0;
     for (index_t k = 0; k < n; ++k) {
+      if (poller.stop()) {
+        ws.interrupted = true;
+        return sweep;
+      }
       const RescaleGroup& g = p.groups[k];
       sums(k);
       const double A = detail::balance(g);
