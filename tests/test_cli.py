@@ -87,6 +87,29 @@ def test_run_writes_its_files_whole(tmp_path):
     assert json.loads((tmp_path / "m.json").read_text())["steps_done"] == 20
 
 
+# The child's files limited to 200 bytes once fastmem is imported (RLIMIT_FSIZE, SIGXFSZ ignored):
+# a write past it fails with EFBIG, as a write to a full disk fails with ENOSPC.
+_LIMITED = """
+import resource, signal, sys
+import fastmem, fastmem.cli, matplotlib.pyplot
+fastmem.backends()  # loaded (an editable install rebuilds here) before the limit
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))
+sys.exit(fastmem.cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("flag, name", [("--out", "m.csv"), ("--plot", "p.png")])
+def test_a_write_that_fails_is_named_and_leaves_no_partial_file(tmp_path, flag, name):
+    pytest.importorskip("resource")
+    (tmp_path / name).write_text("kept")  # an earlier file of that name stays as it was
+    r = subprocess.run([sys.executable, "-c", _LIMITED, "run", "--steps", "300", "--record", "all", flag, name],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and f"error: {flag}: could not write" in r.stderr and "Traceback" not in r.stderr, \
+        r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name] and (tmp_path / name).read_text() == "kept"
+
+
 def test_help_reads_as_plain_text_with_every_command_and_default(tmp_path):
     top = _fastmem("--help", cwd=tmp_path).stdout
     assert "``" not in top and all(c in top.split("options:")[0] for c in ("run", "reproduce", "sweep", "info"))
