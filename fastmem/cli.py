@@ -188,15 +188,23 @@ def _cmd_reproduce(a):
     failed = []
     for name in names:
         numbers = reproduce(name, a.out, full=a.full and (EXPERIMENTS[name].full_minutes > 0 or not a.all))
-        verdict = {True: "shows the expected phenomenon", False: "does NOT show the expected phenomenon",
-                   None: "done"}[numbers.get("holds")]
+        # a check the docs say fastmem does not reproduce, and why, is said as such: it does not
+        # fail the command; any other check not seen does (exit code 4)
+        checks, known = numbers.get("checks", {}), numbers.get("known_misses", {})
+        missed = [c for c, held in checks.items() if held is False]
+        if checks:
+            unexpected = [c for c in missed if c not in known]
+        else:
+            unexpected = ["holds"] if numbers.get("holds") is False else []
+        verdict = ("done" if numbers.get("holds") is None else "does NOT show the expected phenomenon" if unexpected
+                   else f"shows the expected phenomenon but for {len(missed)} known misses" if missed
+                   else "shows the expected phenomenon")
         print(f"{name}: {verdict} ({numbers['seconds']:.1f} s) -> {a.out / (name + '.json')}")
-        for check, held in numbers.get("checks", {}).items():
-            if held is False:
-                print(f"  not seen: {check}")
-        if numbers.get("holds") is False and not numbers.get("checks"):
+        for c in missed:
+            print(f"  known miss: {c}: {known[c]}" if c in known else f"  not seen: {c}")
+        if numbers.get("holds") is False and not checks:
             print(f"  expected: {numbers.get('expected', 'see the JSON')}")
-        if numbers.get("holds") is False:
+        if unexpected:
             failed.append(name)
     return 4 if failed else 0
 

@@ -129,3 +129,17 @@ def test_bad_sizes_and_folders_are_named_before_the_work(tmp_path):
     (tmp_path / "afile").write_text("")
     r = _fastmem("reproduce", "one-step", "--out", "afile", cwd=tmp_path)
     assert r.returncode == 2 and "--out: expected a folder" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_reproduce_exits_4_for_a_check_not_seen_and_0_for_a_documented_miss(tmp_path, monkeypatch, capsys):
+    # a known, explained miss (the JSON's known_misses, said in the docs) is printed as such and
+    # is not an error exit; any other check not seen is
+    from fastmem import cli, reproduce
+
+    def numbers(known):
+        return {"seconds": 0.1, "holds": False, "checks": {"a": True, "b": False}, "known_misses": known}
+
+    for known, code, said in (({"b": "why"}, 0, "known miss: b: why"), ({}, 4, "not seen: b")):
+        monkeypatch.setattr(reproduce, "reproduce", lambda name, out, full, k=known: numbers(k))
+        assert cli.main(["reproduce", "one-step", "--out", str(tmp_path)]) == code
+        assert said in capsys.readouterr().out

@@ -119,4 +119,9 @@ def medium_experiment(out, num_last=(1, 3, 5, 10), lr_z=(0.5, 1.0, 2.0, 3.0), ra
                           for k, x in higher_at_10.items()},
                        **{f"entropy falls as lr_z grows at ratio {min(ratio):g} (num_last={k})": x
                           for k, x in falls_with_lr_z.items()}},
-            "holds": all(x["holds"] for x in higher_at_10.values()) and all(falls_with_lr_z.values())}
+            "holds": all(x["holds"] for x in higher_at_10.values()) and all(falls_with_lr_z.values()),
+            # the runs at ratio 1 of the largest panel have not snapped within the 100 iterations
+            "known_misses": {f"entropy higher at ratio {max(ratio):g} than {min(ratio):g} (num_last={max(num_last)}, "
+                             f"lr_z={lz:g})": "the ratio-1 runs of this panel have not snapped by the last iteration "
+                                              "(Theorem 4's t_0 is past it; docs/scansnap.md)"
+                             for lz in lr_z if lz >= 1}}

@@ -157,4 +157,7 @@ def all_experiment(out, full=False, seed=0, size=None):
             "status": {key(*k): r.status for k, r in runs.items()},
             "expected": "the head loss falls below W_O^2 alone's; the induction head (W_K^2) and the previous-token "
                         "head (W_K^1) form; lr 20 faster than lr 2 (docs/transformer.md)",
-            "checks": checks, "holds": all(checks.values())}
+            "checks": checks, "holds": all(checks.values()),
+            "known_misses": {"lr 20 is faster than lr 2 (a lower mean loss over the run, each d)":
+                             "not seen at the reduced size nor at the paper's over 200 steps, with gradients equal to "
+                             "an independent PyTorch model's (docs/transformer.md, 'What is not reproduced')"}}
