@@ -177,10 +177,11 @@ def sgd_rank_update(W, Eb, H, alpha):
 # --- one pass over a set of tokens (forward_backward.hpp) -----------------------------
 
 @njit(cache=True)
-def _forward_backward(E, U, W, tokens, w, targets, layernorm, chunk):
-    """(loss, zy - zother, dL/dQ, E[tokens]); tokens: row ids; targets: per-row targets."""
+def _forward_backward(E, U, W, tokens, w, targets, layernorm, chunk, read_out=None):
+    """(loss, zy - zother, dL/dQ, E[tokens]); tokens: row ids; targets: per-row targets;
+    read_out: E[tokens] W when already taken, else None."""
     Eb = np.ascontiguousarray(E[tokens])
-    q = Eb @ W
+    q = Eb @ W if read_out is None else read_out.copy()
     b, d = q.shape
     r = np.ones(b, dtype=q.dtype)
     if layernorm:
@@ -376,18 +377,109 @@ def _normalized_rank_update(W, Eb, h, lr, eps, decay, sign):
 
 
 
+# A minibatch step on a W beyond L2 (1 MiB or more) takes its update and the next batch's
+# read-outs E[next] W in one pass over W, as the core does (train.hpp, train_models.hpp): W
+# streams from memory once a step, not twice. The read-outs wait in the state for the next step.
+_GROUP_ROWS = 64  # rows of W per group of such a pass: its threads' unit, fixed (results do not depend on threads)
+_MAX_READ_AHEAD = 16  # as kMaxReadAhead in train_models.hpp
+
+
+def _read_ahead_buffers(d, dtype):
+    """(rows held, -1 for none; their tokens; E[tokens] W): a run's read-ahead, in its state."""
+    return (np.full(1, -1, np.int64), np.empty(_MAX_READ_AHEAD, np.int64), np.empty((_MAX_READ_AHEAD, d), dtype))
+
+
+@njit(cache=True, inline="always")
+def _next_rows(t, ctx, steps, W):
+    """The next batch's tokens where step t reads them ahead (none: an empty array)."""
+    batches = ctx[1]
+    if batches.b > 0 and W.size * W.itemsize >= (1 << 20) and t + 1 < steps:
+        nxt, _, _ = _memory_batch(t + 1, ctx)
+        if len(nxt) <= _MAX_READ_AHEAD:
+            return nxt
+    return np.empty(0, np.int64)
+
+
+@njit(cache=True, inline="always")
+def _take_read_ahead(held, held_toks, held_rows, toks):
+    """The read-outs of toks kept by the step before (or None), and the buffer emptied."""
+    got = None
+    if held[0] == len(toks) and np.all(held_toks[:len(toks)] == toks):
+        got = held_rows[:len(toks)]
+    held[0] = -1
+    return got
+
+
+@njit(cache=True, inline="always")
+def _keep_read_ahead(held, held_toks, held_rows, nxt, part):
+    """The next batch's read-outs: the sums of the groups of W in group order, whatever the threads."""
+    if len(nxt):
+        q = held_rows[:len(nxt)]
+        q[:] = part[0]
+        for grp in range(1, part.shape[0]):
+            q += part[grp]
+        held[0] = len(nxt)
+        held_toks[:len(nxt)] = nxt
+
+
+def _rank_pass_impl(W, EbT, H, alpha, E, nxt, part):
+    """W += alpha Eb^T H in one pass over W, a row at a time, the batch rows four at a time (EbT:
+    d x b, H: b x d; each element of W loaded for four multiply-adds), then the next batch's
+    read-outs E[nxt] W gather row i while in cache (part[g]: the sums of row group g)."""
+    d, b = W.shape[1], H.shape[0]
+    for grp in prange(part.shape[0]):
+        q = part[grp]
+        q[:] = 0
+        for i in range(grp * _GROUP_ROWS, min(W.shape[0], (grp + 1) * _GROUP_ROWS)):
+            wi = W[i]
+            for j in range(0, b - b % 4, 4):
+                h0, h1, h2, h3 = H[j], H[j + 1], H[j + 2], H[j + 3]
+                a0, a1 = W.dtype.type(alpha * EbT[i, j]), W.dtype.type(alpha * EbT[i, j + 1])
+                a2, a3 = W.dtype.type(alpha * EbT[i, j + 2]), W.dtype.type(alpha * EbT[i, j + 3])
+                for k in range(d):
+                    wi[k] += a0 * h0[k] + a1 * h1[k] + a2 * h2[k] + a3 * h3[k]
+            for j in range(b - b % 4, b):  # the last rows one at a time
+                hj, a = H[j], W.dtype.type(alpha * EbT[i, j])
+                for k in range(d):
+                    wi[k] += a * hj[k]
+            for n in range(len(nxt)):
+                e, qn = E[nxt[n], i], q[n]
+                for k in range(d):
+                    qn[k] += e * wi[k]
+
+
+_rank_pass_serial, _rank_pass_parallel = serial_and_parallel(_rank_pass_impl)
+
+
+@njit(cache=True)
+def _rank_pass(W, Eb, H, alpha, E, nxt):
+    """W += alpha Eb^T H; returns the groups' partial read-outs of E[nxt] W (see _rank_pass_impl)."""
+    EbT = np.ascontiguousarray(Eb.T)
+    part = np.empty(((W.shape[0] + _GROUP_ROWS - 1) // _GROUP_ROWS, len(nxt), W.shape[1]), dtype=W.dtype)
+    if Eb.shape[0] * W.size >= (1 << 18):
+        _rank_pass_parallel(W, EbT, H, alpha, E, nxt, part)
+    else:
+        _rank_pass_serial(W, EbT, H, alpha, E, nxt, part)
+    return part
+
+
 @njit(cache=True, inline="always")
 def _primal_step(t, toks, w, lr, ctx):
     prob, batches, opt, rec, state = ctx
     kind, mom, b1, b2, eps = opt.kind, opt.momentum, opt.beta1, opt.beta2, opt.eps
-    W, m, v, opt_t = state
-    loss, _, h, Eb = _forward_backward(prob.E, prob.U, W, toks, w, prob.y[toks], prob.layernorm, prob.chunk)
+    W, m, v, opt_t, steps, held, held_toks, held_rows = state
+    read_out = _take_read_ahead(held, held_toks, held_rows, toks)
+    loss, _, h, Eb = _forward_backward(prob.E, prob.U, W, toks, w, prob.y[toks], prob.layernorm, prob.chunk,
+                                       read_out)
     if not np.isfinite(loss):
         return False
     opt_t[0] += 1
     decay = 1.0 - lr * opt.weight_decay
     if kind == 0 and mom == 0.0 and opt.weight_decay == 0.0:
-        if Eb.shape[0] * W.size <= (1 << 20):
+        nxt = _next_rows(t, ctx, steps, W)
+        if len(nxt) or (Eb.shape[0] <= _MAX_READ_AHEAD and W.size * W.itemsize >= (1 << 20)):
+            _keep_read_ahead(held, held_toks, held_rows, nxt, _rank_pass(W, Eb, h, -lr, prob.E, nxt))
+        elif Eb.shape[0] * W.size <= (1 << 20):
             _rank_update(W, Eb, h, -lr)  # a few rows: no d x d gradient buffer
         else:
             W -= W.dtype.type(lr) * (Eb.T @ h)  # many rows: BLAS
@@ -431,7 +523,8 @@ def train(E, onehot_col, onehot_scale, U, W, p, y, cdf, tokens, opt, tp, rec, m,
     m_ = m if m is not None else np.zeros((d, d), dtype=dt)
     v_ = v if v is not None else np.zeros((d, d), dtype=dt)
     opt_t = np.array([t0], dtype=np.int64)
-    ctx = (*_context(E, U, p, y, cdf, tokens, opt, tp, rec), (W, m_, v_, opt_t))
+    ctx = (*_context(E, U, p, y, cdf, tokens, opt, tp, rec),
+           (W, m_, v_, opt_t, int(tp.steps), *_read_ahead_buffers(d, dt)))
     with np.errstate(over="ignore", invalid="ignore"):
         status, done, r = interruptible(_drive_primal, tp.steps, ctx, progress=_progress)
     return int(status), int(done), int(r), int(opt_t[0])
@@ -729,19 +822,14 @@ def _model_update(P, rows, G, lr, eps, normalized):
             pi[k] = _model_step_value(pi[k], gi[k], lr, eps, normalized)
 
 
-_GROUP_ROWS = 64  # rows of W per group of the W pass: its threads' unit, fixed (see below)
-_MAX_READ_AHEAD = 16  # as kMaxReadAhead in train_models.hpp
-
-
 def _learnable_W_pass_impl(W, EbT, dH, lr, eps, normalized, E, toks, lr_E, nxt, part):
     """The learnable model's W step in one pass over W (learnable_W_pass in train_models.hpp):
     for each row i of W, dE[:, i] = dH W[i]^T (W before its update) and E's batch rows take
     their step in column i, W[i] <- W[i] - lr u(E_b[:, i]^T dH) (no d x d gradient), then the
-    next batch's read-outs E[nxt] W gather row i while in cache (part[g]: the sums of row group
-    g, added in group order by the caller, so that results do not depend on the threads).
-    The batch rows go four at a time (EbT: d x b', dH: b' x d, zero rows padding b' to a
-    multiple of 4), each element of W loaded serving eight multiply-adds."""
-    d, bp, b = W.shape[1], dH.shape[0], len(toks)
+    next batch's read-outs E[nxt] W gather row i while in cache (part[g], as _rank_pass_impl).
+    The batch rows go four at a time (EbT: d x b, dH: b x d), each element of W loaded serving
+    eight multiply-adds."""
+    d, b = W.shape[1], dH.shape[0]
     lr, eps, lr_E = W.dtype.type(lr), W.dtype.type(eps), W.dtype.type(lr_E)
     for grp in prange(part.shape[0]):
         q = part[grp]
@@ -750,7 +838,7 @@ def _learnable_W_pass_impl(W, EbT, dH, lr, eps, normalized, E, toks, lr_E, nxt, 
         for i in range(grp * _GROUP_ROWS, min(W.shape[0], (grp + 1) * _GROUP_ROWS)):
             wi = W[i]
             g[:] = 0
-            for j in range(0, bp, 4):
+            for j in range(0, b - b % 4, 4):
                 h0, h1, h2, h3 = dH[j], dH[j + 1], dH[j + 2], dH[j + 3]
                 a0, a1, a2, a3 = EbT[i, j], EbT[i, j + 1], EbT[i, j + 2], EbT[i, j + 3]
                 s0 = s1 = s2 = s3 = W.dtype.type(0.0)
@@ -762,8 +850,15 @@ def _learnable_W_pass_impl(W, EbT, dH, lr, eps, normalized, E, toks, lr_E, nxt, 
                     s2 += h2[k] * w
                     s3 += h3[k] * w
                 s = (s0, s1, s2, s3)
-                for jj in range(min(4, b - j)):  # E's batch rows, column i: nothing reads it until below
+                for jj in range(4):  # E's batch rows, column i: nothing reads it until below
                     E[toks[j + jj], i] = _model_step_value(E[toks[j + jj], i], s[jj], lr_E, eps, normalized)
+            for j in range(b - b % 4, b):  # the last rows one at a time
+                hj, a = dH[j], EbT[i, j]
+                s0 = W.dtype.type(0.0)
+                for k in range(d):
+                    g[k] += a * hj[k]
+                    s0 += hj[k] * wi[k]
+                E[toks[j], i] = _model_step_value(E[toks[j], i], s0, lr_E, eps, normalized)
             for k in range(d):
                 wi[k] = _model_step_value(wi[k], g[k], lr, eps, normalized)
             for n in range(len(nxt)):
@@ -781,24 +876,15 @@ _learnable_W_serial, _learnable_W_parallel = serial_and_parallel(_learnable_W_pa
 
 @njit(cache=True)
 def _learnable_W_pass(W, Eb, dH, lr, eps, normalized, E, toks, lr_E, nxt):
-    """W's step and E's batch rows' (see _learnable_W_pass_impl); returns E[nxt] W after
-    them (len(nxt) x d)."""
-    b, d = Eb.shape
-    bp = (b + 3) // 4 * 4
-    EbT = np.zeros((d, bp), dtype=W.dtype)
-    EbT[:, :b] = Eb.T
-    dHp = np.zeros((bp, d), dtype=W.dtype)
-    dHp[:b] = dH
-    groups = (W.shape[0] + _GROUP_ROWS - 1) // _GROUP_ROWS
-    part = np.empty((groups, len(nxt), d), dtype=W.dtype)
-    if bp * W.size >= (1 << 18):
-        _learnable_W_parallel(W, EbT, dHp, lr, eps, normalized, E, toks, lr_E, nxt, part)
+    """W's step and E's batch rows' (see _learnable_W_pass_impl); returns the groups' partial
+    read-outs of E[nxt] W after them."""
+    EbT = np.ascontiguousarray(Eb.T)
+    part = np.empty(((W.shape[0] + _GROUP_ROWS - 1) // _GROUP_ROWS, len(nxt), W.shape[1]), dtype=W.dtype)
+    if Eb.shape[0] * W.size >= (1 << 18):
+        _learnable_W_parallel(W, EbT, dH, lr, eps, normalized, E, toks, lr_E, nxt, part)
     else:
-        _learnable_W_serial(W, EbT, dHp, lr, eps, normalized, E, toks, lr_E, nxt, part)
-    Q = part[0].copy()
-    for grp in range(1, groups):  # in group order, whatever the threads
-        Q += part[grp]
-    return Q
+        _learnable_W_serial(W, EbT, dH, lr, eps, normalized, E, toks, lr_E, nxt, part)
+    return part
 
 
 @njit(cache=True, inline="always")
@@ -822,13 +908,9 @@ def _model_step(t, toks, w, lr, ctx):
     step with W of 1 MiB or more also reads the next batch's rows out of W in its W pass (W
     streams from memory once a step, not twice), kept in the state for the next step."""
     prob, batches, opt, rec, state = ctx
-    kind, W, lr_E, lr_U, normalized, steps, ahead, ahead_toks, ahead_rows = state[0], state[1], state[2], state[3], \
-        state[4], state[6], state[7], state[8], state[9]
+    kind, W, lr_E, lr_U, normalized, _, steps, held, held_toks, held_rows = state
     E, U, eps = prob.E, prob.U, opt.eps
-    read_out = None
-    if ahead[0] == len(toks) and np.all(ahead_toks[:len(toks)] == toks):
-        read_out = ahead_rows[:len(toks)]
-    ahead[0] = -1
+    read_out = _take_read_ahead(held, held_toks, held_rows, toks)
     loss, _, G, Eb, H, r = _model_forward(kind, E, U, W, toks, w, prob.y, prob.layernorm, read_out)
     if not np.isfinite(loss):
         return False
@@ -839,16 +921,9 @@ def _model_step(t, toks, w, lr, ctx):
             dH[i] = (dH[i] - H[i] * (H[i] * dH[i]).sum()) / r[i]
     _model_update(U, None, dU, lr_U, eps, normalized)
     if kind == 1:
-        nxt = toks[:0]
-        if batches.b > 0 and W.size * W.itemsize >= (1 << 20) and t + 1 < steps:
-            nxt, _, _ = _memory_batch(t + 1, ctx)
-            if len(nxt) > _MAX_READ_AHEAD:
-                nxt = toks[:0]
-        Q = _learnable_W_pass(W, Eb, dH, lr, eps, normalized, E, toks, lr_E, nxt)
-        if len(nxt):
-            ahead[0] = len(nxt)
-            ahead_toks[:len(nxt)] = nxt
-            ahead_rows[:len(nxt)] = Q
+        nxt = _next_rows(t, ctx, steps, W)
+        _keep_read_ahead(held, held_toks, held_rows, nxt,
+                         _learnable_W_pass(W, Eb, dH, lr, eps, normalized, E, toks, lr_E, nxt))
     else:
         for i in range(dH.shape[0]):
             for k in range(dH.shape[1]):
@@ -864,11 +939,8 @@ _drive_model = driver("model", _model_record, _model_step, _memory_due, _memory_
 def train_model(kind, E, U, W, p, y, cdf, tokens, opt, tp, rec):
     learnable = int(kind) == 1
     W_ = W if learnable else np.zeros((1, 1), dtype=E.dtype)
-    # the read-ahead of the next batch's rows (see _model_step): how many (-1: none), which, E[rows] W
-    ahead = (np.full(1, -1, np.int64), np.empty(_MAX_READ_AHEAD, np.int64),
-             np.empty((_MAX_READ_AHEAD, W_.shape[1]), E.dtype))
     state = (int(kind), W_, float(opt.lr_E), float(opt.lr_U), bool(opt.normalized), p.astype(E.dtype),
-             int(tp.steps), *ahead)
+             int(tp.steps), *_read_ahead_buffers(W_.shape[1], E.dtype))
     ctx = (*_context(E, U, p, y, cdf, tokens, opt.opt, tp, rec), state)
     with np.errstate(over="ignore", invalid="ignore"):
         out = interruptible(_drive_model, tp.steps, ctx, progress=_progress)
