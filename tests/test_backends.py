@@ -186,3 +186,23 @@ def test_fastmems_thread_count_reaches_numbas_worker_thread():
         assert interruptible(threads_seen, progress=lambda r: (0, 0)) == 1
     finally:
         fm.set_num_threads(before)
+
+
+def test_numbas_worker_is_kept_between_runs_and_ends_when_idle():
+    # a kept worker keeps its OpenMP team (cheap kernel launches); an idle one ends, so that its
+    # team does not slow the compiled core's parallel regions
+    import threading
+    import time
+
+    from fastmem.backends.numba_cpu import _Worker
+
+    mem, task = fm.AssociativeMemory(*fm.embeddings.gaussian(6, 3, 4, seed=0)), fm.Task.zipf(6, 3)
+    workers = lambda: [t for t in threading.enumerate() if t.name == "fastmem-numba"]  # noqa: E731
+    time.sleep(2 * _Worker.IDLE_SECONDS)
+    before = workers()
+    for _ in range(3):
+        fm.train(mem, task, fm.SGD(lr=1.0), 2, backend="numba")
+    during = workers()
+    assert len(during) == len(before) + 1  # one worker for the three runs
+    time.sleep(5 * _Worker.IDLE_SECONDS)
+    assert workers() == before

@@ -178,24 +178,42 @@ INTERRUPTED = 2  # the loops' status when stop[0] was set
 _workers = threading.local()
 
 
+class _Worker:
+    """The calling thread's worker: kept between runs a moment apart, ended when idle. OpenMP
+    gives each thread that launches parallel regions a team of its own: a new thread per run
+    paid for a team at every launch of the run's kernels (15-30 us, against 1 us from a kept
+    thread), while an idle team kept for good made the compiled core's parallel regions 3-5x
+    slower (OpenMP throttles its waiting once more threads than processors are alive)."""
+
+    IDLE_SECONDS = 0.1
+
+    def __init__(self):
+        self.lock, self.jobs, self.alive = threading.Lock(), queue.SimpleQueue(), False
+
+    def put(self, job):
+        with self.lock:
+            self.jobs.put(job)
+            if not self.alive:
+                self.alive = True
+                threading.Thread(target=self._serve, name="fastmem-numba", daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                job = self.jobs.get(timeout=self.IDLE_SECONDS)
+            except queue.Empty:
+                with self.lock:
+                    if self.jobs.empty():
+                        self.alive = False
+                        return
+                continue
+            job()
+
+
 def _worker():
-    """The calling thread's worker, made once and kept while the caller lives: OpenMP gives each
-    thread that launches parallel regions a team of its own, and a new thread per run paid for
-    a team at every launch of a run's kernels (15-30 us, against 1 us from a kept thread)."""
-    jobs = getattr(_workers, "jobs", None)
-    if jobs is None:
-        jobs, owner = queue.SimpleQueue(), threading.current_thread()
-
-        def serve():
-            while owner.is_alive() or not jobs.empty():
-                try:
-                    jobs.get(timeout=1.0)()
-                except queue.Empty:
-                    pass
-
-        threading.Thread(target=serve, name="fastmem-numba", daemon=True).start()
-        _workers.jobs = jobs
-    return jobs
+    if getattr(_workers, "worker", None) is None:
+        _workers.worker = _Worker()
+    return _workers.worker
 
 
 def interruptible(f, *args, progress):
