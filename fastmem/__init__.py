@@ -6,16 +6,14 @@
 >>> run = fm.train(fm.AssociativeMemory(E, U), task, fm.SGD(lr=1.0), steps=6400, batch_size=16)
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
 from . import cmd, memory, pathcond, scansnap, sweeps, transformer
 from .backends import backends, get_num_threads, set_num_threads, use_backend
 from .errors import BackendUnavailableError, CudaError, InvalidArgumentError, InvalidStateError, PerformanceWarning
 from .memory import (SGD, Adam, AssociativeMemory, Constant, Cosine, ManyRuns, Record, Run, SignGD, StepDecay, Task,
                      TrainState, accuracy, embeddings, evaluate, gradient, kernels, loss, margins, models,
                      population_metrics, representations, sgd_step, sharpness, step, train, train_many)
+from ._version import __version__
 from .sweeps import load_sweep, sweep
-
 
 
 def __getattr__(name):
@@ -29,10 +27,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'fastmem' has no attribute {name!r}")
 
 
-try:
-    __version__ = version("fastmem")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
 
 __all__ = [
     "Adam", "AssociativeMemory", "BackendUnavailableError", "Constant", "Cosine", "CudaError", "InvalidArgumentError", "InvalidStateError",

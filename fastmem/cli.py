@@ -1,5 +1,5 @@
 """The fastmem command line: run one training run, reproduce the paper's experiments, sweep a
-grid of runs (resumably, to Parquet), info on the build."""
+grid of runs (resumably, to Parquet), report on a sweep (one HTML page), info on the build."""
 
 import argparse
 import csv
@@ -234,6 +234,15 @@ def _cmd_sweep(a):
     return 0
 
 
+def _cmd_report(a):
+    from .sweeps.report import report
+
+    split = lambda s: [x for x in s.split(",") if x] if s else None  # noqa: E731
+    path = report(a.out, html=a.html, y=split(a.y), x=a.x, by=split(a.by), compare=a.compare, diverged=a.diverged)
+    print(f"fastmem report: {path}")
+    return 0
+
+
 def _cmd_info(a):
     import fastmem as fm
 
@@ -276,10 +285,25 @@ def main(argv=None):
                     help="also record each run's loss and error at ~K log-spaced steps (Parquet under OUT/trajectories)")
     sp.add_argument("--max-runs", type=int, default=10**6, help="refuse grids of more runs")
     sp.add_argument("--extend", action="store_true", help="add this grid's runs to an OUT that holds another grid's")
+    rep = sub.add_parser("report", help="one HTML page of a sweep's folder: counts, figures, failed and diverged runs",
+                         formatter_class=_Help)
+    rep.add_argument("out", type=Path, help="the sweep's folder (fastmem sweep --out)")
+    rep.add_argument("--html", type=Path, default=None, help="where to write the page (default: OUT/report.html)")
+    rep.add_argument("--y", default=None, help="metrics to draw, comma-separated (default: the experiment's, e.g. "
+                                               "error,loss)")
+    rep.add_argument("--x", default=None, help="the horizontal axis (default: the numeric axis with most values)")
+    rep.add_argument("--by", default=None, help="axes drawn as lines, comma-separated (default: the small categorical "
+                                                "ones)")
+    rep.add_argument("--compare", type=Path, default=None, metavar="OUT2",
+                     help="a second sweep of the same experiment: drawn dashed, the cells that differ listed")
+    rep.add_argument("--diverged", choices=("exclude", "published"), default="exclude",
+                     help="diverged runs marked and counted, not averaged; or averaged with the error the "
+                          "authors' code records (scaling-law)")
     sub.add_parser("info", help="version, backends built, threads, compiler flags")
     a = parser.parse_args(argv)
     try:
-        return {"run": _cmd_run, "reproduce": _cmd_reproduce, "sweep": _cmd_sweep, "info": _cmd_info}[a.command](a)
+        return {"run": _cmd_run, "reproduce": _cmd_reproduce, "sweep": _cmd_sweep, "report": _cmd_report,
+                "info": _cmd_info}[a.command](a)
     except ValueError as exc:
         print(f"fastmem {a.command}: error: {exc}", file=sys.stderr)
         return 2

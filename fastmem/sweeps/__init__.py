@@ -8,6 +8,8 @@ or any Executor (Dask's too).
   failures retried and recorded.
 - ``store.py``: the folder: atomic Parquet chunks, its lock, the grids it holds, damaged chunks
   moved aside.
+- ``report.py``: ``report``, one self-contained HTML page of a folder (``fastmem report``): its
+  counts, figures chosen from the grid, failed and diverged runs, another folder compared.
 - ``experiment.py``: what an experiment declares (keys, result columns, how to run a group of
   configurations) and the registry. Each system registers its own experiments from its package
   (the associative memory's scaling law: ``fastmem/memory/experiments.py``).
@@ -24,6 +26,7 @@ it as an xarray Dataset over (run_id, point) with the grid's keys as coordinates
 from . import grid as _grid
 from .experiment import Experiment, names, register
 from .experiment import get as get_experiment
+from .report import report
 from .runner import DEFAULT_EXPERIMENT, load_sweep, sweep  # noqa: F401 - DEFAULT_EXPERIMENT: the CLI
 
 

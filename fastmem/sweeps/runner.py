@@ -204,6 +204,7 @@ def sweep(grid_or_configs, out, executor=None, workers=None, chunk_size=16, quie
     if executor is None:
         workers = os.cpu_count() if workers is None else v.positive_int("workers", workers)
     with store.Store(out, exp.name, grids, extend=extend) as st:
+        st.record_session(started=time.time(), finished=None, **_session_facts(backend, executor, workers))
         on_disk = st.scan(columns(exp))
         configs = list({g.run_id(c, exp.float_keys): c for gr in grids for c in g.expand(gr)}.items())
         ids = {rid for rid, _ in configs}
@@ -231,8 +232,24 @@ def sweep(grid_or_configs, out, executor=None, workers=None, chunk_size=16, quie
                       split=functools.partial(groups, exp),
                       failed=lambda chunk, message: bar.update(len(_write_chunk(out, exp,
                                                                                  _failed_rows(exp, chunk, message)))))
+        st.record_session(finished=time.time(), runs_done=len(todo))
         runs = load_sweep(out)
     return runs[runs["run_id"].isin(ids)].reset_index(drop=True)
+
+
+def _session_facts(backend, executor, workers):
+    """What fastmem report says of a sweep call: the backend asked for and the one this machine
+    takes for it, fastmem's version, the compiled core's CPU level, the workers."""
+    from .._version import __version__
+    from ..backends import backends, get
+
+    try:
+        taken = get(backend, device=False).name
+    except Exception:  # noqa: BLE001 - a backend refused here is refused again, by name, below
+        taken = None
+    return {"backend": backend or "auto", "backend_taken": taken, "fastmem": __version__,
+            "cpu_level": backends()["cpp"]["info"].get("cpu_level"),
+            "workers": type(executor).__name__ if executor is not None else workers}
 
 
 def _check_backend(exp, grids, backend):

@@ -85,6 +85,15 @@ def experiment_of(out):
         return None
 
 
+def sessions_of(out):
+    """The sweep calls a folder's sweep.json records ([] without any): started, finished (None
+    while running or if killed), backend, fastmem, cpu_level, workers."""
+    try:
+        return list(json.loads((Path(out) / "sweep.json").read_text()).get("sessions", []))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+
+
 def grids_of(out):
     """The grids a sweep folder's sweep.json records ([] without one)."""
     try:
@@ -209,10 +218,25 @@ class Store:
                    f"{str(self.out)!r}, which holds {'another grid' if held != [None] else 'runs of unknown grids'} "
                    f"({path.name})")
         held = [g for g in held if g is not None] + new
+        self._meta = {"format": FORMAT, "experiment": self.experiment, "grids": [given[g] for g in held],
+                      "sessions": meta.get("sessions", []) if path.exists() else []}
+        self._write_meta()
+
+    def _write_meta(self):
+        path = self.out / "sweep.json"
         tmp = path.with_name(f".sweep.json.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"format": FORMAT, "experiment": self.experiment,
-                                   "grids": [given[g] for g in held]}, indent=1) + "\n")
+        tmp.write_text(json.dumps(self._meta, indent=1) + "\n")
         os.replace(tmp, path)
+
+    def record_session(self, **facts):
+        """Append (or, called again, update) this sweep call's facts in sweep.json: when it
+        started and finished, the backend, fastmem's version and the CPU level (fastmem report
+        shows them)."""
+        if not getattr(self, "_session", None):
+            self._session = {}
+            self._meta["sessions"].append(self._session)
+        self._session.update(facts)
+        self._write_meta()
 
     def close(self):
         if self._lock is not None:
