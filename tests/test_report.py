@@ -161,7 +161,7 @@ def test_the_page_in_a_real_browser(swept, tmp_path):
     finally:
         browser.quit()
     assert errors == []
-    assert len(images) >= 4 and all(done and width > 100 and colours > 3 for done, width, colours in images), images
+    assert len(images) >= 3 and all(done and width > 100 and colours > 3 for done, width, colours in images), images
     status = runs["status"].value_counts()
     assert header == {"on-disk": str(len(runs)), "ok": str(status.get("ok", 0)),
                       "diverged": str(status.get("diverged", 0)), "failed": str(status.get("failed", 0))}
@@ -176,7 +176,7 @@ def test_every_inline_figure_is_a_png_that_decodes(swept, tmp_path):
 
     page = report(swept, html=tmp_path / "r.html").read_text()
     pngs = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    assert len(pngs) >= 4
+    assert len(pngs) >= 3  # the error figure and the two trajectory figures
     for data in pngs:
         img = mpimg.imread(io.BytesIO(base64.b64decode(data)))
         assert img.std() > 0.01

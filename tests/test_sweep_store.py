@@ -106,8 +106,8 @@ def test_a_folder_in_use_by_another_sweep_is_refused(tmp_path):
     assert len(_sweep(TINY, tmp_path)) == 6  # released on exit
 
 
-def _toml(path, seeds):
-    path.write_text(f"d = [4, 6]\nseed = {seeds}\nlr = 1.0\nbatch_size = 4\nntrain = [4096]\nN = 6\nM = 3\n")
+def _toml(path, seeds):  # runs of 16,384 steps: a sweep of 40 lasts seconds, long past another's start
+    path.write_text(f"d = [4, 6]\nseed = {seeds}\nlr = 1.0\nbatch_size = 4\nntrain = [65536]\nN = 6\nM = 3\n")
     return path
 
 

@@ -24,7 +24,7 @@ from . import store
 # each experiment's metrics, the first the default figure (others: its numeric result columns)
 METRICS = {"scaling-law": ("error", "loss"), "scan-snap": ("loss", "entropy", "common_mass"),
            "pathcond-depth": ("epochs", "accuracy"), "ihead": ("loss",)}
-MAX_LINES, MAX_PANELS, MAX_FIGURES = 8, 16, 16
+MAX_LINES, MAX_PANELS, MAX_FIGURES = 8, 16, 8
 DIVERGED = ("exclude", "published")
 
 
@@ -147,8 +147,8 @@ def _metrics(sweep, y):
 
     numeric = [c for c in exp.columns if c in sweep.runs and c not in ("status", "message", "seconds")
                and is_numeric_dtype(sweep.runs[c])]
-    if y is None:
-        return [m for m in METRICS.get(sweep.experiment, ()) if m in numeric][:2] or numeric[:1]
+    if y is None:  # one metric by default: a page to take in at a glance (--y draws more)
+        return [m for m in METRICS.get(sweep.experiment, ()) if m in numeric][:1] or numeric[:1]
     for m in y:
         if m not in numeric:
             v.fail("--y", f"metrics of this sweep {numeric}", repr(m))
@@ -182,18 +182,14 @@ def cell_stats(sweep, metric, diverged="exclude"):
         if div.any():
             value = value.where(~div, pd.Series([published_error(r) for r in df.to_dict("records")], index=df.index))
         use = use | div
-    df["_v"] = value.where(use)
-    grouped = df.groupby(keys, dropna=False, sort=True) if keys else [((), df)]
-    rows = []
-    for key, part in grouped:
-        vals = part["_v"].dropna().to_numpy()
-        n = len(vals)
-        rows.append({**dict(zip(keys, key if isinstance(key, tuple) else (key,))),
-                     "mean": float(vals.mean()) if n else math.nan,
-                     "se": float(vals.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0 if n else math.nan,
-                     "n": n, "runs": len(part), "diverged": int((part["status"] == "diverged").sum()),
-                     "failed": int((part["status"] == "failed").sum())})
-    return pd.DataFrame(rows)
+    df["_v"], df["_diverged"], df["_failed"] = value.where(use), df["status"] == "diverged", df["status"] == "failed"
+    if not keys:
+        df["_all"], keys = 0, ["_all"]
+    grouped = df.groupby(keys, dropna=False, sort=True)
+    stats = grouped.agg(mean=("_v", "mean"), std=("_v", "std"), n=("_v", "count"), runs=("_v", "size"),
+                        diverged=("_diverged", "sum"), failed=("_failed", "sum")).reset_index()
+    stats["se"] = (stats["std"] / np.sqrt(stats["n"])).where(stats["n"] > 1, np.where(stats["n"] == 1, 0.0, np.nan))
+    return stats.drop(columns=["std"] + (["_all"] if "_all" in stats else []))
 
 
 def _combos(axes, names):
@@ -216,7 +212,7 @@ def _png(fig):
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
+    fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()
 
@@ -233,8 +229,12 @@ def _figure(stats_by_sweep, layout, axes, metric, slice_combo):
     rows = _combos(axes, layout.panels[:1]) if layout.panels else [{}]
     cols = _combos(axes, layout.panels[1:2]) if len(layout.panels) > 1 else [{}]
     lines = _combos(axes, layout.lines)
-    fig, grid = plt.subplots(len(rows), len(cols), figsize=(3.6 * len(cols) + 2.4, 2.8 * len(rows) + 0.4),
-                             squeeze=False, sharex=True, layout="constrained")
+    # fixed margins, not a layout engine: a layout measured every panel's text (half of the time
+    # of the published grid's page)
+    width, height = 3.4 * len(cols) + 2.6, 2.5 * len(rows) + 0.7
+    fig, grid = plt.subplots(len(rows), len(cols), figsize=(width, height), squeeze=False, sharex=True)
+    fig.subplots_adjust(left=0.75 / width, right=1 - 2.5 / width, bottom=0.5 / height, top=1 - 0.55 / height,
+                        wspace=0.3, hspace=0.45)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     xs = axes[layout.x]
     numeric = _numeric(xs)
@@ -265,13 +265,16 @@ def _figure(stats_by_sweep, layout, axes, metric, slice_combo):
             elif len(xs) <= 8:  # the grid's values, not round numbers between them
                 ax.set_xticks(xs, [f"{x:g}" for x in xs])
                 ax.minorticks_off()
-            ax.set_title(_label({**rc, **cc}) if layout.panels else "", fontsize=9)
-            ax.set_xlabel(layout.x)
-            ax.set_ylabel(metric)
+            ax.set_title(_label({**rc, **cc}) if layout.panels else "", fontsize=8)
+            if i == len(rows) - 1:
+                ax.set_xlabel(layout.x)
+            if j == 0:
+                ax.set_ylabel(metric)
             ax.grid(alpha=0.3)
     handles, labels = grid[0, 0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="outside right upper", fontsize=7, frameon=False)
+        fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1 - 2.4 / width, 1 - 0.55 / height), fontsize=7,
+                   frameon=False)
     fig.suptitle(_label(slice_combo) if slice_combo else metric, fontsize=10)
     return _png(fig)
 
@@ -370,17 +373,18 @@ def report(out, html=None, y=None, x=None, by=None, compare=None, diverged="excl
     keys = [k for k in axes if k != "seed" and k in sweep.runs and len(axes[k]) > 1]  # what tells cells apart
     figures, differing = [], {}
     slices = _combos(axes, layout.slices)
+    first = None
     for metric in metrics:
         stats = [("OUT", cell_stats(sweep, metric, diverged))]
+        first = stats[0][1] if first is None else first
         if other is not None:
             stats.append(("OUT2", cell_stats(other, metric, diverged)))
             differing[metric] = _differing(stats[0][1], stats[1][1], keys)
-        for sc in slices[:MAX_FIGURES]:
+        for sc in slices[:MAX_FIGURES]:  # the rest said on the page, with the flags that choose
             figures.append({"title": f"{metric}" + (f": {_label(sc)}" if sc else ""),
                             "png": _figure(stats, layout, axes, metric, sc)})
-    stats0 = cell_stats(sweep, metrics[0], diverged)
     div_cells = [{"cell": _label({k: r[k] for k in keys}), "diverged": r["diverged"], "runs": r["runs"]}
-                 for r in stats0[stats0["diverged"] > 0].to_dict("records")]
+                 for r in first[first["diverged"] > 0].to_dict("records")]
     env = Environment(loader=FileSystemLoader(Path(__file__).parent), autoescape=select_autoescape(["html"]))
     page = env.get_template("report.html").render(
         h=_header(sweep), other=_header(other) if other is not None else None, layout=layout, metrics=metrics,
