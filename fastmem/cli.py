@@ -176,6 +176,9 @@ def _cmd_reproduce(a):
     if not (a.list or not (a.all or a.name)):
         if a.name and a.name not in EXPERIMENTS:
             raise InvalidArgumentError(f"name: expected one of {sorted(EXPERIMENTS)}, got {a.name!r}")
+        if a.source is not None and not (a.all or EXPERIMENTS[a.name].takes_a_sweep):
+            raise InvalidArgumentError(f"--from: a sweep folder for {[e.name for e in EXPERIMENTS.values() if e.takes_a_sweep]}"
+                                       f" only, not {a.name!r}")
         _writable_folder("--out", a.out)  # before the work, not after it
 
     if a.list or not (a.all or a.name):
@@ -186,8 +189,19 @@ def _cmd_reproduce(a):
         return 0
     names = list(EXPERIMENTS) if a.all else [a.name]
     failed = []
+    from tqdm.auto import tqdm
+
+    # one bar over the experiments, weighted by how long each takes (a few seconds: 0.1 min)
+    weight = {n: EXPERIMENTS[n].minutes or 0.1 for n in names}
+    bar = tqdm(total=round(sum(weight.values()), 1), unit="min", desc="reproduce", disable=len(names) == 1 or not
+               sys.stderr.isatty(), bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} min of work "
+                                               "[{elapsed}<{remaining}] {postfix}")
     for name in names:
-        numbers = reproduce(name, a.out, full=a.full and (EXPERIMENTS[name].full_minutes > 0 or not a.all))
+        bar.set_postfix_str(name)
+        e = EXPERIMENTS[name]
+        numbers = reproduce(name, a.out, full=a.full and (e.full_minutes > 0 or not a.all),
+                            source=a.source if e.takes_a_sweep else None)
+        bar.update(weight[name])
         # a check the docs say fastmem does not reproduce, and why, is said as such: it does not
         # fail the command; any other check not seen does (exit code 4)
         checks, known = numbers.get("checks", {}), numbers.get("known_misses", {})
@@ -206,6 +220,7 @@ def _cmd_reproduce(a):
             print(f"  expected: {numbers.get('expected', 'see the JSON')}")
         if unexpected:
             failed.append(name)
+    bar.close()
     return 4 if failed else 0
 
 
@@ -275,6 +290,8 @@ def main(argv=None):
     rp.add_argument("--out", type=Path, default=Path("reproduce-out"), help="folder for the figures and NAME.json")
     rp.add_argument("--full", action="store_true",
                     help="at the paper's size, for the experiments that run at a reduced one (see --list)")
+    rp.add_argument("--from", dest="source", type=Path, default=None, metavar="OUT",
+                    help="the sweep folder to draw from (scaling-law: its published grid's; else it runs the grid first)")
     sp = sub.add_parser("sweep", help="run a grid of runs (TOML), resumably, writing Parquet under --out")
     sp.add_argument("grid", type=Path, help="TOML file: keys of fm.sweep's grid, values or lists")
     sp.add_argument("--out", type=Path, required=True)

@@ -140,6 +140,6 @@ def test_reproduce_exits_4_for_a_check_not_seen_and_0_for_a_documented_miss(tmp_
         return {"seconds": 0.1, "holds": False, "checks": {"a": True, "b": False}, "known_misses": known}
 
     for known, code, said in (({"b": "why"}, 0, "known miss: b: why"), ({}, 4, "not seen: b")):
-        monkeypatch.setattr(reproduce, "reproduce", lambda name, out, full, k=known: numbers(k))
+        monkeypatch.setattr(reproduce, "reproduce", lambda name, out, full, source=None, k=known: numbers(k))
         assert cli.main(["reproduce", "one-step", "--out", str(tmp_path)]) == code
         assert said in capsys.readouterr().out

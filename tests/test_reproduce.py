@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+import fastmem as fm
 from fastmem.errors import InvalidArgumentError
 from fastmem.reproduce import EXPERIMENTS, reproduce
 
@@ -154,3 +155,24 @@ def test_ihead_all_at_a_small_size(tmp_path):
 def test_full_is_refused_where_there_is_no_reduced_size(tmp_path):
     with pytest.raises(InvalidArgumentError, match="full"):
         reproduce("ihead-wo2", tmp_path, full=True)
+
+
+def test_scaling_law_figures_from_a_sweep_folder(tmp_path):
+    # the published grid's keys at a size a test can run: every model, optimizer and LayerNorm
+    # setting, two d, two lr; the curves are the sweep's own means
+    pytest.importorskip("pandas")
+    from fastmem.reproduce.scaling_law import scaling_law_experiment
+
+    grid = {"N": 100, "M": 5, "alpha": 2.0, "d": [10, 40], "seed": [42, 43], "lr": [1.0, 100.0], "batch_size": [16],
+            "ntrain": [1024, 4096], "layernorm": [False, True], "optimizer": ["sgd", "adam"],
+            "model": ["matrix", "learnable", "exponential"]}
+    fm.sweep(grid, tmp_path / "sweep", workers=2, quiet=True)
+    r = scaling_law_experiment(tmp_path / "figs", source=tmp_path / "sweep", grid=grid)
+    assert (tmp_path / "figs" / "scaling-law.png").exists() and r["runs_on_disk"] == r["runs_in_grid"] == 192
+    runs = fm.load_sweep(tmp_path / "sweep")
+    lr = r["best_lr_at_large_d"]["matrix/sgd/ln=False"]
+    cell = runs[(runs["model"] == "matrix") & (runs["optimizer"] == "sgd") & ~runs["layernorm"] & (runs["d"] == 10)
+                & (runs["lr"] == lr) & (runs["ntrain"] == 4096) & (runs["status"] == "ok")]
+    assert np.isclose(r["error_against_d"]["matrix/sgd/ln=False"][0], cell["error"].mean())
+    assert set(r["checks"]) and all(isinstance(x, bool) for x in r["checks"].values())
+    assert r["holds"] == all(r["checks"].values())

@@ -258,6 +258,7 @@ def test_published_grid_file_expands_to_the_authors_grid():
     from pathlib import Path
 
     spec = tomllib.loads((Path(__file__).resolve().parents[1] / "examples" / "scaling_law_grid.toml").read_text())
+    assert spec["grid"] == scaling_law.PUBLISHED_GRID  # what fastmem reproduce scaling-law runs
     configs = sw.expand(spec["grid"])
     assert len(configs) == 40_320 and len({scaling_law.run_id(c) for c in configs}) == 40_320
     assert {c["model"] for c in configs} == {"matrix", "learnable", "exponential"}

@@ -36,6 +36,11 @@ KEYS = {
 }
 DEFAULTS = {"model": "matrix", "optimizer": "sgd", "N": 100, "M": 5, "alpha": 2.0, "layernorm": False}
 EXPERIMENT = "scaling-law"
+# The authors' largest published grid, 40,320 runs (examples/scaling_law_grid.toml says the same:
+# tests/test_sweep.py checks it)
+PUBLISHED_GRID = {"N": 100, "M": 5, "alpha": 2.0, "d": [10, 20, 50, 100, 200, 500, 1000], "seed": list(range(42, 52)),
+                  "lr": [0.1, 1.0, 10.0, 100.0], "batch_size": [16, 64, 256, 1024], "ntrain": [1024, 10240, 102400],
+                  "layernorm": [False, True], "optimizer": ["sgd", "adam"], "model": ["matrix", "learnable", "exponential"]}
 FLOAT_KEYS = ("lr", "alpha")
 # the result row after the keys and run_id
 RESULTS = ("status", "error", "loss", "steps", "seconds", "representation", "message")

@@ -12,7 +12,7 @@ phenomenon the paper reports ("expected") and whether this run shows it ("holds"
 import time
 from dataclasses import dataclass
 
-from . import cmd_run, larger, pathcond, scansnap, transformer, two_token, underparam
+from . import cmd_run, larger, pathcond, scaling_law, scansnap, transformer, two_token, underparam
 from ._common import write_json
 
 
@@ -22,6 +22,7 @@ class Experiment:
     run: object
     minutes: float = 0.0  # about how long it takes on 2 cores, where more than seconds
     full_minutes: float = 0.0  # where it runs at a reduced size: how long the paper's size takes (--full)
+    takes_a_sweep: bool = False  # draws from a sweep folder given with --from (else runs the sweep first)
 
     @property
     def summary(self):
@@ -45,12 +46,14 @@ EXPERIMENTS = {e.name: e for e in (
     Experiment("scan-snap-medium", scansnap.medium_experiment, minutes=0.2),
     Experiment("ihead-wo2", transformer.wo2_experiment, minutes=0.3),
     Experiment("ihead-all", transformer.all_experiment, minutes=1.2, full_minutes=20),
+    Experiment("scaling-law", scaling_law.scaling_law_experiment, minutes=20, takes_a_sweep=True),
 )}
 
 
-def reproduce(name, out=".", full=False):
+def reproduce(name, out=".", full=False, source=None):
     """Run experiment ``name``, write its figures and ``name.json`` under ``out``; return the numbers.
-    ``full``: at the paper's size, for the experiments that run at a reduced one by default."""
+    ``full``: at the paper's size, for the experiments that run at a reduced one by default;
+    ``source``: the sweep folder to draw from, for those that take one (``scaling-law``)."""
     from .._validate import fail
 
     if name not in EXPERIMENTS:
@@ -59,8 +62,14 @@ def reproduce(name, out=".", full=False):
     if full and not e.full_minutes:
         fail("full", f"an experiment with a reduced size ({[x.name for x in EXPERIMENTS.values() if x.full_minutes]})",
              repr(name))
+    if source is not None and not e.takes_a_sweep:
+        fail("source", f"an experiment drawn from a sweep ({[x.name for x in EXPERIMENTS.values() if x.takes_a_sweep]})",
+             repr(name))
     t0 = time.perf_counter()
-    numbers = e.run(out, full=True) if full else e.run(out)
+    kw = {"full": True} if full else {}
+    if source is not None:
+        kw["source"] = source
+    numbers = e.run(out, **kw)
     numbers["seconds"] = round(time.perf_counter() - t0, 3)
     write_json(out, name, numbers)
     return numbers
