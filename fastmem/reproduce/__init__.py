@@ -40,13 +40,13 @@ EXPERIMENTS = {e.name: e for e in (
     Experiment("one-step", larger.one_step_experiment),
     Experiment("imbalance", larger.imbalance_experiment),
     Experiment("cmd", cmd_run.cmd_experiment),
-    Experiment("pathcond-moons", pathcond.moons_experiment, minutes=1),
-    Experiment("pathcond-depth", pathcond.depth_experiment, minutes=6),
+    Experiment("pathcond-moons", pathcond.moons_experiment, minutes=0.8),
+    Experiment("pathcond-depth", pathcond.depth_experiment, minutes=2.5),
     Experiment("scan-snap-small", scansnap.small_experiment),
     Experiment("scan-snap-medium", scansnap.medium_experiment, minutes=0.2),
     Experiment("ihead-wo2", transformer.wo2_experiment, minutes=0.3),
     Experiment("ihead-all", transformer.all_experiment, minutes=1.2, full_minutes=20),
-    Experiment("scaling-law", scaling_law.scaling_law_experiment, minutes=20, takes_a_sweep=True),
+    Experiment("scaling-law", scaling_law.scaling_law_experiment, minutes=7, takes_a_sweep=True),
 )}
 
 

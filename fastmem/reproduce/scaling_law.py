@@ -27,7 +27,7 @@ def _mean(df, **where):
 def scaling_law_experiment(out, source=None, grid=None):
     """The scaling-law paper's figures from its published grid: error against d per model and
     optimizer, with and without LayerNorm; error against ntrain; SGD's lr sensitivity against
-    Adam(0, 0)'s. Runs the 40,320-run grid first when no sweep folder is given: some 20 minutes
+    Adam(0, 0)'s. Runs the 40,320-run grid first when no sweep folder is given: some 7 minutes
     on 2 cores, resumable."""
     import fastmem as fm
 
@@ -76,22 +76,34 @@ def scaling_law_experiment(out, source=None, grid=None):
         axes[0, j].legend(fontsize=6)
     files = save(fig, out, "scaling-law")
     # the paper's qualitative claims
-    falls = {f"{m}/{o}/ln={ln}": bool(c["d"][-1][0] < c["d"][0][0])
+    # falls: lower at the largest d than at the smallest, or already 0 at both (every token right)
+    falls = {f"{m}/{o}/ln={ln}": bool(c["d"][-1][0] < c["d"][0][0] or c["d"][-1][0] == c["d"][0][0] == 0.0)
              for (m, o, ln), c in curves.items() if all(div == 0 for _, div, _ in c["d"]) and np.isfinite(c["d"][-1][0])}
     at_large_d = {f"{o}/ln={ln}": float(np.nanmean([curves[m, o, ln]["d"][-1][0] for m in MODELS]))
                   for o in OPTIMIZERS for ln in LAYERNORM}
     lowest = min(at_large_d, key=lambda k: at_large_d[k] if np.isfinite(at_large_d[k]) else np.inf)
+    # where the optimizers part: the largest batch (the fewest steps), the least data, best lr each
+    big = runs[(runs["batch_size"] == max(grid["batch_size"])) & (runs["ntrain"] == min(ntrains)) & (runs["d"] == max(ds))]
+    at_big_batch = {f"{m}/{o}/ln={ln}": min((_mean(big, model=m, optimizer=o, layernorm=ln, lr=x)[0] for x in lrs),
+                                            key=lambda e: e if np.isfinite(e) else np.inf)
+                    for m in MODELS for o in OPTIMIZERS for ln in LAYERNORM}
     sgd_lr = dict(zip(lrs, curves["learnable", "sgd", False]["lr"]))
     diverged_share = sgd_lr[max(lrs)][1] / max(sgd_lr[max(lrs)][2], 1)
     checks = {f"error falls with d at every setting that converges (batch {batch}, ntrain {most:,})": all(falls.values()),
               f"Adam(0, 0) with LayerNorm reaches the lowest error at d = {max(ds)} (mean over the models)":
                   lowest == "adam/ln=True",
               f"SGD at lr {max(lrs):g} diverges in the learnable model (most of its runs)": diverged_share > 0.5}
+    checks_names = list(checks)
     return {"files": files, "sweep": str(folder), "runs_on_disk": len(runs), "runs_in_grid": expected,
             "batch_size": batch, "ntrain": most, "best_lr_at_large_d": best_lr,
             "error_against_d": {f"{m}/{o}/ln={ln}": [e for e, _, _ in c["d"]] for (m, o, ln), c in curves.items()},
             "error_falls_with_d": falls, "mean_error_at_large_d": at_large_d,
+            f"error_at_batch_{max(grid['batch_size'])}_ntrain_{min(ntrains)}_d_{max(ds)}_best_lr": at_big_batch,
             "learnable_sgd_diverged_share_at_largest_lr": diverged_share,
             "expected": "error falls with d wherever the run converges; Adam(0, 0) with LayerNorm lowest at large d; "
                         "SGD at a large lr diverges in the learnable model",
-            "checks": checks, "holds": all(checks.values())}
+            "checks": checks, "holds": all(checks.values()),
+            "known_misses": {checks_names[1]: "at batch 16 with each setting's best lr every optimizer ends at error 0 "
+                                              "at d = 1,000 with 102,400 tokens (within a few percent of each other "
+                                              "with 1,024); Adam(0, 0) leads where steps are few, at batch 1,024 "
+                                              "(this JSON's error_at_batch_1024_...; docs/experiments.md)"}}
