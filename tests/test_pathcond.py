@@ -1,6 +1,7 @@
 """PathCond (issue 17): diag G against path enumeration, the function preserved, the solver's
 invariants, every backend against the float64 reference, and an independent PyTorch port."""
 
+import copy
 import itertools
 
 import numpy as np
@@ -11,6 +12,7 @@ from fastmem import pathcond as pc
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
+F = torch.nn.functional
 
 
 def _mlp(sizes, bias=True, seed=0, first_scale=1.0):
@@ -270,7 +272,7 @@ class _Residual(nn.Module):
 @pytest.mark.parametrize("model, match", [
     (lambda: nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)), r"^model.1: expected .*got Tanh"),
     (lambda: nn.Sequential(nn.Linear(3, 4), nn.ReLU(), _Residual(), nn.Linear(4, 2)), r"^model.2: .*residual"),
-    (lambda: nn.Linear(3, 4), r"^model: expected an nn.Sequential"),
+    (lambda: nn.Linear(3, 4), r"^layers: expected at least two"),
     (lambda: nn.Sequential(nn.Linear(3, 4)), r"^layers: expected at least two"),
     (lambda: nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(5, 2)), r"^layers\[2\]: expected"),
     (lambda: nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 3, groups=2)), r"^model.2: expected"),
@@ -279,6 +281,99 @@ class _Residual(nn.Module):
 def test_unsupported_models_are_refused_by_name(model, match):
     with pytest.raises(fm.InvalidArgumentError, match=match):
         pc.rescale(model(), input_shape=(1, 5, 5))
+
+
+class _AuthorsMLP(nn.Sequential):
+    """The authors' model class (pathcond/models.py): an nn.Sequential subclass holding its layers
+    in self.model, whose forward flattens with x.view(x.size(0), -1)."""
+
+    def __init__(self, sizes):
+        super().__init__()
+        layers = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers += [nn.Linear(a, b)] + ([nn.ReLU()] if i < len(sizes) - 2 else [])
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x):
+        x = x.view(x.size(0), -1)
+        return self.model(x)
+
+
+class _UsersConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(3, 4, 3, stride=2)
+        self.drop, self.fc = nn.Dropout(0.1), nn.Linear(4 * 2 * 2, 3)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = torch.relu(self.conv2(x))
+        return self.fc(self.drop(torch.flatten(x, 1)))
+
+
+def test_any_module_is_read_from_its_graph():
+    # torch.fx: the authors' MLP class and a user's nn.Module rescale with their functions
+    # preserved, and the authors' class exactly as the nn.Sequential of the same layers
+    torch.manual_seed(0)
+    authors = _AuthorsMLP([12, 8, 8, 8, 4]).double()
+    plain = copy.deepcopy(authors.model)
+    x = torch.randn(6, 3, 4, dtype=torch.float64)
+    before = authors(x).detach()
+    z_authors, _, _, net = pc.solve(authors)
+    z_plain = pc.solve(plain)[0]
+    np.testing.assert_array_equal(z_authors, z_plain)
+    assert [la.name for la in net.params()] == ["model.0", "model.2", "model.4", "model.6"]
+    pc.rescale(authors)
+    torch.testing.assert_close(authors(x), before, rtol=0, atol=1e-12)
+    assert not torch.allclose(authors.model[0].weight, plain[0].weight)  # rescaled: the check could fail
+    users = _UsersConvNet().double().eval()
+    xi = torch.randn(2, 2, 5, 5, dtype=torch.float64)
+    before = users(xi).detach()
+    pc.rescale(users, input_shape=(2, 5, 5))
+    torch.testing.assert_close(users(xi), before, rtol=0, atol=1e-12)
+
+
+class _ResidualModule(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = F.relu(self.a(x))
+        return self.c(F.relu(self.b(h) + h))
+
+
+class _BranchOnData(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.c = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            x = -x
+        return self.c(torch.relu(self.a(x)))
+
+
+class _Gelu(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.c = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.c(F.gelu(self.a(x)))
+
+
+@pytest.mark.parametrize("make, match", [
+    (_ResidualModule, r"^model.add: expected a chain.*residual addition.*got call_function add on \['b', 'relu'\]"),
+    (_BranchOnData, r"^model: expected a module torch.fx can trace .*got _BranchOnData \(TraceError"),
+    (_Gelu, r"^model.gelu: expected Linear, Conv2d, ReLU .*got call_function gelu"),
+])
+def test_a_module_that_is_not_a_chain_of_known_operations_is_refused_by_node(make, match):
+    model = make()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(fm.InvalidArgumentError, match=match):
+        pc.rescale(model)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
 def test_bad_arguments_are_named():

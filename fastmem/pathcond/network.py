@@ -6,6 +6,7 @@ Flat layout: the parameters in layer order, each layer's weight (C order) then i
 theta^2 and the solver's groups all use it.
 """
 
+import sys
 import warnings
 from dataclasses import dataclass
 
@@ -101,54 +102,28 @@ class Network:
 
     @classmethod
     def from_torch(cls, model, input_shape=None):
-        """From an ``nn.Sequential`` of Linear, Conv2d, ReLU, Flatten, MaxPool2d, Dropout and
-        BatchNorm layers (nested Sequentials flattened). BatchNorm and MaxPool2d are kept with a
-        PathCondWarning saying why; any other layer (a residual block among them: its skip path
-        is not a chain) is refused by name."""
+        """From a PyTorch module: an ``nn.Sequential`` of Linear, Conv2d, ReLU, Flatten,
+        MaxPool2d, Dropout and BatchNorm layers (nested Sequentials flattened), or any
+        ``nn.Module`` whose computation torch.fx captures as a chain of those (``F.relu`` /
+        ``torch.relu``, ``torch.flatten``, ``x.view(x.size(0), -1)`` / ``reshape`` among them).
+        BatchNorm and MaxPool2d are kept with a PathCondWarning saying why; any other layer or
+        operation (a residual addition among them: its skip path is not a chain) is refused by
+        name."""
         import torch.nn as nn
 
-        layers = []
+        if type(model).forward is nn.Sequential.forward:
+            layers = []
 
-        def walk(module, prefix):
-            for name, child in module.named_children():
-                full = f"{prefix}{name}"
-                if isinstance(child, nn.Sequential):
-                    walk(child, full + ".")
-                elif isinstance(child, nn.Linear):
-                    layers.append(Dense(child.weight, child.bias, name=full))
-                elif isinstance(child, nn.Conv2d):
-                    if child.groups != 1 or _pair(child.dilation) != (1, 1) or not isinstance(child.padding, tuple) \
-                            or child.padding_mode != "zeros":
-                        v.fail(f"model.{full}", "a Conv2d with groups=1, dilation 1 and numeric zero padding",
-                               repr(child))
-                    layers.append(Conv2d(child.weight, child.bias, _pair(child.stride), _pair(child.padding), name=full))
-                elif isinstance(child, (nn.ReLU, nn.Dropout)):
-                    if isinstance(child, nn.Dropout):
-                        layers.append(Identity(name=full))
-                elif isinstance(child, nn.Flatten):
-                    if child.start_dim != 1 or child.end_dim != -1:
-                        v.fail(f"model.{full}", "Flatten(start_dim=1, end_dim=-1)", repr(child))
-                    layers.append(Flatten(name=full))
-                elif isinstance(child, nn.MaxPool2d):
-                    if _pair(child.dilation) != (1, 1) or child.ceil_mode:
-                        v.fail(f"model.{full}", "a MaxPool2d with dilation 1 and ceil_mode False", repr(child))
-                    layers.append(MaxPool2d(_pair(child.kernel_size), _pair(child.stride or child.kernel_size),
-                                            _pair(child.padding), name=full))
-                elif isinstance(child, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                    warnings.warn(f"model.{full} ({type(child).__name__}): PathCond preserves the network's function "
-                                  "through BatchNorm only in eval mode at initialisation (its parameters are not "
-                                  "rescaled, and batch statistics change with the scale); diag G leaves it out",
-                                  PathCondWarning, stacklevel=3)
-                    layers.append(Identity(name=full))
-                else:
-                    v.fail(f"model.{full}", "Linear, Conv2d, ReLU, Flatten, MaxPool2d, Dropout or BatchNorm layers "
-                           "in an nn.Sequential (residual blocks are not a chain: not supported)",
-                           type(child).__name__)
+            def walk(module, prefix):
+                for name, child in module.named_children():
+                    if isinstance(child, nn.Sequential):
+                        walk(child, f"{prefix}{name}.")
+                    else:
+                        layers.extend(_layer_of(child, f"{prefix}{name}"))
 
-        if not isinstance(model, nn.Sequential):
-            v.fail("model", "an nn.Sequential (or a fastmem.pathcond.Network)", type(model).__name__)
-        walk(model, "")
-        return cls(layers, input_shape)
+            walk(model, "")
+            return cls(layers, input_shape)
+        return cls(_traced_layers(model), input_shape)
 
     # --- shapes and the flat layout ------------------------------------------------------------
 
@@ -240,6 +215,115 @@ class Network:
         return [int(_shape(la.weight)[0]) for la in self.params()[:-1]]
 
 
+def _layer_of(child, full):
+    """The layers (none for a ReLU) of one PyTorch module, or a named error."""
+    import torch.nn as nn
+
+    if isinstance(child, nn.Linear):
+        return [Dense(child.weight, child.bias, name=full)]
+    if isinstance(child, nn.Conv2d):
+        if child.groups != 1 or _pair(child.dilation) != (1, 1) or not isinstance(child.padding, tuple) \
+                or child.padding_mode != "zeros":
+            v.fail(f"model.{full}", "a Conv2d with groups=1, dilation 1 and numeric zero padding", repr(child))
+        return [Conv2d(child.weight, child.bias, _pair(child.stride), _pair(child.padding), name=full)]
+    if isinstance(child, nn.ReLU):
+        return []
+    if isinstance(child, nn.Dropout):
+        return [Identity(name=full)]
+    if isinstance(child, nn.Flatten):
+        if child.start_dim != 1 or child.end_dim != -1:
+            v.fail(f"model.{full}", "Flatten(start_dim=1, end_dim=-1)", repr(child))
+        return [Flatten(name=full)]
+    if isinstance(child, nn.MaxPool2d):
+        if _pair(child.dilation) != (1, 1) or child.ceil_mode:
+            v.fail(f"model.{full}", "a MaxPool2d with dilation 1 and ceil_mode False", repr(child))
+        return [MaxPool2d(_pair(child.kernel_size), _pair(child.stride or child.kernel_size), _pair(child.padding),
+                          name=full)]
+    if isinstance(child, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        warnings.warn(f"model.{full} ({type(child).__name__}): PathCond preserves the network's function "
+                      "through BatchNorm only in eval mode at initialisation (its parameters are not "
+                      "rescaled, and batch statistics change with the scale); diag G leaves it out",
+                      PathCondWarning, stacklevel=4)
+        return [Identity(name=full)]
+    v.fail(f"model.{full}", "Linear, Conv2d, ReLU, Flatten, MaxPool2d, Dropout or BatchNorm layers "
+           "(residual blocks are not a chain: not supported)", type(child).__name__)
+
+
+def _traced_layers(model):
+    """The layers of any module whose torch.fx graph is a chain: each operation applied to the
+    one before, shape queries (``x.size(0)``) aside. torch.fx rather than torch.export: symbolic
+    tracing needs no example input and keeps the modules (their parameters are the ones
+    rescaled in place); a module it cannot trace (a branch on the data) is refused by name."""
+    import operator
+
+    import torch
+    import torch.fx as fx
+    import torch.nn.functional as F
+
+    if not list(model.children()):  # one layer (nn.Linear, ...): no graph to read
+        return _layer_of(model, type(model).__name__)
+    try:  # the graph alone (no GraphModule: its code generation took longer than the rescaling)
+        graph = fx.Tracer().trace(model)
+    except Exception as exc:  # noqa: BLE001 - whatever tracing raises, the module is not one fastmem can read
+        v.fail("model", "a module torch.fx can trace (no branch on the data)",
+               f"{type(model).__name__} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
+    modules = dict(model.named_modules())
+    layers, last, shapes = [], None, set()
+    relus = (F.relu, torch.relu, torch.nn.functional.relu)
+    for node in graph.nodes:
+        what = f"{node.op} {getattr(node.target, '__name__', node.target)}"
+        if node.op == "placeholder":
+            if last is not None:
+                v.fail(f"model.{node.name}", "one input", "a second input")
+            last = node
+            continue
+        size = node.op == "call_method" and node.target == "size"
+        shape = node.op == "call_function" and node.target is getattr and node.args[1] == "shape"
+        index = node.op == "call_function" and node.target is operator.getitem and node.args[0] in shapes
+        if size or shape or index:
+            shapes.add(node)  # x.size(0), x.shape[0]: the batch size for a view, not a layer
+            continue
+        if node.op == "get_attr":
+            v.fail(f"model.{node.name}", "parameters used through their modules (nn.Linear, nn.Conv2d), which "
+                   "fastmem rescales", f"{what} in a functional call")
+        inputs = [a for a in node.all_input_nodes if a not in shapes]
+        if node.op == "output":
+            if inputs != [last]:
+                v.fail("model", "one output, the last operation's", [a.name for a in inputs])
+            break
+        if inputs != [last]:
+            v.fail(f"model.{node.name}", "a chain, each operation on the one before (a residual addition or a "
+                   "second branch is not supported)", f"{what} on {[a.name for a in inputs]}")
+        if node.op == "call_module":
+            layers.extend(_layer_of(modules[node.target], node.target))
+        elif (node.op == "call_function" and node.target in relus) or (node.op == "call_method"
+                                                                          and node.target in ("relu", "relu_")):
+            pass  # ReLU: the network's nonlinearity between its layers
+        elif _flattens(node, shapes):
+            layers.append(Flatten(name=node.name))
+        elif node.op == "call_function" and node.target is F.dropout:
+            layers.append(Identity(name=node.name))
+        else:
+            v.fail(f"model.{node.name}", "Linear, Conv2d, ReLU (module or F.relu / torch.relu), flatten / view / "
+                   "reshape to (batch, -1), MaxPool2d, Dropout or BatchNorm", what)
+        last = node
+    return layers
+
+
+def _flattens(node, shapes):
+    """torch.flatten(x, 1), x.flatten(1), x.view(x.size(0), -1), x.reshape(x.shape[0], -1)."""
+    import torch
+
+    args = list(node.args[1:]) + [node.kwargs.get(k) for k in ("start_dim",) if k in node.kwargs]
+    if (node.op == "call_function" and node.target is torch.flatten) or (node.op == "call_method"
+                                                                         and node.target == "flatten"):
+        return args[:1] == [1] and node.kwargs.get("end_dim", -1) == -1 and (len(args) < 2 or args[1] == -1)
+    if node.op == "call_method" and node.target in ("view", "reshape"):
+        dims = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+        return len(dims) == 2 and dims[0] in shapes and dims[1] == -1
+    return False
+
+
 def _check_param(name, a, ndim):
     """A layer's array: a float32/float64 numpy array or PyTorch tensor with data, of ndim dims."""
     if isinstance(a, np.ndarray):
@@ -301,9 +385,10 @@ def _bias(la, n):
 
 
 def as_network(model, input_shape=None):
-    """A Network from a Network, or a PyTorch nn.Sequential."""
+    """A Network from a Network, or a PyTorch module (Network.from_torch)."""
     if isinstance(model, Network):
         return model
-    if type(model).__module__.startswith("torch"):
+    torch = sys.modules.get("torch")  # a user's nn.Module subclass lives in the user's module
+    if torch is not None and isinstance(model, torch.nn.Module):
         return Network.from_torch(model, input_shape)
-    v.fail("model", "a fastmem.pathcond.Network or a PyTorch nn.Sequential", type(model).__name__)
+    v.fail("model", "a fastmem.pathcond.Network or a PyTorch nn.Module", type(model).__name__)
