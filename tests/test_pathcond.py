@@ -479,3 +479,60 @@ def _layers(W1, W2):
     from fastmem.pathcond import Dense, Network
 
     return Network([Dense(W1), Dense(W2)])
+
+
+def _numpy_twin(net):
+    """The same network with numpy copies of its arrays (the numpy path of diag G)."""
+    def twin(la):
+        d = dict(la.__dict__)
+        if "weight" in d:
+            d["weight"] = la.weight.detach().cpu().numpy().copy()
+            d["bias"] = None if la.bias is None else la.bias.detach().cpu().numpy().copy()
+        return type(la)(**d)
+    return pc.Network([twin(la) for la in net.layers], net.input_shape)
+
+
+def _conv_pool_net():
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(3, 4, 3), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(16, 5), nn.ReLU(), nn.Linear(5, 2, bias=False)).double()
+
+
+@pytest.mark.filterwarnings("ignore::fastmem.pathcond.network.PathCondWarning")
+def test_diag_G_of_a_torch_model_is_taken_with_torch_on_its_device(monkeypatch):
+    # torch operations on the parameters' device, the result to the host once: the same G as the
+    # numpy path; no parameter goes to the host by itself (the numpy path's _to_numpy refuses here)
+    from fastmem.pathcond import kernel, network
+
+    net = pc.Network.from_torch(_conv_pool_net(), (2, 8, 8))
+    want = kernel.diag_G(_numpy_twin(net))
+    real = network._to_numpy
+
+    def no_tensors(a):
+        if not isinstance(a, np.ndarray):
+            raise AssertionError("a parameter copied to the host by itself")
+        return real(a)
+
+    monkeypatch.setattr(kernel, "_to_numpy", no_tensors)
+    monkeypatch.setattr(network, "_to_numpy", no_tensors)
+    got = kernel.diag_G(net)
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=0)
+    model = _conv_pool_net()
+    x = torch.randn(3, 2, 8, 8, dtype=torch.float64)
+    before = model(x).detach()
+    pc.rescale(model, input_shape=(2, 8, 8))  # the whole rescaling through the same path
+    torch.testing.assert_close(model(x), before, rtol=0, atol=1e-12)
+
+
+@pytest.mark.gpu
+@pytest.mark.filterwarnings("ignore::fastmem.pathcond.network.PathCondWarning")
+def test_a_cuda_model_is_rescaled_on_its_device():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    model = _conv_pool_net().cuda()
+    x = torch.randn(3, 2, 8, 8, dtype=torch.float64, device="cuda")
+    before = model(x).detach()
+    want = pc.diag_G(_numpy_twin(pc.Network.from_torch(model, (2, 8, 8))))
+    np.testing.assert_allclose(pc.diag_G(model, input_shape=(2, 8, 8)), want, rtol=1e-12, atol=0)
+    pc.rescale(model, input_shape=(2, 8, 8))
+    torch.testing.assert_close(model(x), before, rtol=0, atol=1e-10)

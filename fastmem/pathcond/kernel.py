@@ -59,6 +59,8 @@ def diag_G(model, input_shape=None):
     layers = net.layers
     (offsets, P) = net.layout()
     _check_memory(net, P)
+    if not isinstance(net.params()[0].weight, np.ndarray):
+        return _diag_G_torch(net)
     G = np.empty(P)  # filled layer by layer, backward: each slice written once
     a = np.ones(net.shapes[0][0])
     saved = []  # what each layer's backward needs
@@ -117,6 +119,39 @@ def diag_G(model, input_shape=None):
         elif isinstance(la, Flatten):
             g = g.reshape(shape_in)
     return G
+
+
+def _diag_G_torch(net):
+    """diag G of a PyTorch network by the same trick with torch operations, on the parameters'
+    device (float64 where it has it): the squared parameters as leaves, one forward from ones,
+    one backward; G comes to the host once, whole, never a parameter at a time."""
+    import torch
+    import torch.nn.functional as F
+
+    first = net.params()[0].weight
+    dtype = torch.float32 if first.device.type == "mps" else torch.float64
+    leaves = []
+
+    def square(a):
+        leaf = a.detach().to(dtype).square().requires_grad_(True)
+        leaves.append(leaf)
+        return leaf
+
+    with torch.enable_grad():
+        a = torch.ones(net.shapes[0][0], dtype=dtype, device=first.device)
+        for la in net.layers:
+            if isinstance(la, Dense):
+                w2 = square(la.weight)
+                a = w2 @ a + (square(la.bias) if la.bias is not None else 0.0)
+            elif isinstance(la, Conv2d):
+                w2 = square(la.weight)
+                a = F.conv2d(a[None], w2, square(la.bias) if la.bias is not None else None, la.stride, la.padding)[0]
+            elif isinstance(la, MaxPool2d):  # the backward goes to the all-ones forward's own maxima
+                a = F.max_pool2d(a[None], la.kernel, la.stride, la.padding)[0]
+            elif isinstance(la, Flatten):
+                a = a.reshape(-1)
+        a.sum().backward()
+    return torch.cat([leaf.grad.reshape(-1) for leaf in leaves]).cpu().numpy().astype(np.float64)
 
 
 def _check_memory(net, P):
