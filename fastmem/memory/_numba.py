@@ -411,6 +411,12 @@ def _take_read_ahead(held, held_toks, held_rows, toks):
 
 
 @njit(cache=True, inline="always")
+def _group_parts(W, nxt):
+    """Each row group's partial read-outs of E[nxt] W (groups x len(nxt) x d), summed by _keep_read_ahead."""
+    return np.empty(((W.shape[0] + _GROUP_ROWS - 1) // _GROUP_ROWS, len(nxt), W.shape[1]), dtype=W.dtype)
+
+
+@njit(cache=True, inline="always")
 def _keep_read_ahead(held, held_toks, held_rows, nxt, part):
     """The next batch's read-outs: the sums of the groups of W in group order, whatever the threads."""
     if len(nxt):
@@ -454,8 +460,7 @@ _rank_pass_serial, _rank_pass_parallel = serial_and_parallel(_rank_pass_impl)
 @njit(cache=True)
 def _rank_pass(W, Eb, H, alpha, E, nxt):
     """W += alpha Eb^T H; returns the groups' partial read-outs of E[nxt] W (see _rank_pass_impl)."""
-    EbT = np.ascontiguousarray(Eb.T)
-    part = np.empty(((W.shape[0] + _GROUP_ROWS - 1) // _GROUP_ROWS, len(nxt), W.shape[1]), dtype=W.dtype)
+    EbT, part = np.ascontiguousarray(Eb.T), _group_parts(W, nxt)
     if Eb.shape[0] * W.size >= (1 << 18):
         _rank_pass_parallel(W, EbT, H, alpha, E, nxt, part)
     else:
@@ -534,22 +539,30 @@ def train(E, onehot_col, onehot_scale, U, W, p, y, cdf, tokens, opt, tp, rec, m,
 
 @njit(cache=True)
 def _residual(Z, y, toks, w):
+    """Rows toks of the scores Z: the loss sum_i w_i l_i, the margins and dL/dz (b x M), the
+    softmax in double as the core's; probabilities that underflow the dtype are exactly 0 (the
+    core flushes denormals: they made the products that follow many times slower)."""
     b, M = len(toks), Z.shape[1]
     G = np.empty((b, M), dtype=Z.dtype)
     margins = np.empty(b, dtype=Z.dtype)
+    tiny = np.finfo(Z.dtype).tiny
     loss = 0.0
     for i in range(b):
-        z = Z[toks[i]]
-        yx = y[toks[i]]
-        zmax = z.max()
-        zo = -np.inf
+        z, yx = Z[toks[i]], y[toks[i]]
+        zmax, zo = -np.inf, -np.inf
         for k in range(M):
-            if k != yx and z[k] > zo:
-                zo = z[k]
-        lse = zmax + math.log(np.exp(z - zmax).sum())
+            zmax = max(zmax, z[k])
+            if k != yx:
+                zo = max(zo, z[k])
+        tot = 0.0
+        for k in range(M):
+            tot += math.exp(np.float64(z[k]) - zmax)
+        lse = zmax + math.log(tot)
         loss += w[i] * (lse - z[yx])
         margins[i] = z[yx] - zo
-        G[i] = w[i] * np.exp(z - lse)
+        for k in range(M):
+            g = w[i] * _exp_nonpositive(np.float64(z[k]) - lse)
+            G[i, k] = g if g >= tiny else 0.0
         G[i, yx] -= w[i]
     return loss, margins, G
 
@@ -779,29 +792,8 @@ def _model_forward(kind, E, U, W, toks, w, y, layernorm, read_out=None):
         for i in range(b):
             r[i] = math.sqrt((H[i] * H[i]).sum() + _LN_EPS)
             H[i] /= r[i]
-    Z = H @ U.T
-    tiny = np.finfo(Z.dtype).tiny
-    yb = y[toks]
-    margins = np.empty(b, dtype=Z.dtype)
-    loss = 0.0
-    for i in range(b):  # the scores' softmax, in double as model_pass; underflows are exactly 0
-        z, yx = Z[i], yb[i]
-        zmax, zo = -np.inf, -np.inf
-        for k in range(Z.shape[1]):
-            zmax = max(zmax, z[k])
-            if k != yx:
-                zo = max(zo, z[k])
-        tot = 0.0
-        for k in range(Z.shape[1]):
-            tot += math.exp(np.float64(z[k]) - zmax)
-        lse = zmax + math.log(tot)
-        loss += w[i] * (lse - z[yx])
-        margins[i] = z[yx] - zo
-        for k in range(Z.shape[1]):  # Z's row becomes dL/dz; no denormals (the core flushes them)
-            g = w[i] * _exp_nonpositive(np.float64(z[k]) - lse)
-            z[k] = g if g >= tiny else 0.0
-        z[yx] -= w[i]
-    return loss, margins, Z, Eb, H, r
+    loss, margins, G = _residual(H @ U.T, y[toks], np.arange(b), w)
+    return loss, margins, G, Eb, H, r
 
 
 @njit(cache=True, inline="always")
@@ -878,8 +870,7 @@ _learnable_W_serial, _learnable_W_parallel = serial_and_parallel(_learnable_W_pa
 def _learnable_W_pass(W, Eb, dH, lr, eps, normalized, E, toks, lr_E, nxt):
     """W's step and E's batch rows' (see _learnable_W_pass_impl); returns the groups' partial
     read-outs of E[nxt] W after them."""
-    EbT = np.ascontiguousarray(Eb.T)
-    part = np.empty(((W.shape[0] + _GROUP_ROWS - 1) // _GROUP_ROWS, len(nxt), W.shape[1]), dtype=W.dtype)
+    EbT, part = np.ascontiguousarray(Eb.T), _group_parts(W, nxt)
     if Eb.shape[0] * W.size >= (1 << 18):
         _learnable_W_parallel(W, EbT, dH, lr, eps, normalized, E, toks, lr_E, nxt, part)
     else:

@@ -269,7 +269,7 @@ def _traced_layers(model):
                f"{type(model).__name__} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
     modules = dict(model.named_modules())
     layers, last, shapes = [], None, set()
-    relus = (F.relu, torch.relu, torch.nn.functional.relu)
+    relus = (F.relu, torch.relu)
     for node in graph.nodes:
         what = f"{node.op} {getattr(node.target, '__name__', node.target)}"
         if node.op == "placeholder":

@@ -208,8 +208,18 @@ def _select(df, combo):
     return df
 
 
-def _png(fig):
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend (no display: the figures go into the page)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig):
+    plt = _pyplot()
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
@@ -221,10 +231,7 @@ def _figure(stats_by_sweep, layout, axes, metric, slice_combo):
     """One figure: a panel per combination of the panel axes, a line per combination of the line
     axes (solid: the sweep, dashed: the compared one), mean +- standard error against x, diverged
     cells marked x at the panel's top with their count."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     rows = _combos(axes, layout.panels[:1]) if layout.panels else [{}]
     cols = _combos(axes, layout.panels[1:2]) if len(layout.panels) > 1 else [{}]
@@ -282,10 +289,7 @@ def _figure(stats_by_sweep, layout, axes, metric, slice_combo):
 def _trajectory_figures(sweep, layout, axes):
     """Loss and error (the recorded metrics) against step, mean over seeds: a panel per line of
     the main figures, a line per value of x, in the first figure's slice and panel."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     t = sweep.trajectories
     keys = [k for k in axes if k != "seed" and k in sweep.runs]
