@@ -19,9 +19,11 @@ _register(__name__, {  # PathCond's kernel, as fastmem.memory's
 })
 
 from .kernel import bz, diag_G, objective
-from .network import Conv2d, Dense, Flatten, Identity, MaxPool2d, Network, PathCondWarning
+from .network import (Add, AdaptiveAvgPool2d, AvgPool2d, BatchNorm, Conv2d, Dense, Flatten, Identity, MaxPool2d,
+                      Network, PathCondWarning)
 from .solve import RescaleEvery, Rescaling, apply, rescale, solve
 from . import experiments  # registers the sweep experiments
 
-__all__ = ["Conv2d", "Dense", "Flatten", "Identity", "MaxPool2d", "Network", "PathCondWarning", "RescaleEvery",
+__all__ = ["Add", "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm", "Conv2d", "Dense", "Flatten", "Identity", "MaxPool2d",
+           "Network", "PathCondWarning", "RescaleEvery",
            "Rescaling", "apply", "bz", "diag_G", "objective", "rescale", "solve"]

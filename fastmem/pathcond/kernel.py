@@ -8,7 +8,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import _validate as v
 from .._interrupts import deferred_ctrl_c
-from .network import Conv2d, Dense, Flatten, MaxPool2d, _shape, _to_numpy
+from .network import (Add, AdaptiveAvgPool2d, AvgPool2d, Conv2d, Dense, Flatten, MaxPool2d, _shape, _to_numpy,
+                      pool_weights)
 
 
 def _im2col(a, kh, kw, stride, pad):
@@ -48,53 +49,64 @@ def _maxpool(a, la):
 
 def diag_G(model, input_shape=None):
     """diag G (P,) float64 of a ReLU network, in the flat layout (``Network.split`` gives it per
-    layer): G_ii = sum over the paths through parameter i of the product of the other parameters
-    of the path, squared. One forward pass with every parameter squared on an all-ones input
-    (every ReLU then passes its input) and one backward pass from the sum of the outputs: G_ii is
-    the derivative with respect to theta_i^2. Dense layers are matrix-vector products (BLAS),
-    convolutions im2col products; memory beyond the parameters O(P + activations)."""
+    layer): G_ii = sum over the paths through parameter i of the product of the other weights of
+    the path (an average pooling's 1 / size and a skip's 1 among them), squared. One forward
+    pass with every weight squared on an all-ones input (every ReLU then passes its input) and
+    one backward pass from the sum of the outputs: G_ii is the derivative with respect to
+    theta_i^2; a residual addition sums its branches forward and hands the gradient to each.
+    Dense layers are matrix-vector products (BLAS), convolutions im2col products; memory beyond
+    the parameters O(P + activations)."""
     from .network import as_network
 
     net = as_network(model, input_shape)
-    layers = net.layers
     (offsets, P) = net.layout()
     _check_memory(net, P)
     if not isinstance(net.params()[0].weight, np.ndarray):
         return _diag_G_torch(net)
+    at = dict(zip((id(la) for la in net.params()), offsets))
     G = np.empty(P)  # filled layer by layer, backward: each slice written once
-    a = np.ones(net.shapes[0][0])
-    saved = []  # what each layer's backward needs
-    sq = {}
-    for la, (shape_in, shape_out) in zip(layers, net.shapes):
+    x0 = np.ones(net.shapes[0][0])
+    acts, saved, sq = [], [], {}
+
+    def read(j):
+        return x0 if j < 0 else acts[j]
+
+    for i, (la, (shape_in, shape_out)) in enumerate(zip(net.layers, net.shapes)):
+        a = read(net.inputs[i][0])
+        s = None
         if isinstance(la, (Dense, Conv2d)):
             W2 = np.square(_to_numpy(la.weight), dtype=np.float64)
             b2 = None if la.bias is None else np.square(_to_numpy(la.bias), dtype=np.float64)
-            sq[id(la)] = W2
+            sq[i] = W2
             if isinstance(la, Dense):
-                saved.append(a)
+                s = a
                 a = W2 @ a + (0.0 if b2 is None else b2)
             else:
                 kh, kw = W2.shape[2:]
                 cols, hw = _im2col(a, kh, kw, la.stride, la.padding)
-                saved.append((cols, hw))
+                s = (cols, hw)
                 a = (W2.reshape(W2.shape[0], -1) @ cols).reshape(shape_out)
                 if b2 is not None:
                     a += b2[:, None, None]
         elif isinstance(la, MaxPool2d):
-            a, where = _maxpool(a, la)
-            saved.append(where)
+            a, s = _maxpool(a, la)
+        elif isinstance(la, (AvgPool2d, AdaptiveAvgPool2d)):
+            s = [np.square(A) for A in pool_weights(la, shape_in)]
+            a = s[0] @ a @ s[1].T
         elif isinstance(la, Flatten):
-            saved.append(None)
             a = a.reshape(-1)
-        else:
-            saved.append(None)
-    g = np.ones_like(a)
-    k = len(offsets)
-    for la, (shape_in, _), s in zip(reversed(layers), reversed(net.shapes), reversed(saved)):
+        elif isinstance(la, Add):
+            a = sum(read(j) for j in net.inputs[i])
+        acts.append(a)
+        saved.append(s)
+    grads = [None] * len(net.layers)
+    grads[-1] = np.ones(net.shapes[-1][1])
+    for i in reversed(range(len(net.layers))):
+        la, (shape_in, _), s, g = net.layers[i], net.shapes[i], saved[i], grads[i]
+        acts[i] = grads[i] = None  # what the backward has passed is freed as it goes
         if isinstance(la, (Dense, Conv2d)):
-            k -= 1
-            W2 = sq[id(la)]
-            w_off, b_off = offsets[k]
+            W2 = sq.pop(i)
+            w_off, b_off = at[id(la)]
             out = G[w_off:w_off + W2.size].reshape(W2.shape[0], -1)
         if isinstance(la, Dense):
             np.multiply.outer(g, s, out=out)
@@ -116,8 +128,13 @@ def diag_G(model, input_shape=None):
             np.add.at(gp, (np.arange(C)[:, None], picked.reshape(C, -1)), g.reshape(C, -1))
             pad = la.padding
             g = gp.reshape(padded)[:, pad[0]:pad[0] + shape_in[1], pad[1]:pad[1] + shape_in[2]]
+        elif isinstance(la, (AvgPool2d, AdaptiveAvgPool2d)):
+            g = s[0].T @ g @ s[1]
         elif isinstance(la, Flatten):
             g = g.reshape(shape_in)
+        for j in net.inputs[i]:  # a new array per sum: a gradient handed on is never written in place
+            if j >= 0:
+                grads[j] = g if grads[j] is None else grads[j] + g
     return G
 
 
@@ -137,9 +154,15 @@ def _diag_G_torch(net):
         leaves.append(leaf)
         return leaf
 
+    def const(A):
+        return torch.from_numpy(np.square(A)).to(device=first.device, dtype=dtype)
+
     with torch.enable_grad():
-        a = torch.ones(net.shapes[0][0], dtype=dtype, device=first.device)
-        for la in net.layers:
+        acts = []
+        x0 = torch.ones(net.shapes[0][0], dtype=dtype, device=first.device)
+        for i, (la, (shape_in, _)) in enumerate(zip(net.layers, net.shapes)):
+            ins = [x0 if j < 0 else acts[j] for j in net.inputs[i]]
+            a = ins[0]
             if isinstance(la, Dense):
                 w2 = square(la.weight)
                 a = w2 @ a + (square(la.bias) if la.bias is not None else 0.0)
@@ -148,9 +171,15 @@ def _diag_G_torch(net):
                 a = F.conv2d(a[None], w2, square(la.bias) if la.bias is not None else None, la.stride, la.padding)[0]
             elif isinstance(la, MaxPool2d):  # the backward goes to the all-ones forward's own maxima
                 a = F.max_pool2d(a[None], la.kernel, la.stride, la.padding)[0]
+            elif isinstance(la, (AvgPool2d, AdaptiveAvgPool2d)):
+                Ah, Aw = pool_weights(la, shape_in)
+                a = const(Ah) @ a @ const(Aw).T
             elif isinstance(la, Flatten):
                 a = a.reshape(-1)
-        a.sum().backward()
+            elif isinstance(la, Add):
+                a = sum(ins[1:], ins[0])
+            acts.append(a)
+        acts[-1].sum().backward()
     return torch.cat([leaf.grad.reshape(-1) for leaf in leaves]).cpu().numpy().astype(np.float64)
 
 
@@ -172,17 +201,19 @@ def _check_memory(net, P):
 
 def _check_G(G):
     G = np.ascontiguousarray(G, dtype=np.float64)
-    if G.ndim != 1 or G.size == 0 or not (G.min() > 0 and G.max() < np.inf):  # NaN fails both
-        v.fail("G", "a 1-D vector of finite positive values (diag G of a network without all-zero rows)",
-               f"shape {G.shape}, {int((~(G > 0)).sum())} entries not > 0" if G.ndim == 1 else f"shape {G.shape}")
+    if G.ndim != 1 or G.size == 0 or not (G.min() >= 0 and G.max() < np.inf) or not G.any():  # NaN fails
+        v.fail("G", "a 1-D vector of finite non-negative values, some positive (diag G of a network)",
+               f"shape {G.shape}, {int((~(G >= 0)).sum())} entries not >= 0, {int((G > 0).sum())} positive"
+               if G.ndim == 1 else f"shape {G.shape}")
     return G
 
 
 def objective(model_or_G, z=None, input_shape=None, groups=None):
     """F(z) = P log(mean_i G'_i) - sum_i log G'_i with G' = G e^{Bz}: P times the log of the
-    ratio of the arithmetic to the geometric mean of diag G' (0 when all are equal). ``model_or_G``
-    is a network (diag G computed) or diag G itself (then ``groups`` from Network.groups());
-    z (one per hidden neuron or channel) defaults to 0."""
+    ratio of the arithmetic to the geometric mean of diag G' (0 when all are equal), over the
+    P entries with G_i > 0 (an entry with G_i = 0 is on no path). ``model_or_G`` is a network
+    (diag G computed) or diag G itself (then ``groups`` from Network.groups()); z (one per
+    rescaled neuron or channel) defaults to 0."""
     if isinstance(model_or_G, np.ndarray):
         G = _check_G(model_or_G)
         if groups is None and z is not None:
@@ -192,11 +223,11 @@ def objective(model_or_G, z=None, input_shape=None, groups=None):
 
         net = as_network(model_or_G, input_shape)
         G, groups = _check_G(diag_G(net)), net.groups()
-    if z is None:
-        logG = np.log(G)
-    else:
-        logG = np.log(G) + bz(groups, np.asarray(z, dtype=np.float64), G.size)
-    P = G.size
+    live = G > 0
+    logG = np.log(G[live])
+    if z is not None:
+        logG += bz(groups, np.asarray(z, dtype=np.float64), G.size)[live]
+    P = logG.size
     shift = logG.max()  # mean of e^{logG} without overflow
     return float(P * (np.log(np.mean(np.exp(logG - shift))) + shift) - logG.sum())
 
@@ -226,27 +257,31 @@ def apply_rescaling(net, z):
     z = np.asarray(z, dtype=np.float64)
     if not np.isfinite(z).all():
         v.fail("z", "finite values", f"{int((~np.isfinite(z)).sum())} NaN or Inf")
-    factors, params, start = {}, net.params(), 0  # id(array) -> [array, name, factor]
+    factors, start = {}, 0  # id(array) -> [array, name, factor]
 
-    def scale(a, name, f):
-        entry = factors.setdefault(id(a), [a, name, np.ones((1,) * len(_shape(a)))])
-        entry[2] = entry[2] * f  # a hidden layer's weight is scaled on both sides
+    def scale(i, what, f):
+        a = getattr(net.layers[i], what)
+        if a is not None:
+            entry = factors.setdefault(id(a), [a, f"{net.layers[i].name}.{what} (layer {i})",
+                                               np.ones((1,) * len(_shape(a)))])
+            entry[2] = entry[2] * f  # a weight between two rescaled layers is scaled on both sides
 
-    for k, la in enumerate(params[:-1]):
+    for r in net._rescaled:
+        la, nxt = net.layers[r.producer], net.layers[r.consumer]
         H = _shape(la.weight)[0]
         with np.errstate(over="ignore"):
             lam = np.exp(z[start:start + H] / 2)
         start += H
-        nxt = params[k + 1]
-        ns = _shape(nxt.weight)
         inv = 1.0 / lam
-        scale(la.weight, f"layer {k}'s weight", lam.reshape((H,) + (1,) * (len(_shape(la.weight)) - 1)))
-        if la.bias is not None:
-            scale(la.bias, f"layer {k}'s bias", lam)
+        scale(r.producer, "weight", lam.reshape((H,) + (1,) * (len(_shape(la.weight)) - 1)))
+        scale(r.producer, "bias", lam)
+        for j, inner in r.batchnorms:  # its output proportional to its input: bias and mean scale too
+            scale(j, "bias", np.repeat(lam, inner))
+            scale(j, "running_mean", np.repeat(lam, inner))
         if isinstance(nxt, Conv2d):
-            scale(nxt.weight, f"layer {k + 1}'s weight", inv.reshape(1, H, 1, 1))
+            scale(r.consumer, "weight", inv.reshape(1, H, 1, 1))
         else:  # dense: its inputs are the H neurons, each over its spatial size after a flatten
-            scale(nxt.weight, f"layer {k + 1}'s weight", np.repeat(inv, ns[1] // H).reshape(1, ns[1]))
+            scale(r.consumer, "weight", np.repeat(inv, r.inner).reshape(1, H * r.inner))
     new = []
     for a, name, f in factors.values():
         _check_rescalable(a, name)
