@@ -35,85 +35,171 @@ def _convnet(bias=True, seed=0, pool=False):
     return nn.Sequential(*layers).double()
 
 
+class _ResidualMLP(nn.Module):
+    """a's neurons are read by b and by the skip (tied), b's are rescaled, c's reach the addition
+    (tied), d is the output."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.a, self.b, self.c, self.d = nn.Linear(3, 4), nn.Linear(4, 5), nn.Linear(5, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = F.relu(self.a(x))
+        out = self.c(F.relu(self.b(h)))
+        out += h
+        return self.d(F.relu(out))
+
+
+class _ResidualConv(nn.Module):
+    """A stem, one BasicBlock-like block (conv1 rescaled, conv2 tied by the skip), overlapping
+    adaptive average pooling, a dense head."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(6)
+        self.conv0 = nn.Conv2d(1, 2, 3, padding=1)
+        self.conv1, self.conv2 = nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(3, 2, 3, padding=1, bias=False)
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(2), nn.Linear(2 * 4, 2)
+
+    def forward(self, x):
+        x = F.relu(self.conv0(x))
+        out = self.conv2(F.relu(self.conv1(x)))
+        out = F.relu(out + x)
+        return self.fc(torch.flatten(self.pool(out), 1))
+
+
+class _Bottleneck(nn.Module):
+    """A Bottleneck-like block: conv1 and conv2 rescaled (a chain of two groups), conv3 tied;
+    average pooling without the padding in its count."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(7)
+        self.conv0 = nn.Conv2d(1, 2, 1)
+        self.conv1, self.conv2 = nn.Conv2d(2, 2, 1), nn.Conv2d(2, 3, 3, padding=1)
+        self.conv3 = nn.Conv2d(3, 2, 1)
+        self.pool, self.fc = nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False), nn.Linear(2 * 9, 2)
+
+    def forward(self, x):
+        x = torch.relu(self.conv0(x))
+        out = self.conv3(F.relu(self.conv2(F.relu(self.conv1(x)))))
+        out = self.pool(F.relu(out + x))
+        return self.fc(out.view(out.size(0), -1))
+
+
+def _dead_entries():
+    """3 x 3 kernels over 1 x 1 maps: only their centres are on a path (G = 0 elsewhere)."""
+    torch.manual_seed(8)
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(4, 2))
+
+
+# name: (model, input shape, what it has: "chain" (layers in a chain), "avgpool" (fixed 1/k weights:
+# autograd of the model does not square them), "dead" (entries with G = 0, which the port of the
+# authors' solver takes the log of))
 NETS = {
-    "mlp": (lambda: _mlp([3, 4, 5, 2]), None),
-    "mlp-no-bias": (lambda: _mlp([3, 4, 5, 2], bias=False), None),
-    "mlp-deep": (lambda: _mlp([2, 3, 3, 3, 2], seed=3), None),
-    "conv": (lambda: _convnet(), (2, 4, 4)),
-    "conv-no-bias": (lambda: _convnet(bias=False), (2, 4, 4)),
+    "mlp": (lambda: _mlp([3, 4, 5, 2]), None, {"chain"}),
+    "mlp-no-bias": (lambda: _mlp([3, 4, 5, 2], bias=False), None, {"chain"}),
+    "mlp-deep": (lambda: _mlp([2, 3, 3, 3, 2], seed=3), None, {"chain"}),
+    "conv": (lambda: _convnet(), (2, 4, 4), {"chain"}),
+    "conv-no-bias": (lambda: _convnet(bias=False), (2, 4, 4), {"chain"}),
+    "residual-mlp": (lambda: _ResidualMLP().double(), None, set()),
+    "residual-conv": (lambda: _ResidualConv().double(), (1, 3, 3), {"avgpool"}),
+    "bottleneck": (lambda: _Bottleneck().double(), (1, 3, 3), {"avgpool"}),
+    "dead-entries": (lambda: _dead_entries().double(), (2, 1, 1), {"chain", "dead"}),
 }
+
+
+def _nets(without=()):
+    return [name for name, (_, _, has) in NETS.items() if not has & set(without)]
+
+
+def _input_shape(model, shape):
+    return shape or (next(model.parameters()).shape[1],)
 
 
 # ---- diag G ----------------------------------------------------------------------------------
 
 def _unrolled(net):
-    """Each parameterised layer as a dense map: (matrix of parameter indices or -1, bias index
-    per output unit or -1), on the flattened activations; weights shared by a convolution keep
-    their one index."""
-    (offsets, _), maps = net.layout(), []
-    k = 0
-    for la, (shape_in, shape_out) in zip(net.layers, net.shapes):
+    """Each layer as maps on the flattened activations of what it reads: [(input layer, M, C)] with
+    M the parameter index of each (output unit, input unit) edge or -1, C the fixed weight of an
+    edge without a parameter (an average pooling's 1 / k, a skip's 1; 0: no edge), and the bias
+    index of each output unit or -1; weights shared by a convolution keep their one index."""
+    offsets = dict(zip((id(la) for la in net.params()), net.layout()[0]))
+    maps = []
+    for i, (la, (shape_in, shape_out)) in enumerate(zip(net.layers, net.shapes)):
+        n_in, n_out = int(np.prod(shape_in)), int(np.prod(shape_out))
+        M, C, bias = -np.ones((n_out, n_in), int), np.zeros((n_out, n_in)), -np.ones(n_out, int)
         if isinstance(la, pc.Dense):
-            w, b = offsets[k]
-            out, inn = la.weight.shape
-            maps.append((w + np.arange(out * inn).reshape(out, inn), b + np.arange(out) if b >= 0 else -np.ones(out, int)))
-            k += 1
+            w, b = offsets[id(la)]
+            M[:] = w + np.arange(n_out * n_in).reshape(n_out, n_in)
+            bias = b + np.arange(n_out) if b >= 0 else bias
         elif isinstance(la, pc.Conv2d):
-            w, b = offsets[k]
+            w, b = offsets[id(la)]
             Co, Ci, kh, kw = la.weight.shape
             _, H, W = shape_in
             _, Ho, Wo = shape_out
-            M = -np.ones((Co * Ho * Wo, Ci * H * W), int)
             for co, y, x, ci, u, v in itertools.product(range(Co), range(Ho), range(Wo), range(Ci), range(kh), range(kw)):
                 yy, xx = y * la.stride[0] + u - la.padding[0], x * la.stride[1] + v - la.padding[1]
                 if 0 <= yy < H and 0 <= xx < W:
                     M[(co * Ho + y) * Wo + x, (ci * H + yy) * W + xx] = w + ((co * Ci + ci) * kh + u) * kw + v
-            bias = np.repeat(b + np.arange(Co), Ho * Wo) if b >= 0 else -np.ones(Co * Ho * Wo, int)
-            maps.append((M, bias))
-            k += 1
+            bias = np.repeat(b + np.arange(Co), Ho * Wo) if b >= 0 else bias
+        elif isinstance(la, (pc.AvgPool2d, pc.AdaptiveAvgPool2d)):
+            Ah, Aw = pc.network.pool_weights(la, shape_in)
+            C = np.kron(np.eye(shape_in[0]), np.kron(Ah, Aw))
+        else:  # a skip, a flatten, BatchNorm (the identity, as the authors take it)
+            C = np.eye(n_out)
+        maps.append(([(j, M, C) for j in net.inputs[i]], bias))
     return maps
 
 
 def _brute_force_G(net):
-    """G_ii = sum over the paths p through parameter i of prod_{j in p, j != i} theta_j^2, every
-    path enumerated: from an input unit, or from a bias, through one unit per layer to an output."""
+    """G_ii = sum over the paths p through parameter i of the product of the path's other weights
+    (parameters and fixed weights), squared; every path enumerated, from an input unit or a bias,
+    along the graph (through each branch of a residual addition) to an output unit."""
     theta2 = np.square(net.flat())
     maps = _unrolled(net)
+    readers = [[i for i, ins in enumerate(net.inputs) if j in ins] for j in range(-1, len(net.layers))]
     G = np.zeros_like(theta2)
+    last = len(net.layers) - 1
 
-    def walk(layer, unit, edges):
-        if layer == len(maps):
-            prod = np.prod(theta2[edges]) if edges else 1.0
+    def walk(layer, unit, edges, fixed):
+        if layer == last:
+            prod = (np.prod(theta2[edges]) if edges else 1.0) * fixed
             for e in edges:
                 G[e] += prod / theta2[e]
-            return
-        M, _ = maps[layer]
-        for nxt in np.flatnonzero(M[:, unit] >= 0):
-            walk(layer + 1, nxt, edges + [M[nxt, unit]])
+        for r in readers[layer + 1]:
+            for j, M, C in maps[r][0]:
+                if j != layer:
+                    continue
+                for nxt in np.flatnonzero((M[:, unit] >= 0) | (C[:, unit] != 0)):
+                    e = M[nxt, unit]
+                    walk(r, nxt, edges + [e] if e >= 0 else edges, fixed if e >= 0 else fixed * C[nxt, unit] ** 2)
 
-    for unit in range(maps[0][0].shape[1]):
-        walk(0, unit, [])
+    for unit in range(int(np.prod(net.shapes[0][0]))):
+        walk(-1, unit, [], 1.0)
     for layer, (_, bias) in enumerate(maps):
         for unit, b in enumerate(bias):
             if b >= 0:
-                walk(layer + 1, unit, [b])
+                walk(layer, unit, [b], 1.0)
     return G
 
 
 @pytest.mark.parametrize("name", NETS)
 def test_diag_G_equals_path_enumeration(name):
-    make, shape = NETS[name]
+    make, shape, _ = NETS[name]
     net = pc.Network.from_torch(make(), shape)
     np.testing.assert_allclose(pc.diag_G(net), _brute_force_G(net), rtol=1e-12)
 
 
-@pytest.mark.parametrize("name", NETS)
+@pytest.mark.parametrize("name", _nets(without={"avgpool"}))
 def test_diag_G_equals_autograd(name):
     from torch_pathcond import diag_G
 
-    make, shape = NETS[name]
+    make, shape, _ = NETS[name]
     model = make()
-    np.testing.assert_allclose(pc.diag_G(model, shape), diag_G(model, shape or (model[0].in_features,)).numpy(),
+    np.testing.assert_allclose(pc.diag_G(model, shape), diag_G(model, _input_shape(model, shape)).numpy(),
                                rtol=1e-12)
 
 
@@ -127,9 +213,9 @@ def _inputs(shape, n=9, seed=1):
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
 @pytest.mark.parametrize("name", NETS)
 def test_the_function_is_preserved(name, dtype, tol):
-    make, shape = NETS[name]
+    make, shape, _ = NETS[name]
     model = make().to(dtype)
-    x = _inputs(shape or (model[0].in_features,)).to(dtype)
+    x = _inputs(_input_shape(model, shape)).to(dtype)
     before = model(x).detach()
     res = pc.rescale(model, input_shape=shape)
     after = model(x).detach()
@@ -139,7 +225,7 @@ def test_the_function_is_preserved(name, dtype, tol):
 
 @pytest.mark.parametrize("name", NETS)
 def test_G_of_the_rescaled_network_is_G_times_e_to_the_Bz(name):
-    make, shape = NETS[name]
+    make, shape, _ = NETS[name]
     model = make()
     net = pc.Network.from_torch(model, shape)
     G = pc.diag_G(net)
@@ -194,7 +280,7 @@ def _grad_F(G, groups, z, eps=1e-6):
 
 @pytest.mark.parametrize("name", ["mlp", "conv"])
 def test_each_coordinate_step_zeroes_its_derivative_and_a_converged_solve_is_stationary(name):
-    make, shape = NETS[name]
+    make, shape, _ = NETS[name]
     net = pc.Network.from_torch(make(), shape)
     G, groups = pc.diag_G(net), net.groups()
     z1, _, _, _ = pc.solve(net, sweeps=1, tol=0)
@@ -210,7 +296,7 @@ def test_each_coordinate_step_zeroes_its_derivative_and_a_converged_solve_is_sta
 @pytest.mark.parametrize("method", ["pathcond", "enorm"])
 @pytest.mark.parametrize("name", NETS)
 def test_compiled_solvers_agree_with_the_reference(compiled, name, method):
-    make, shape = NETS[name]
+    make, shape, _ = NETS[name]
     net = pc.Network.from_torch(make(), shape)
     want = pc.solve(net, sweeps=7, tol=0, method=method, backend="numpy")
     got = pc.solve(net, sweeps=7, tol=0, method=method, backend=compiled)
@@ -231,13 +317,13 @@ def test_enorm_balances_in_and_out_norms():
     assert res.method == "enorm" and len(res.objective) == 2
 
 
-@pytest.mark.parametrize("name", NETS)
+@pytest.mark.parametrize("name", [name for name in _nets(without={"avgpool", "dead"}) if "chain" in NETS[name][2]])
 def test_z_equals_a_pytorch_port_of_the_authors_solver(name):
     import torch_pathcond
 
-    make, shape = NETS[name]
+    make, shape, _ = NETS[name]
     model = make()
-    want_z, want_F = torch_pathcond.solve(model, shape or (model[0].in_features,), sweeps=10, tol=1e-2)
+    want_z, want_F = torch_pathcond.solve(model, _input_shape(model, shape), sweeps=10, tol=1e-2)
     res = pc.rescale(model, input_shape=shape, sweeps=10, tol=1e-2)
     np.testing.assert_allclose(res.z, want_z, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(res.objective, want_F, rtol=1e-8)
@@ -245,8 +331,8 @@ def test_z_equals_a_pytorch_port_of_the_authors_solver(name):
 
 # ---- layers, warnings, errors ------------------------------------------------------------------
 
-def test_maxpool_and_batchnorm_are_kept_with_a_warning_naming_them():
-    with pytest.warns(pc.PathCondWarning, match=r"4 \(MaxPool2d\): .*approximate"):
+def test_maxpool_is_kept_with_a_warning_naming_it():
+    with pytest.warns(pc.PathCondWarning, match=r"model.4 \(MaxPool2d\): .*approximate"):
         net = pc.Network.from_torch(_convnet(pool=True), (2, 4, 4))
     model = _convnet(pool=True)
     x = _inputs((2, 4, 4))
@@ -255,32 +341,73 @@ def test_maxpool_and_batchnorm_are_kept_with_a_warning_naming_them():
         pc.rescale(model, input_shape=(2, 4, 4))
     assert float((model(x).detach() - before).abs().max()) < 1e-12  # max-pooling commutes with the scaling
     assert net.n_params > 0
-    bn = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
-    with pytest.warns(pc.PathCondWarning, match=r"model.1 \(BatchNorm1d\): .*eval mode at initialisation"):
-        pc.Network.from_torch(bn)
 
 
-class _Residual(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.inner = nn.Linear(4, 4)
+def _bn_mlp():
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(),
+                          nn.BatchNorm1d(4), nn.Linear(4, 2)).double()
+    with torch.no_grad():  # statistics and affine parameters as after training
+        for bn in (model[1], model[5]):
+            bn.running_mean.copy_(torch.randn(4))
+            bn.running_var.copy_(0.5 + torch.rand(4))
+            bn.weight.copy_(0.5 + torch.rand(4))
+            bn.bias.copy_(torch.randn(4))
+    return model
 
-    def forward(self, x):
-        return x + self.inner(x)
+
+def test_batchnorm_in_eval_mode_is_warned_and_the_function_kept_exactly():
+    # BatchNorm before or after the ReLU, with statistics away from their initial values: the
+    # channels it carries are rescaled with its bias and running mean, so eval mode is exact
+    model = _bn_mlp().eval()
+    x = _inputs((3,))
+    before = model(x).detach()
+    gamma, var = model[1].weight.detach().clone(), model[1].running_var.clone()
+    with pytest.warns(pc.PathCondWarning, match=r"model.1, model.5 \(BatchNorm\): diag G takes it as the "
+                                                r"identity .*kept exactly in eval mode"):
+        res = pc.rescale(model)
+    assert np.abs(res.z).max() > 0.05
+    torch.testing.assert_close(model(x), before, rtol=0, atol=1e-12)
+    assert torch.equal(model[1].weight, gamma) and torch.equal(model[1].running_var, var)
+    # diag G leaves BatchNorm out: the same G as the network without it
+    plain = nn.Sequential(*[m for m in _bn_mlp() if not isinstance(m, nn.BatchNorm1d)])
+    with pytest.warns(pc.PathCondWarning):
+        np.testing.assert_array_equal(pc.diag_G(_bn_mlp().eval()), pc.diag_G(plain))
+
+
+def test_batchnorm_in_training_mode_is_refused_by_name():
+    # batch statistics undo a channel's scale: no rescaling of the layer before survives them
+    model = _bn_mlp().train()
+    before = [t.detach().clone() for t in itertools.chain(model.parameters(), model.buffers())]
+    with pytest.raises(fm.InvalidArgumentError, match=r"^model.1: expected BatchNorm in eval mode .*got training"):
+        pc.rescale(model)
+    assert all(torch.equal(a, b) for a, b in zip(before, itertools.chain(model.parameters(), model.buffers())))
+    # a BatchNorm after a layer whose channels are tied (not rescaled) may be in training mode
+    tied = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2), nn.BatchNorm1d(2)).double().train()
+    with pytest.warns(pc.PathCondWarning, match="model.3"):
+        assert pc.rescale(tied).sweeps >= 1
+
+
+def test_rescale_every_rescales_a_batchnorm_model_in_eval_mode():
+    model = _bn_mlp().train()
+    helper = pc.RescaleEvery(model, lambda: torch.optim.SGD(model.parameters(), lr=0.1), every=2)
+    with pytest.warns(pc.PathCondWarning):
+        helper.optimizer_for(0)
+    assert model.training and helper.last.sweeps == 1
 
 
 @pytest.mark.parametrize("model, match", [
     (lambda: nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)), r"^model.1: expected .*got Tanh"),
-    (lambda: nn.Sequential(nn.Linear(3, 4), nn.ReLU(), _Residual(), nn.Linear(4, 2)), r"^model.2: .*residual"),
     (lambda: nn.Linear(3, 4), r"^layers: expected at least two"),
     (lambda: nn.Sequential(nn.Linear(3, 4)), r"^layers: expected at least two"),
     (lambda: nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(5, 2)), r"^layers\[2\]: expected"),
     (lambda: nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 3, groups=2)), r"^model.2: expected"),
+    (lambda: nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), r"^model: expected a ReLU network .*got no ReLU"),
     (lambda: "a model", r"^model: expected"),
 ])
 def test_unsupported_models_are_refused_by_name(model, match):
     with pytest.raises(fm.InvalidArgumentError, match=match):
-        pc.rescale(model(), input_shape=(1, 5, 5))
+        pc.rescale(model(), input_shape=(1, 5, 5) if "Conv" in repr(model()) else None)
 
 
 class _AuthorsMLP(nn.Sequential):
@@ -333,7 +460,9 @@ def test_any_module_is_read_from_its_graph():
     torch.testing.assert_close(users(xi), before, rtol=0, atol=1e-12)
 
 
-class _ResidualModule(nn.Module):
+class _AllTied(nn.Module):
+    """Every hidden neuron reaches the residual addition: nothing to rescale."""
+
     def __init__(self):
         super().__init__()
         self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
@@ -341,6 +470,25 @@ class _ResidualModule(nn.Module):
     def forward(self, x):
         h = F.relu(self.a(x))
         return self.c(F.relu(self.b(h) + h))
+
+
+class _AddsAConstant(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.c = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.c(F.relu(self.a(x) + 1.0))
+
+
+class _TwoOutputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = F.relu(self.a(x))
+        return self.c(F.relu(self.b(h))), h
 
 
 class _BranchOnData(nn.Module):
@@ -364,11 +512,13 @@ class _Gelu(nn.Module):
 
 
 @pytest.mark.parametrize("make, match", [
-    (_ResidualModule, r"^model.add: expected a chain.*residual addition.*got call_function add on \['b', 'relu'\]"),
+    (_AllTied, r"^layers: expected a hidden layer whose outputs can be rescaled .*got none"),
+    (_AddsAConstant, r"^model.add: expected Linear, Conv2d, ReLU .*residual addition, got call_function add"),
+    (_TwoOutputs, r"^model: expected one output, the last layer's"),
     (_BranchOnData, r"^model: expected a module torch.fx can trace .*got _BranchOnData \(TraceError"),
     (_Gelu, r"^model.gelu: expected Linear, Conv2d, ReLU .*got call_function gelu"),
 ])
-def test_a_module_that_is_not_a_chain_of_known_operations_is_refused_by_node(make, match):
+def test_a_module_of_unknown_operations_is_refused_by_node(make, match):
     model = make()
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(fm.InvalidArgumentError, match=match):
@@ -386,11 +536,28 @@ def test_bad_arguments_are_named():
         pc.apply(model, np.zeros(3))
     with pytest.raises(fm.InvalidArgumentError, match="^input_shape: "):
         pc.rescale(_convnet())
+    with pytest.raises(fm.InvalidArgumentError, match=r"^G: expected .*some positive"):
+        pc.solve(model, G=np.zeros(pc.Network.from_torch(model).n_params))
+    with pytest.raises(fm.InvalidArgumentError, match=r"^G: expected .*non-negative"):
+        pc.solve(model, G=-np.ones(pc.Network.from_torch(model).n_params))
+
+
+def test_a_neuron_on_no_path_keeps_its_scale_and_the_others_are_rescaled(compiled):
+    model = _mlp([3, 4, 5, 2], seed=1, first_scale=8.0)
     with torch.no_grad():
-        model[0].weight[1] = 0.0  # neuron 1 has no incoming path: its G entries vanish
+        model[0].weight[1] = 0.0  # neuron 1 of layer 0 has no incoming weight: its outgoing G vanish
         model[0].bias[1] = 0.0
-    with pytest.raises(fm.InvalidArgumentError, match=r"^G: expected .*positive"):
-        pc.rescale(model)
+    x = _inputs((3,))
+    before = model(x).detach()
+    G = pc.diag_G(model)
+    assert (G == 0).sum() == 5
+    want = pc.solve(model, sweeps=6, tol=0, backend="numpy")
+    got = pc.solve(model, sweeps=6, tol=0, backend=compiled)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-10)
+    assert np.isfinite(got[0]).all() and got[1][-1] < got[1][0] / 2
+    pc.apply(model, got[0])
+    torch.testing.assert_close(model(x), before, rtol=0, atol=1e-12)
 
 
 def test_rescale_every_rebuilds_the_optimizer_when_it_rescales():
@@ -485,9 +652,9 @@ def _numpy_twin(net):
     """The same network with numpy copies of its arrays (the numpy path of diag G)."""
     def twin(la):
         d = dict(la.__dict__)
-        if "weight" in d:
-            d["weight"] = la.weight.detach().cpu().numpy().copy()
-            d["bias"] = None if la.bias is None else la.bias.detach().cpu().numpy().copy()
+        for what in ("weight", "bias", "running_mean"):
+            if d.get(what) is not None:
+                d[what] = d[what].detach().cpu().numpy().copy()
         return type(la)(**d)
     return pc.Network([twin(la) for la in net.layers], net.input_shape)
 
@@ -498,13 +665,25 @@ def _conv_pool_net():
                          nn.Flatten(), nn.Linear(16, 5), nn.ReLU(), nn.Linear(5, 2, bias=False)).double()
 
 
+def _small_resnet():
+    import torch_resnet
+
+    return torch_resnet.randomise_batchnorm(torch_resnet.resnet18(num_classes=3, width=4)).double().eval()
+
+
+TWINS = {"conv-pool": (_conv_pool_net, (2, 8, 8)), "resnet18-narrow": (_small_resnet, (3, 16, 16)),
+         "bottleneck": (lambda: _Bottleneck().double(), (1, 3, 3))}
+
+
 @pytest.mark.filterwarnings("ignore::fastmem.pathcond.network.PathCondWarning")
-def test_diag_G_of_a_torch_model_is_taken_with_torch_on_its_device(monkeypatch):
+@pytest.mark.parametrize("name", TWINS)
+def test_diag_G_of_a_torch_model_is_taken_with_torch_on_its_device(monkeypatch, name):
     # torch operations on the parameters' device, the result to the host once: the same G as the
     # numpy path; no parameter goes to the host by itself (the numpy path's _to_numpy refuses here)
     from fastmem.pathcond import kernel, network
 
-    net = pc.Network.from_torch(_conv_pool_net(), (2, 8, 8))
+    make, shape = TWINS[name]
+    net = pc.Network.from_torch(make(), shape)
     want = kernel.diag_G(_numpy_twin(net))
     real = network._to_numpy
 
@@ -517,22 +696,103 @@ def test_diag_G_of_a_torch_model_is_taken_with_torch_on_its_device(monkeypatch):
     monkeypatch.setattr(network, "_to_numpy", no_tensors)
     got = kernel.diag_G(net)
     np.testing.assert_allclose(got, want, rtol=1e-13, atol=0)
-    model = _conv_pool_net()
-    x = torch.randn(3, 2, 8, 8, dtype=torch.float64)
+    model = make()
+    x = torch.randn((3,) + shape, dtype=torch.float64)
     before = model(x).detach()
-    pc.rescale(model, input_shape=(2, 8, 8))  # the whole rescaling through the same path
+    pc.rescale(model, input_shape=shape)  # the whole rescaling through the same path
     torch.testing.assert_close(model(x), before, rtol=0, atol=1e-12)
+
+
+def test_parameters_on_two_devices_are_refused():
+    from fastmem.pathcond import Dense, Network
+
+    with pytest.raises(fm.InvalidArgumentError, match=r"^model: expected every parameter on one device .*"
+                                                      r"a.weight on numpy, b.weight on torch cpu"):
+        Network([Dense(np.ones((4, 3)), name="a"), Dense(torch.ones(2, 4, dtype=torch.float64), name="b")])
+
+
+def test_hand_written_residual_networks_name_their_inputs():
+    from fastmem.pathcond import Add, Dense, Network
+
+    rng = np.random.default_rng(3)
+    Wa, Wb, Wc, Wd = (rng.normal(size=s) for s in ((4, 3), (5, 4), (4, 5), (2, 4)))
+    net = Network([Dense(Wa, name="a"), Dense(Wb, name="b"), Dense(Wc, name="c"), Add(inputs=(2, 0)),
+                   Dense(Wd, name="d")])
+    assert net.rescaled() == ["b"] and net.hidden_sizes() == [5]
+
+    def f(x):
+        h = np.maximum(Wa @ x, 0)
+        return Wd @ np.maximum(Wc @ np.maximum(Wb @ h, 0) + h, 0)
+
+    x = rng.normal(size=(3, 6))
+    before = f(x)
+    pc.rescale(net)
+    np.testing.assert_allclose(f(x), before, rtol=1e-12, atol=1e-12)
+    with pytest.raises(fm.InvalidArgumentError, match=r"^layers\[add\].inputs: expected two or more layers"):
+        Network([Dense(Wa), Dense(Wb), Add(inputs=(1,)), Dense(Wd)])
+    with pytest.raises(fm.InvalidArgumentError, match=r"^layers\[b\].inputs: expected indices of earlier layers"):
+        Network([Dense(Wa), Dense(Wb, name="b", inputs=(3,)), Dense(Wc), Dense(Wd)])
+    with pytest.raises(fm.InvalidArgumentError, match=r"^layers\[b\]: expected an output a later layer reads"):
+        Network([Dense(Wa), Dense(Wb, name="b"), Dense(Wc, inputs=(0,)), Dense(Wd)])
 
 
 @pytest.mark.gpu
 @pytest.mark.filterwarnings("ignore::fastmem.pathcond.network.PathCondWarning")
-def test_a_cuda_model_is_rescaled_on_its_device():
+@pytest.mark.parametrize("name", TWINS)
+def test_a_cuda_model_is_rescaled_on_its_device(name):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    model = _conv_pool_net().cuda()
-    x = torch.randn(3, 2, 8, 8, dtype=torch.float64, device="cuda")
+    make, shape = TWINS[name]
+    model = make().cuda()
+    x = torch.randn((3,) + shape, dtype=torch.float64, device="cuda")
     before = model(x).detach()
-    want = pc.diag_G(_numpy_twin(pc.Network.from_torch(model, (2, 8, 8))))
-    np.testing.assert_allclose(pc.diag_G(model, input_shape=(2, 8, 8)), want, rtol=1e-12, atol=0)
-    pc.rescale(model, input_shape=(2, 8, 8))
+    want = pc.diag_G(_numpy_twin(pc.Network.from_torch(model, shape)))
+    np.testing.assert_allclose(pc.diag_G(model, input_shape=shape), want, rtol=1e-12, atol=0)
+    pc.rescale(model, input_shape=shape)
     torch.testing.assert_close(model(x), before, rtol=0, atol=1e-10)
+
+
+# ---- residual networks: torchvision's ResNets, block for block (tests/torch_resnet.py) ---------
+
+RESNETS = {"resnet18": ("conv1",), "resnet34": ("conv1",), "resnet50": ("conv1", "conv2")}
+
+
+@pytest.mark.filterwarnings("ignore::fastmem.pathcond.network.PathCondWarning")
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("depth", RESNETS)
+def test_a_resnet_is_rescaled_with_its_function_preserved(depth, dtype, tol):
+    import torch_resnet
+
+    model = torch_resnet.randomise_batchnorm(getattr(torch_resnet, depth)(num_classes=10)).to(dtype).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(dtype)
+    before = model(x).detach()
+    state = {k: t.clone() for k, t in model.state_dict().items()}
+    res = pc.rescale(model, input_shape=(3, 32, 32))
+    after = model(x).detach()
+    assert float((after - before).abs().max()) <= tol * float(before.abs().max())
+    # inside each block, the outputs of every convolution but the last: the skip ties the others
+    blocks = [name for name, m in model.named_modules() if isinstance(m, (torch_resnet.BasicBlock,
+                                                                          torch_resnet.Bottleneck))]
+    assert res.network.rescaled() == [f"{b}.{conv}" for b in blocks for conv in RESNETS[depth]]
+    assert np.abs(res.z).max() > 0.05 and np.all(np.diff(res.objective) <= 1e-9 * abs(res.objective[0]))
+    last = "conv2" if depth != "resnet50" else "conv3"
+    moved = {f"{b}.{last}.weight" for b in blocks}  # the consumer of the block's last rescaled layer
+    for b, c in itertools.product(blocks, RESNETS[depth]):
+        moved |= {f"{b}.{c}.weight", f"{b}.bn{c[-1]}.bias", f"{b}.bn{c[-1]}.running_mean"}
+    for key, t in model.state_dict().items():  # the stem, the skips, fc, gamma, the variances: untouched
+        assert torch.equal(t, state[key]) != (key in moved), key
+
+
+@pytest.mark.filterwarnings("ignore::fastmem.pathcond.network.PathCondWarning")
+def test_diag_G_of_a_resnet_counts_the_paths_through_its_skips():
+    # the first block without its skip: the skip adds paths through every parameter before the
+    # block (and after it), so their G grows; G of the block's own convolutions cannot
+    net = pc.Network.from_torch(_small_resnet(), (3, 8, 8))
+    first = next(i for i, la in enumerate(net.layers) if isinstance(la, pc.Add))
+    layers = list(net.layers)
+    layers[first] = pc.Identity(name="no-skip", inputs=net.layers[first].inputs[:1])
+    G, G0 = pc.diag_G(net), pc.diag_G(pc.Network(layers, net.input_shape))
+    n_stem = net.params()[0].weight.numel()
+    assert np.all(G[:n_stem] > G0[:n_stem]) and np.all(G[-99:-3] > G0[-99:-3])  # fc.weight, not its bias
+    block = slice(n_stem, n_stem + net.params()[1].weight.numel() + net.params()[2].weight.numel())
+    assert np.all(G[block] >= G0[block])

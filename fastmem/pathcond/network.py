@@ -184,6 +184,7 @@ class Network:
         if not self._rescaled:
             v.fail("layers", "a hidden layer whose outputs can be rescaled (each read by one parameterised layer, "
                    "through ReLU, BatchNorm, pooling or a flatten, not by a residual addition)", "none")
+        self._warn()
 
     @classmethod
     def mlp(cls, weights, biases=None):
@@ -252,17 +253,19 @@ class Network:
                 v.fail(f"layers[{la.name}]", "inputs of one shape", ins)
             outs.append(_out_shape(la, ins[0]))
             self.shapes.append((ins[0], outs[-1]))
+
+    def _warn(self):
         pools = [la.name for la in self.layers if isinstance(la, MaxPool2d)]
         if pools:
             warnings.warn(f"{_names(pools)} (MaxPool2d): the rescaling preserves the function, but diag G through "
                           "max-pooling is approximate (the all-ones forward keeps its own maxima)",
-                          PathCondWarning, stacklevel=5)
+                          PathCondWarning, stacklevel=4)
         norms = [la.name for la in self.layers if isinstance(la, BatchNorm)]
         if norms:
             warnings.warn(f"{_names(norms)} (BatchNorm): diag G takes it as the identity and its parameters are "
                           "not rescaled by the solver (as in the authors' code); the function is kept exactly in "
                           "eval mode (its bias and running mean are scaled with the channels it carries)",
-                          PathCondWarning, stacklevel=5)
+                          PathCondWarning, stacklevel=4)
 
     def _find_rescaled(self):
         """The RescaledLayers, ordered so that a chain of them (one's consumer the next one's

@@ -115,7 +115,11 @@ class RescaleEvery:
             opt = helper.optimizer_for(epoch)   # rescales at epochs 0, 20, 40, ... (new optimizer)
             ...train one epoch with opt...
 
-    ``rescale_at_start`` False skips epoch 0. ``last`` is the Rescaling of the latest rescale."""
+    ``rescale_at_start`` False skips epoch 0. ``last`` is the Rescaling of the latest rescale.
+    A PyTorch model in training mode is put in eval mode for the rescaling and back: its
+    BatchNorm layers then keep the function exactly (in training mode their batch statistics
+    would undo the scale of the channels before them, and the rescaling is refused), as the
+    authors' training loops rescale their BatchNorm networks between epochs."""
 
     def __init__(self, model, make_optimizer, every, sweeps=1, tol=1e-2, method="pathcond", rescale_at_start=True,
                  input_shape=None):
@@ -132,7 +136,14 @@ class RescaleEvery:
         epoch = v.positive_int("epoch", epoch, allow_zero=True)
         due = epoch % self.every == 0 and (epoch > 0 or self.rescale_at_start)
         if due:
-            self.last = rescale(self.model, **self.kw)
+            training = getattr(self.model, "training", False)
+            if training:  # BatchNorm keeps the function under a rescaling in eval mode only
+                self.model.eval()
+            try:
+                self.last = rescale(self.model, **self.kw)
+            finally:
+                if training:
+                    self.model.train()
         if due or self.optimizer is None:
             self.optimizer = self.make_optimizer()
         return self.optimizer
