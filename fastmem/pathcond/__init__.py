@@ -1,11 +1,12 @@
 """PathCond: path-conditioned rescaling of ReLU networks (Lebeurrier, Vayer, Gribonval, ICML 2026;
 docs/pathcond.md), with ENorm as the baseline.
 
->>> res = fm.pathcond.rescale(model, sweeps=10, tol=1e-2)    # nn.Sequential or fm.pathcond.Network
+>>> res = fm.pathcond.rescale(model, sweeps=10, tol=1e-2)    # an nn.Module or fm.pathcond.Network
 >>> res.z, res.objective                                      # one z per hidden neuron; F per sweep
 
 - ``network.py``: the network description (dense and convolutional layers, ReLU between),
-  from numpy arrays or a PyTorch nn.Sequential, and the flat layout of its parameters;
+  from numpy arrays or any PyTorch nn.Module (its torch.fx graph: chains and residual
+  networks), which layers are rescaled, and the flat layout of its parameters;
 - ``kernel.py``: diag G by one backward pass on squared parameters, the objective F, the
   function-preserving update;
 - ``solve.py``: the exact coordinate solver (a compiled kernel of the backend registry:
@@ -25,5 +26,5 @@ from .solve import RescaleEvery, Rescaling, apply, rescale, solve
 from . import experiments  # registers the sweep experiments
 
 __all__ = ["Add", "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm", "Conv2d", "Dense", "Flatten", "Identity", "MaxPool2d",
-           "Network", "PathCondWarning", "RescaleEvery",
-           "Rescaling", "apply", "bz", "diag_G", "objective", "rescale", "solve"]
+           "Network", "PathCondWarning", "RescaleEvery", "Rescaling", "apply", "bz", "diag_G", "objective", "rescale",
+           "solve"]

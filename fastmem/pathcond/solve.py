@@ -16,8 +16,9 @@ METHODS = ("pathcond", "enorm")
 class Rescaling:
     """The result of :func:`rescale`.
 
-    z : (H,) float64, one per hidden neuron or channel, in layer order (lambda_h = e^{z_h / 2})
-    z_layers : the same, one array per hidden layer
+    z : (H,) float64, one per rescaled neuron or channel (lambda_h = e^{z_h / 2}), in the order of
+        ``network.rescaled()``
+    z_layers : the same, one array per rescaled layer
     objective : F before the first sweep and after each (PathCond); F before and after (ENorm;
         NaN where diag G has zeros)
     sweeps : sweeps done
@@ -76,7 +77,8 @@ def rescale(model, sweeps=10, tol=1e-2, method="pathcond", inplace=True, backend
     and its path-lifting kernel best conditioned (PathCond), or its per-neuron in/out norms
     balanced (``method="enorm"``, the baseline).
 
-    model : a fastmem.pathcond.Network (numpy arrays) or a PyTorch nn.Sequential (its parameters,
+    model : a fastmem.pathcond.Network (numpy arrays) or any PyTorch nn.Module torch.fx reads
+        (Network.from_torch: chains and residual networks; its parameters,
         on any device, are updated in place under torch.no_grad())
     sweeps, tol : at most ``sweeps`` coordinate sweeps, stopping once one moves sum |dz_h| < tol
         (the authors' defaults: 10 and 1e-2)
