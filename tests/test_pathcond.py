@@ -13,6 +13,7 @@ from fastmem import pathcond as pc
 torch = pytest.importorskip("torch")
 nn = torch.nn
 F = torch.nn.functional
+from fastmem.pathcond import models  # noqa: E402 - needs torch
 
 
 def _mlp(sizes, bias=True, seed=0, first_scale=1.0):
@@ -665,10 +666,23 @@ def _conv_pool_net():
                          nn.Flatten(), nn.Linear(16, 5), nn.ReLU(), nn.Linear(5, 2, bias=False)).double()
 
 
-def _small_resnet():
-    import torch_resnet
+def _randomise_batchnorm(model, seed=0):
+    """Running statistics and affine parameters away from their initial values (as after
+    training), so that a rescaling that ignored them would change the function."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(0.5 * torch.randn(n, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+                m.weight.copy_(0.5 + torch.rand(n, generator=g))
+                m.bias.copy_(0.2 * torch.randn(n, generator=g))
+    return model
 
-    return torch_resnet.randomise_batchnorm(torch_resnet.resnet18(num_classes=3, width=4)).double().eval()
+
+def _small_resnet():
+    return _randomise_batchnorm(models.resnet18(num_classes=3, width=4)).double().eval()
 
 
 TWINS = {"conv-pool": (_conv_pool_net, (2, 8, 8)), "resnet18-narrow": (_small_resnet, (3, 16, 16)),
@@ -752,7 +766,7 @@ def test_a_cuda_model_is_rescaled_on_its_device(name):
     torch.testing.assert_close(model(x), before, rtol=0, atol=1e-10)
 
 
-# ---- residual networks: torchvision's ResNets, block for block (tests/torch_resnet.py) ---------
+# ---- residual networks: torchvision's ResNets, block for block (fastmem.pathcond.models) ------
 
 RESNETS = {"resnet18": ("conv1",), "resnet34": ("conv1",), "resnet50": ("conv1", "conv2")}
 
@@ -761,9 +775,7 @@ RESNETS = {"resnet18": ("conv1",), "resnet34": ("conv1",), "resnet50": ("conv1",
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
 @pytest.mark.parametrize("depth", RESNETS)
 def test_a_resnet_is_rescaled_with_its_function_preserved(depth, dtype, tol):
-    import torch_resnet
-
-    model = torch_resnet.randomise_batchnorm(getattr(torch_resnet, depth)(num_classes=10)).to(dtype).eval()
+    model = _randomise_batchnorm(getattr(models, depth)(num_classes=10)).to(dtype).eval()
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(dtype)
     before = model(x).detach()
     state = {k: t.clone() for k, t in model.state_dict().items()}
@@ -771,8 +783,8 @@ def test_a_resnet_is_rescaled_with_its_function_preserved(depth, dtype, tol):
     after = model(x).detach()
     assert float((after - before).abs().max()) <= tol * float(before.abs().max())
     # inside each block, the outputs of every convolution but the last: the skip ties the others
-    blocks = [name for name, m in model.named_modules() if isinstance(m, (torch_resnet.BasicBlock,
-                                                                          torch_resnet.Bottleneck))]
+    blocks = [name for name, m in model.named_modules() if isinstance(m, (models.BasicBlock,
+                                                                          models.Bottleneck))]
     assert res.network.rescaled() == [f"{b}.{conv}" for b in blocks for conv in RESNETS[depth]]
     assert np.abs(res.z).max() > 0.05 and np.all(np.diff(res.objective) <= 1e-9 * abs(res.objective[0]))
     last = "conv2" if depth != "resnet50" else "conv3"

@@ -1,7 +1,13 @@
-"""torchvision's ResNets written out block for block (torchvision.models.resnet: BasicBlock,
-Bottleneck, ResNet; the same module names, the same forward, ``out += identity`` included), for
-the PathCond tests and benchmarks: the torchvision wheel on PyPI is built against the CUDA
-PyTorch and does not load beside the CPU build the tests pin."""
+"""The PyTorch models of PathCond's experiments (imported on use: it needs torch).
+
+- torchvision's ResNets written out block for block (torchvision.models.resnet: BasicBlock,
+  Bottleneck, ResNet; the same module names, the same forward, ``out += identity`` included):
+  the torchvision wheel on PyPI is built against the CUDA PyTorch and does not load beside a CPU
+  build, and the tests and benchmarks need them as they are; ``stem="cifar"`` is the authors'
+  small-image variant (a 3 x 3 stride-1 first convolution, no max-pooling);
+- ``full_conv``: the shape of the authors' fully convolutional CIFAR network with BatchNorm (after
+  Gitman et al.), at any width and image size.
+"""
 
 import torch
 from torch import nn
@@ -63,13 +69,20 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, block, layers, num_classes=1000, width=64):
+    """torchvision's ResNet; ``width`` the first stage's channels (64), ``stem`` "imagenet" (a 7 x 7
+    stride-2 convolution and max-pooling) or "cifar" (3 x 3 stride 1, no pooling)."""
+
+    def __init__(self, block, layers, num_classes=1000, width=64, in_channels=3, stem="imagenet"):
         super().__init__()
         self.inplanes = width
-        self.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False)
+            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        else:
+            self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
+            self.maxpool = nn.Identity()
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layer1 = self._make_layer(block, width, layers[0])
         self.layer2 = self._make_layer(block, 2 * width, layers[1], stride=2)
         self.layer3 = self._make_layer(block, 4 * width, layers[2], stride=2)
@@ -109,16 +122,20 @@ def resnet50(**kw):
     return ResNet(Bottleneck, [3, 4, 6, 3], **kw)
 
 
-def randomise_batchnorm(model, seed=0):
-    """Running statistics and affine parameters away from their initial values (as after
-    training), so that a rescaling that ignored them would change the function."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(0.5 * torch.randn(n, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
-                m.weight.copy_(0.5 + torch.rand(n, generator=g))
-                m.bias.copy_(0.2 * torch.randn(n, generator=g))
-    return model
+def full_conv(widths=(128, 256, 320), in_channels=3, num_classes=10, image=32):
+    """The authors' full_conv network (their FullyConvolutional, CIFAR-10 with BatchNorm) in shape:
+    three blocks; the first two of three 3 x 3 convolutions with BatchNorm after the third, then
+    3 x 3 max-pooling of stride 2; the third a 3 x 3, a 1 x 1 and a 1 x 1 convolution to the
+    classes, a ReLU and global average pooling (their widths 128, 256, 320; biases on)."""
+    a, b, c = widths
+    pool = image // 4  # two stride-2 poolings: 32 -> 8 as theirs
+
+    def conv(i, o, k=3):
+        return nn.Conv2d(i, o, k, 1, k // 2, bias=True)
+
+    return nn.Sequential(
+        conv(in_channels, a), nn.ReLU(), conv(a, a), nn.ReLU(), conv(a, a), nn.BatchNorm2d(a), nn.ReLU(),
+        nn.MaxPool2d(3, 2, 1),
+        conv(a, b), nn.ReLU(), conv(b, b), nn.ReLU(), conv(b, b), nn.BatchNorm2d(b), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
+        conv(b, c), nn.ReLU(), conv(c, c, 1), nn.ReLU(), conv(c, num_classes, 1), nn.ReLU(), nn.AvgPool2d(pool),
+        nn.Flatten())
