@@ -176,3 +176,22 @@ def test_scaling_law_figures_from_a_sweep_folder(tmp_path):
     assert np.isclose(r["error_against_d"]["matrix/sgd/ln=False"][0], cell["error"].mean())
     assert set(r["checks"]) and all(isinstance(x, bool) for x in r["checks"].values())
     assert r["holds"] == all(r["checks"].values())
+
+
+@pytest.mark.parametrize("arch", ["full_conv", "resnet18"])
+def test_pathcond_conv_runs_through_the_sweep_runner(tmp_path, arch):
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    from fastmem.reproduce import pathcond
+
+    r = pathcond.conv_experiment(tmp_path, arch=arch, seeds=(0,), epochs=2, width=4, workers=1)
+    assert len(r["runs"]) == 4 and {x["method"] for x in r["runs"]} == {"baseline", "pathcond", "enorm",
+                                                                         "pathcond-schedule"}
+    assert all(len(x["loss"]) == 2 and len(x["accuracy"]) == 2 and np.isfinite(x["loss"]).all() for x in r["runs"])
+    # the rescalings keep the function in eval mode, and their runs differ from the baseline's
+    assert r["checks"]["each rescaling keeps the function in eval mode (float32, 1e-5)"]
+    runs = {x["method"]: x for x in r["runs"]}
+    assert runs["pathcond"]["loss"] != runs["baseline"]["loss"] and runs["pathcond"]["rescale_change"] > 0
+    assert set(r["pathcond_no_slower_per_seed"]) == {"0"} and isinstance(r["holds"], bool)
+    name = "pathcond-conv" if arch == "full_conv" else "pathcond-conv-resnet18"
+    assert (tmp_path / f"{name}.png").exists() and (tmp_path / f"{name}.pdf").exists()

@@ -106,6 +106,19 @@ def apply(model, z, input_shape=None):
     return net
 
 
+def rescale_in_eval(model, **kw):
+    """``rescale`` with a PyTorch model in eval mode, put back in training mode after when it was:
+    BatchNorm keeps the function under a rescaling in eval mode only."""
+    training = getattr(model, "training", False)
+    if training:
+        model.eval()
+    try:
+        return rescale(model, **kw)
+    finally:
+        if training:
+            model.train()
+
+
 class RescaleEvery:
     """PathCond re-applied every ``every`` epochs in a PyTorch training loop, as the authors do
     (one sweep every 20 epochs on CIFAR, 50 on MNIST), with the optimizer rebuilt after each
@@ -124,13 +137,13 @@ class RescaleEvery:
     authors' training loops rescale their BatchNorm networks between epochs."""
 
     def __init__(self, model, make_optimizer, every, sweeps=1, tol=1e-2, method="pathcond", rescale_at_start=True,
-                 input_shape=None):
+                 input_shape=None, backend=None):
         if not callable(make_optimizer):
             v.fail("make_optimizer", "a callable returning a new optimizer of the model's parameters",
                    repr(make_optimizer))
         self.model, self.make_optimizer = model, make_optimizer
         self.every = v.positive_int("every", every)
-        self.kw = dict(sweeps=sweeps, tol=tol, method=method, input_shape=input_shape)
+        self.kw = dict(sweeps=sweeps, tol=tol, method=method, input_shape=input_shape, backend=backend)
         self.rescale_at_start = bool(rescale_at_start)
         self.optimizer, self.last = None, None
 
@@ -138,14 +151,7 @@ class RescaleEvery:
         epoch = v.positive_int("epoch", epoch, allow_zero=True)
         due = epoch % self.every == 0 and (epoch > 0 or self.rescale_at_start)
         if due:
-            training = getattr(self.model, "training", False)
-            if training:  # BatchNorm keeps the function under a rescaling in eval mode only
-                self.model.eval()
-            try:
-                self.last = rescale(self.model, **self.kw)
-            finally:
-                if training:
-                    self.model.train()
+            self.last = rescale_in_eval(self.model, **self.kw)
         if due or self.optimizer is None:
             self.optimizer = self.make_optimizer()
         return self.optimizer

@@ -2,7 +2,8 @@
 Descent* (Cabannes, Simsek, Bietti, ICML 2024), computed by fastmem at run time.
 
 Also ``cmd``: Correlation Mode Decomposition (fastmem.cmd) of a fastmem run, and PathCond's
-``pathcond-moons`` and ``pathcond-depth`` (fastmem.pathcond; PyTorch and scikit-learn needed), and
+``pathcond-moons``, ``pathcond-depth``, ``pathcond-conv`` and ``pathcond-conv-resnet18``
+(fastmem.pathcond; PyTorch and scikit-learn needed), and
 Scan and Snap's ``scan-snap-small`` (Fig. 4) and ``scan-snap-medium`` (Fig. 6; fastmem.scansnap), and the
 paper's own small-transformer study, ``ihead-wo2`` and ``ihead-all`` (fastmem.transformer).
 Each writes its figures (PNG and PDF) and NAME.json with its key numbers, the
@@ -42,6 +43,8 @@ EXPERIMENTS = {e.name: e for e in (
     Experiment("cmd", cmd_run.cmd_experiment),
     Experiment("pathcond-moons", pathcond.moons_experiment, minutes=0.8),
     Experiment("pathcond-depth", pathcond.depth_experiment, minutes=2.5),
+    Experiment("pathcond-conv", pathcond.conv_experiment, minutes=2.5),
+    Experiment("pathcond-conv-resnet18", pathcond.conv_resnet18_experiment, minutes=2.5),
     Experiment("scan-snap-small", scansnap.small_experiment),
     Experiment("scan-snap-medium", scansnap.medium_experiment, minutes=0.2),
     Experiment("ihead-wo2", transformer.wo2_experiment, minutes=0.3),
