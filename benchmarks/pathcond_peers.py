@@ -1,5 +1,7 @@
-"""PathCond's solve against a PyTorch port of the authors' per-neuron solver, and the whole
-rescaling of a ResNet-18-sized plain conv net, side by side.
+"""PathCond's solve against a PyTorch port of the authors' per-neuron solver on their MLP
+3072-500x7-10, the same MLP through the authors' model class (fastmem reads it from its torch.fx
+graph) and through nn.Sequential, and the whole rescaling of torchvision's ResNet-18 and
+ResNet-50 (fastmem.pathcond.models) on 3 x 224 x 224 inputs, side by side in one run.
 
     python benchmarks/pathcond_peers.py [--repeats 3]
 
@@ -9,6 +11,7 @@ diag G and must give the same z to 1e-8.
 """
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -32,17 +35,21 @@ def mlp_3072_500x7_10():
     return torch.nn.Sequential(*layers)
 
 
-def plain_conv_net():
-    """A ResNet-18-sized plain conv stack on 3 x 32 x 32 inputs: 11.8 M parameters."""
+def authors_mlp(sequential):
+    """The authors' model class in shape (their pathcond/models.py MLP: an nn.Sequential subclass
+    holding its layers in self.model, with its own forward), read by fastmem from its torch.fx
+    graph, holding the layers of ``sequential``."""
     import torch
 
-    torch.manual_seed(0)
-    nn, layers, c = torch.nn, [], 3
-    for out, stride in [(64, 1), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1),
-                        (512, 1), (512, 1)]:
-        layers += [nn.Conv2d(c, out, 3, stride=stride, padding=1), nn.ReLU()]
-        c = out
-    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(512 * 4 * 4, 10))
+    class MLP(torch.nn.Sequential):
+        def __init__(self):
+            super().__init__()
+            self.model = sequential
+
+        def forward(self, x):
+            return self.model(x)
+
+    return MLP()
 
 
 def _median(f, repeats):
@@ -84,20 +91,51 @@ def main(argv=None):
     base = med["PyTorch port: diag G + solve"]
     for name, t in med.items():
         print(f"  {name:<32} {t * 1e3:10.1f} ms   port / this: {base / t:6.1f}x")
-    conv = plain_conv_net()
-    cnet = fm.pathcond.Network.from_torch(conv, (3, 32, 32))
-    x = torch.randn(4, 3, 32, 32)
-    before = conv(x).detach()
-    t = time.perf_counter()
-    res = fm.pathcond.rescale(conv, input_shape=(3, 32, 32), sweeps=10, tol=1e-2)
-    whole = time.perf_counter() - t
-    t = time.perf_counter()
-    fm.pathcond.diag_G(cnet)
-    dg = time.perf_counter() - t
-    err = float((conv(x).detach() - before).abs().max() / before.abs().max())
-    print(f"plain conv net: P = {cnet.n_params:,}, channels = {sum(cnet.hidden_sizes()):,}: whole rescaling "
-          f"{whole:.3f} s (diag G {dg:.3f} s), {res.sweeps} sweeps, AM/GM {res.am_gm[0]:.3g} -> {res.am_gm[1]:.3g}, "
-          f"function kept to {err:.1e} (float32)")
+    # the traced path (the authors' class) against nn.Sequential: the same layers, the same z
+    def whole(make):
+        return lambda: fm.pathcond.rescale(make(), sweeps=10, tol=1e-2)
+
+    seq = whole(lambda: copy.deepcopy(model))
+    traced = whole(lambda: authors_mlp(copy.deepcopy(model)))
+    seq()
+    traced()
+    times = {seq: [], traced: []}
+    for _ in range(max(a.repeats, 5)):  # interleaved: the machine's noise falls on both alike
+        for f in times:
+            t = time.perf_counter()
+            f()
+            times[f].append(time.perf_counter() - t)
+    t_seq, t_traced = statistics.median(times[seq]), statistics.median(times[traced])
+    print(f"  whole rescaling, nn.Sequential       {t_seq * 1e3:10.1f} ms")
+    print(f"  whole rescaling, the authors' class  {t_traced * 1e3:10.1f} ms   traced / Sequential: "
+          f"{t_traced / t_seq:.3f}")
+    import warnings
+
+    from fastmem.pathcond import models
+
+    warnings.simplefilter("ignore", fm.pathcond.PathCondWarning)  # BatchNorm, max-pooling: known
+    for depth in (18, 50):
+        torch.manual_seed(0)
+        init = getattr(models, f"resnet{depth}")().eval()
+        x = torch.randn(2, 3, 224, 224)
+        before = init(x).detach()
+        fresh = [copy.deepcopy(init) for _ in range(a.repeats)]
+        times, parts = [], {}
+        for m in fresh:  # from the initial weights each time
+            t = time.perf_counter()
+            res = fm.pathcond.rescale(m, input_shape=(3, 224, 224))
+            times.append(time.perf_counter() - t)
+        net = fm.pathcond.Network.from_torch(init, (3, 224, 224))
+        parts["graph"] = _median(lambda: fm.pathcond.Network.from_torch(init, (3, 224, 224)), a.repeats)
+        G = fm.pathcond.diag_G(net)
+        parts["diag G"] = _median(lambda: fm.pathcond.diag_G(net), a.repeats)
+        parts["solve"] = _median(lambda: fm.pathcond.solve(net, G=G), a.repeats)
+        err = float((fresh[0](x).detach() - before).abs().max() / before.abs().max())
+        print(f"ResNet-{depth} (3 x 224 x 224, float32, eval): P = {net.n_params:,}, {len(net.rescaled())} rescaled "
+              f"layers, {sum(net.hidden_sizes()):,} channels: whole rescaling {statistics.median(times):.3f} s ("
+              + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in parts.items())
+              + f"), {res.sweeps} sweeps, AM/GM {res.am_gm[0]:.3g} -> {res.am_gm[1]:.3g}, function kept to "
+              f"{err:.1e}")
 
 
 if __name__ == "__main__":

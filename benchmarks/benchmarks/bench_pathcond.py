@@ -45,3 +45,36 @@ class PathCondMLP:
         return 10 * self.net.n_params / (time.perf_counter() - t)
 
     track_parameters_per_second.unit = "parameters/s"
+
+
+class PathCondResNet:
+    """The whole rescaling of torchvision's ResNets (fastmem.pathcond.models, block for block) on
+    3 x 224 x 224 inputs, eval mode, float32 (PyTorch needed): diag G with torch on the model's
+    device, the solver, the update. A fresh copy of the initial model each time."""
+
+    params = ([18, 34, 50], ["cpp", "numba"])
+    param_names = ["depth", "backend"]
+    timeout = 300
+
+    def setup(self, depth, backend):
+        require(backend, "pathcond_solve")
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise NotImplementedError("PyTorch is not installed") from None
+        import warnings
+
+        from fastmem.pathcond import models
+
+        warnings.simplefilter("ignore", fm.pathcond.PathCondWarning)  # BatchNorm, max-pooling: known
+        __import__("torch").manual_seed(0)
+        self.model = getattr(models, f"resnet{depth}")().eval()
+        self.state = {k: t.clone() for k, t in self.model.state_dict().items()}
+        self.backend = backend
+
+    def time_rescale(self, depth, backend):
+        self.model.load_state_dict(self.state)  # from the initial weights each time (a few ms)
+        fm.pathcond.rescale(self.model, input_shape=(3, 224, 224), backend=self.backend)
+
+    def time_diag_G(self, depth, backend):
+        fm.pathcond.diag_G(self.model, input_shape=(3, 224, 224))

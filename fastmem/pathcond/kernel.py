@@ -149,8 +149,8 @@ def _diag_G_torch(net):
     dtype = torch.float32 if first.device.type == "mps" else torch.float64
     leaves = []
 
-    def square(a):
-        leaf = a.detach().to(dtype).square().requires_grad_(True)
+    def square(a):  # one new tensor per parameter (fresh memory is slow to touch on some machines)
+        leaf = a.detach().to(dtype, copy=True).square_().requires_grad_(True)
         leaves.append(leaf)
         return leaf
 
@@ -180,7 +180,12 @@ def _diag_G_torch(net):
                 a = sum(ins[1:], ins[0])
             acts.append(a)
         acts[-1].sum().backward()
-    return torch.cat([leaf.grad.reshape(-1) for leaf in leaves]).cpu().numpy().astype(np.float64)
+    grads = [leaf.grad.reshape(-1) for leaf in leaves]
+    if first.device.type == "cpu":  # straight into the result: no copy of G in between
+        G = np.empty(sum(g.numel() for g in grads))
+        torch.cat(grads, out=torch.from_numpy(G))
+        return G
+    return torch.cat(grads).cpu().numpy().astype(np.float64, copy=False)
 
 
 def _check_memory(net, P):
