@@ -439,6 +439,43 @@ class _UsersConvNet(nn.Module):
         return self.fc(self.drop(torch.flatten(x, 1)))
 
 
+class _AuthorsMLPBN(nn.Module):
+    """The authors' MLP_BN in shape (pathcond/models.py): named Linear (no bias), BatchNorm1d and
+    ReLU layers in an OrderedDict, a flatten only for inputs of more than two dimensions."""
+
+    def __init__(self, sizes):
+        super().__init__()
+        from collections import OrderedDict
+
+        layers = OrderedDict()
+        for i, (a, b) in enumerate(zip(sizes[:-2], sizes[1:-1])):
+            layers[f"lin{i}"], layers[f"bn{i}"], layers[f"relu{i}"] = nn.Linear(a, b, bias=False), nn.BatchNorm1d(b), \
+                nn.ReLU()
+        layers["output"] = nn.Linear(sizes[-2], sizes[-1])
+        self.model = nn.Sequential(layers)
+
+    def forward(self, x):
+        if x.dim() > 2:
+            x = x.view(x.size(0), -1)
+        return self.model(x)
+
+
+@pytest.mark.parametrize("input_shape", [None, (1, 3, 4)])
+def test_the_authors_mlp_bn_reads_with_its_branch_on_the_input_rank(input_shape):
+    torch.manual_seed(1)
+    model = _AuthorsMLPBN([12, 8, 8, 4]).double()
+    model.train()
+    model(torch.randn(16, 12, dtype=torch.float64))  # running statistics away from 0 and 1
+    model.eval()
+    x = torch.randn((5,) + (input_shape or (12,)), dtype=torch.float64)
+    before = model(x).detach()
+    with pytest.warns(pc.PathCondWarning, match=r"model.model.bn0, model.model.bn1 \(BatchNorm\)"):
+        res = pc.rescale(model, input_shape=input_shape)
+    assert res.network.rescaled() == ["model.lin0", "model.lin1"]
+    assert (res.network.layers[0].__class__ is pc.Flatten) == (input_shape is not None)
+    torch.testing.assert_close(model(x), before, rtol=0, atol=1e-12)
+
+
 def test_any_module_is_read_from_its_graph():
     # torch.fx: the authors' MLP class and a user's nn.Module rescale with their functions
     # preserved, and the authors' class exactly as the nn.Sequential of the same layers

@@ -202,7 +202,7 @@ class Network:
         residual additions (``out += identity``): nn.Sequential, the authors' model classes,
         torchvision's ResNets. BatchNorm and MaxPool2d are kept with a PathCondWarning saying
         why; any other operation is refused with its node's name."""
-        layers, relus = _traced_layers(model)
+        layers, relus = _traced_layers(model, 2 if input_shape is None else 1 + len(input_shape))
         net = cls(layers, input_shape)
         if not relus:
             v.fail("model", "a ReLU network (PathCond's rescaling is ReLU's positive homogeneity)", "no ReLU")
@@ -409,12 +409,14 @@ def _layer_of(child, full):
            "BatchNorm layers (and residual additions between them)", type(child).__name__)
 
 
-def _traced_layers(model):
+def _traced_layers(model, rank=2):
     """The layers of a module, read from its torch.fx graph, and how many ReLUs it applies.
     torch.fx rather than torch.export: symbolic tracing needs no example input and keeps the
     modules (their parameters are the ones rescaled in place); a module it cannot trace (a
-    branch on the data) is refused by name. A ReLU, nn.Identity and shape queries
-    (``x.size(0)``) are not layers: what reads them reads their input."""
+    branch on the data) is refused by name, but the input's rank (``rank``, with the batch) is
+    known, so a branch on ``x.dim()`` / ``x.ndim`` reads it (the authors' MLP_BN flattens only
+    inputs of more than two dimensions). A ReLU, nn.Identity and shape queries (``x.size(0)``)
+    are not layers: what reads them reads their input."""
     import operator
 
     import torch
@@ -425,8 +427,20 @@ def _traced_layers(model):
     if not list(model.children()):  # one layer (nn.Linear, ...): no graph to read
         la = _layer_of(model, type(model).__name__)
         return ([] if la is None else [la]), int(isinstance(model, nn.ReLU))
+    class Input(fx.Proxy):
+        def dim(self):
+            return rank
+
+        @property
+        def ndim(self):
+            return rank
+
+    class Tracer(fx.Tracer):
+        def proxy(self, node):
+            return Input(node, self) if node.op == "placeholder" else super().proxy(node)
+
     try:  # the graph alone (no GraphModule: its code generation took longer than the rescaling)
-        graph = fx.Tracer().trace(model)
+        graph = Tracer().trace(model)
     except Exception as exc:  # noqa: BLE001 - whatever tracing raises, the module is not one fastmem can read
         v.fail("model", "a module torch.fx can trace (no branch on the data)",
                f"{type(model).__name__} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
