@@ -845,3 +845,21 @@ def test_diag_G_of_a_resnet_counts_the_paths_through_its_skips():
     assert np.all(G[:n_stem] > G0[:n_stem]) and np.all(G[-99:-3] > G0[-99:-3])  # fc.weight, not its bias
     block = slice(n_stem, n_stem + net.params()[1].weight.numel() + net.params()[2].weight.numel())
     assert np.all(G[block] >= G0[block])
+
+
+def test_the_compiled_solver_refuses_groups_that_are_not_chains():
+    # for C++ embedders: a block shared by two groups that are not consecutive, or one read with
+    # two shapes, would give wrong sums; the kernel says so instead
+    from fastmem.backends import get
+
+    pytest.importorskip("fastmem._core_baseline")
+    net = pc.Network.from_torch(_mlp([3, 4, 5, 2]))
+    G, groups = pc.diag_G(net), net.groups()
+    solve = get("cpp", kernel="pathcond_solve").pathcond_solve
+    z = np.zeros(groups[:, 0].sum() + groups[0, 0])
+    with pytest.raises(ValueError, match="groups: chains"):
+        solve(G, np.ascontiguousarray(np.vstack([groups, groups[:1]])), z, None, 0.0, 1, False)
+    bad = groups.copy()
+    bad[1, 2] += 1  # group 1's incoming rows one wider than group 0's outgoing block
+    with pytest.raises(ValueError, match="groups: a shared block of one shape"):
+        solve(G, np.ascontiguousarray(bad), np.zeros(groups[:, 0].sum()), None, 0.0, 1, False)
