@@ -722,8 +722,31 @@ def _small_resnet():
     return _randomise_batchnorm(models.resnet18(num_classes=3, width=4)).double().eval()
 
 
+class _FunctionalPools(nn.Module):
+    """Pooling written as functions: F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(9)
+        self.c1, self.c2, self.fc = nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1), nn.Linear(16, 3)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.c1(x)), 2)
+        x = F.avg_pool2d(F.relu(self.c2(x)), kernel_size=2, stride=1)
+        return self.fc(F.adaptive_avg_pool2d(x, (2, 2)).flatten(1))
+
+
 TWINS = {"conv-pool": (_conv_pool_net, (2, 8, 8)), "resnet18-narrow": (_small_resnet, (3, 16, 16)),
-         "bottleneck": (lambda: _Bottleneck().double(), (1, 3, 3))}
+         "bottleneck": (lambda: _Bottleneck().double(), (1, 3, 3)),
+         "functional-pools": (lambda: _FunctionalPools().double(), (2, 6, 6))}
+
+
+@pytest.mark.filterwarnings("ignore::fastmem.pathcond.network.PathCondWarning")
+def test_pooling_functions_read_as_their_modules():
+    net = pc.Network.from_torch(_FunctionalPools(), (2, 6, 6))
+    assert [type(la).__name__ for la in net.layers] == ["Conv2d", "MaxPool2d", "Conv2d", "AvgPool2d",
+                                                       "AdaptiveAvgPool2d", "Flatten", "Dense"]
+    assert net.layers[3].kernel == (2, 2) and net.layers[3].stride == (1, 1) and net.rescaled() == ["c1", "c2"]
 
 
 @pytest.mark.filterwarnings("ignore::fastmem.pathcond.network.PathCondWarning")
