@@ -20,7 +20,7 @@ class Rescaling:
         ``network.rescaled()``
     z_layers : the same, one array per rescaled layer
     objective : F before the first sweep and after each (PathCond); F before and after (ENorm;
-        NaN where diag G has zeros)
+        NaN where diag G is not finite and non-negative)
     sweeps : sweeps done
     method : "pathcond" or "enorm"
     network : the fastmem.pathcond.Network rescaled (its arrays are the caller's when inplace)
@@ -65,7 +65,7 @@ def solve(model, sweeps=10, tol=1e-2, method="pathcond", backend=None, input_sha
                f"{int((~np.isfinite(z)).sum())} neurons with all-zero incoming or outgoing weights")
     if obj is not None:
         obj = obj[:done + 1]
-    elif np.isfinite(G).all() and (G > 0).all():  # ENorm: PathCond's F before and after, where defined
+    elif np.isfinite(G).all() and (G >= 0).all() and G.any():  # ENorm: PathCond's F before and after
         obj = np.array([objective(G), objective(G, z, groups=groups)])
     else:
         obj = np.full(2, np.nan)
