@@ -147,7 +147,7 @@ def _unrolled(net):
                     M[(co * Ho + y) * Wo + x, (ci * H + yy) * W + xx] = w + ((co * Ci + ci) * kh + u) * kw + v
             bias = np.repeat(b + np.arange(Co), Ho * Wo) if b >= 0 else bias
         elif isinstance(la, (pc.AvgPool2d, pc.AdaptiveAvgPool2d)):
-            Ah, Aw = pc.network.pool_weights(la, shape_in)
+            Ah, Aw = pc.layers.pool_weights(la, shape_in)
             C = np.kron(np.eye(shape_in[0]), np.kron(Ah, Aw))
         else:  # a skip, a flatten, BatchNorm (the identity, as the authors take it)
             C = np.eye(n_out)
@@ -741,7 +741,7 @@ TWINS = {"conv-pool": (_conv_pool_net, (2, 8, 8)), "resnet18-narrow": (_small_re
          "functional-pools": (lambda: _FunctionalPools().double(), (2, 6, 6))}
 
 
-@pytest.mark.filterwarnings("ignore::fastmem.pathcond.network.PathCondWarning")
+@pytest.mark.filterwarnings("ignore::fastmem.pathcond.PathCondWarning")
 def test_pooling_functions_read_as_their_modules():
     net = pc.Network.from_torch(_FunctionalPools(), (2, 6, 6))
     assert [type(la).__name__ for la in net.layers] == ["Conv2d", "MaxPool2d", "Conv2d", "AvgPool2d",
@@ -749,7 +749,7 @@ def test_pooling_functions_read_as_their_modules():
     assert net.layers[3].kernel == (2, 2) and net.layers[3].stride == (1, 1) and net.rescaled() == ["c1", "c2"]
 
 
-@pytest.mark.filterwarnings("ignore::fastmem.pathcond.network.PathCondWarning")
+@pytest.mark.filterwarnings("ignore::fastmem.pathcond.PathCondWarning")
 @pytest.mark.parametrize("name", TWINS)
 def test_diag_G_of_a_torch_model_is_taken_with_torch_on_its_device(monkeypatch, name):
     # torch operations on the parameters' device, the result to the host once: the same G as the
@@ -811,7 +811,7 @@ def test_hand_written_residual_networks_name_their_inputs():
 
 
 @pytest.mark.gpu
-@pytest.mark.filterwarnings("ignore::fastmem.pathcond.network.PathCondWarning")
+@pytest.mark.filterwarnings("ignore::fastmem.pathcond.PathCondWarning")
 @pytest.mark.parametrize("name", TWINS)
 def test_a_cuda_model_is_rescaled_on_its_device(name):
     if not torch.cuda.is_available():
@@ -831,7 +831,7 @@ def test_a_cuda_model_is_rescaled_on_its_device(name):
 RESNETS = {"resnet18": ("conv1",), "resnet34": ("conv1",), "resnet50": ("conv1", "conv2")}
 
 
-@pytest.mark.filterwarnings("ignore::fastmem.pathcond.network.PathCondWarning")
+@pytest.mark.filterwarnings("ignore::fastmem.pathcond.PathCondWarning")
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
 @pytest.mark.parametrize("depth", RESNETS)
 def test_a_resnet_is_rescaled_with_its_function_preserved(depth, dtype, tol):
@@ -855,7 +855,7 @@ def test_a_resnet_is_rescaled_with_its_function_preserved(depth, dtype, tol):
         assert torch.equal(t, state[key]) != (key in moved), key
 
 
-@pytest.mark.filterwarnings("ignore::fastmem.pathcond.network.PathCondWarning")
+@pytest.mark.filterwarnings("ignore::fastmem.pathcond.PathCondWarning")
 def test_diag_G_of_a_resnet_counts_the_paths_through_its_skips():
     # the first block without its skip: the skip adds paths through every parameter before the
     # block (and after it), so their G grows; G of the block's own convolutions cannot

@@ -4,9 +4,10 @@ docs/pathcond.md), with ENorm as the baseline.
 >>> res = fm.pathcond.rescale(model, sweeps=10, tol=1e-2)    # an nn.Module or fm.pathcond.Network
 >>> res.z, res.objective                                      # one z per hidden neuron; F per sweep
 
-- ``network.py``: the network description (dense and convolutional layers, ReLU between),
-  from numpy arrays or any PyTorch nn.Module (its torch.fx graph: chains and residual
-  networks), which layers are rescaled, and the flat layout of its parameters;
+- ``layers.py``: the layers (dense, convolutional, pooling, BatchNorm, residual additions);
+- ``network.py``: the network, a graph of them built from numpy arrays or any PyTorch nn.Module
+  (``torch_graph.py`` reads its torch.fx graph: chains and residual networks), which layers are
+  rescaled, and the flat layout of its parameters;
 - ``kernel.py``: diag G by one backward pass on squared parameters, the objective F, the
   function-preserving update;
 - ``solve.py``: the exact coordinate solver (a compiled kernel of the backend registry:
@@ -20,8 +21,9 @@ _register(__name__, {  # PathCond's kernel, as fastmem.memory's
 })
 
 from .kernel import bz, diag_G, objective
-from .network import (Add, AdaptiveAvgPool2d, AvgPool2d, BatchNorm, Conv2d, Dense, Flatten, Identity, MaxPool2d,
-                      Network, PathCondWarning)
+from .layers import (Add, AdaptiveAvgPool2d, AvgPool2d, BatchNorm, Conv2d, Dense, Flatten, Identity, MaxPool2d,
+                     PathCondWarning)
+from .network import Network
 from .solve import RescaleEvery, Rescaling, apply, rescale, solve
 from . import experiments  # registers the sweep experiments
 

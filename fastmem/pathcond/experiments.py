@@ -12,7 +12,7 @@ import numpy as np
 from .. import _validate as v
 from ..sweeps import Experiment, register
 from ..sweeps.experiment import integer_key, number_key
-from .network import PathCondWarning
+from .layers import PathCondWarning
 from .solve import rescale
 
 METHODS = ("baseline", "pathcond", "enorm")

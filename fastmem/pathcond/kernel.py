@@ -8,8 +8,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import _validate as v
 from .._interrupts import deferred_ctrl_c
-from .network import (Add, AdaptiveAvgPool2d, AvgPool2d, Conv2d, Dense, Flatten, MaxPool2d, _shape, _to_numpy,
-                      pool_weights)
+from .layers import Add, AdaptiveAvgPool2d, AvgPool2d, Conv2d, Dense, Flatten, MaxPool2d, pool_weights
+from .network import _shape, _to_numpy
 
 
 def _im2col(a, kh, kw, stride, pad):

@@ -1,7 +1,7 @@
-"""The network PathCond works on: dense and convolutional layers with ReLU (positively homogeneous
-operations) between them, in a chain or with residual additions, described by fastmem (arrays it
-can read and rescale in place), built from numpy arrays or read from a PyTorch module's torch.fx
-graph.
+"""The network PathCond works on: a graph of the layers of layers.py (dense and convolutional
+layers with ReLU, positively homogeneous, between them, in a chain or with residual additions),
+built from numpy arrays or read from a PyTorch module (torch_graph.py); its shapes, the layers
+whose outputs are rescaled, and the solver's groups.
 
 Flat layout: the parameters in layer order, each layer's weight (C order) then its bias; diag G,
 theta^2 and the solver's groups all use it. BatchNorm's parameters are not in it (as in the
@@ -16,115 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _validate as v
-
-
-class PathCondWarning(UserWarning):
-    """A layer where PathCond's rescaling or its kernel is not exact (named in the message)."""
-
-
-# Every layer reads ``inputs``: the indices of earlier layers in ``Network.layers`` (-1: the
-# network's input); None reads the layer before it (the network's input for the first).
-
-@dataclass
-class Dense:
-    """y = W x + b; weight (out, in), bias (out,) or None."""
-
-    weight: object
-    bias: object = None
-    name: str = "dense"
-    inputs: tuple = None
-
-
-@dataclass
-class Conv2d:
-    """2-D cross-correlation; weight (C_out, C_in, kh, kw), bias (C_out,) or None; rescaled per
-    output channel."""
-
-    weight: object
-    bias: object = None
-    stride: tuple = (1, 1)
-    padding: tuple = (0, 0)
-    name: str = "conv"
-    inputs: tuple = None
-
-
-@dataclass
-class Flatten:
-    name: str = "flatten"
-    inputs: tuple = None
-
-
-@dataclass
-class MaxPool2d:
-    """Max-pooling: the function is preserved (it commutes with positive scaling), but diag G
-    through it is approximate: the all-ones forward keeps the maxima of its own values."""
-
-    kernel: tuple = (2, 2)
-    stride: tuple = (2, 2)
-    padding: tuple = (0, 0)
-    name: str = "maxpool"
-    inputs: tuple = None
-
-
-@dataclass
-class AvgPool2d:
-    """Average pooling (zero padding; ``count_include_pad`` as PyTorch's): a linear layer of
-    fixed weights 1 / (window size), which the path-lifting counts (squared) like any other."""
-
-    kernel: tuple = (2, 2)
-    stride: tuple = (2, 2)
-    padding: tuple = (0, 0)
-    count_include_pad: bool = True
-    name: str = "avgpool"
-    inputs: tuple = None
-
-
-@dataclass
-class AdaptiveAvgPool2d:
-    """PyTorch's adaptive average pooling to ``output_size`` (H_out, W_out): window i of an axis
-    of n covers [floor(i n / out), ceil((i + 1) n / out))."""
-
-    output_size: tuple = (1, 1)
-    name: str = "avgpool"
-    inputs: tuple = None
-
-
-@dataclass
-class BatchNorm:
-    """BatchNorm in eval mode, y = gamma (x - running_mean) / sqrt(running_var + eps) + bias, per
-    channel (per feature after a flatten). As in the authors' code it is the identity for diag G
-    and its parameters are not in the flat layout; a rescaling of the channels it carries scales
-    ``bias`` and ``running_mean`` with them, which keeps its output exactly proportional (gamma
-    and the variance stay). ``batch_stats``: it normalises with each batch's statistics
-    (training mode), which no rescaling of the layers before it survives: refused there."""
-
-    bias: object = None
-    running_mean: object = None
-    batch_stats: bool = False
-    name: str = "batchnorm"
-    inputs: tuple = None
-
-
-@dataclass
-class Identity:
-    """A layer diag G and the rescaling pass through unchanged (Dropout)."""
-
-    name: str = "identity"
-    inputs: tuple = None
-
-
-@dataclass
-class Add:
-    """The sum of ``inputs`` (two or more earlier layers of one shape): a residual connection.
-    The channels it sums are tied (a skip carries them unscaled), so the layers that write them
-    keep their scale; diag G counts the paths through every branch."""
-
-    inputs: tuple = None
-    name: str = "add"
-
-
-PARAM_LAYERS = (Dense, Conv2d)
-_CHANNEL_WISE = (MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, BatchNorm, Identity, Flatten)  # carry a channel's scale
+from .layers import (CHANNEL_WISE, PARAM_LAYERS, Add, AdaptiveAvgPool2d, AvgPool2d, BatchNorm, Conv2d, Dense,
+                     Flatten, MaxPool2d, PathCondWarning)
+from .torch_graph import traced_layers
 
 
 @dataclass
@@ -138,10 +32,6 @@ class RescaledLayer:
     consumer: int
     batchnorms: list
     inner: int
-
-
-def _pair(x):
-    return (int(x), int(x)) if np.ndim(x) == 0 else tuple(int(a) for a in x)
 
 
 @dataclass
@@ -202,7 +92,7 @@ class Network:
         residual additions (``out += identity``): nn.Sequential, the authors' model classes,
         torchvision's ResNets. BatchNorm and MaxPool2d are kept with a PathCondWarning saying
         why; any other operation is refused with its node's name."""
-        layers, relus = _traced_layers(model, 2 if input_shape is None else 1 + len(input_shape))
+        layers, relus = traced_layers(model, 2 if input_shape is None else 1 + len(input_shape))
         net = cls(layers, input_shape)
         if not relus:
             v.fail("model", "a ReLU network (PathCond's rescaling is ReLU's positive homogeneity)", "no ReLU")
@@ -275,7 +165,7 @@ class Network:
             if not isinstance(la, PARAM_LAYERS):
                 continue
             node, inner, norms = i, 1, []
-            while len(self.readers[node]) == 1 and isinstance(self.layers[self.readers[node][0]], _CHANNEL_WISE):
+            while len(self.readers[node]) == 1 and isinstance(self.layers[self.readers[node][0]], CHANNEL_WISE):
                 node = self.readers[node][0]
                 mid = self.layers[node]
                 if isinstance(mid, Flatten):
@@ -371,157 +261,6 @@ def _names(names, most=4):
                                                             else "")
 
 
-def _layer_of(child, full):
-    """The layer of one PyTorch leaf module (None for a ReLU or nn.Identity), or a named error."""
-    import torch.nn as nn
-
-    if isinstance(child, nn.Linear):
-        return Dense(child.weight, child.bias, name=full)
-    if isinstance(child, nn.Conv2d):
-        if child.groups != 1 or _pair(child.dilation) != (1, 1) or not isinstance(child.padding, tuple) \
-                or child.padding_mode != "zeros":
-            v.fail(f"model.{full}", "a Conv2d with groups=1, dilation 1 and numeric zero padding", repr(child))
-        return Conv2d(child.weight, child.bias, _pair(child.stride), _pair(child.padding), name=full)
-    if isinstance(child, (nn.ReLU, nn.Identity)):
-        return None
-    if isinstance(child, (nn.Dropout, nn.Dropout2d)):
-        return Identity(name=full)
-    if isinstance(child, nn.Flatten):
-        if child.start_dim != 1 or child.end_dim != -1:
-            v.fail(f"model.{full}", "Flatten(start_dim=1, end_dim=-1)", repr(child))
-        return Flatten(name=full)
-    if isinstance(child, nn.MaxPool2d):
-        if _pair(child.dilation) != (1, 1) or child.ceil_mode or child.return_indices:
-            v.fail(f"model.{full}", "a MaxPool2d with dilation 1 and ceil_mode False", repr(child))
-        return MaxPool2d(_pair(child.kernel_size), _pair(child.stride or child.kernel_size), _pair(child.padding),
-                         name=full)
-    if isinstance(child, nn.AvgPool2d):
-        if child.ceil_mode or child.divisor_override is not None:
-            v.fail(f"model.{full}", "an AvgPool2d with ceil_mode False and no divisor_override", repr(child))
-        return AvgPool2d(_pair(child.kernel_size), _pair(child.stride or child.kernel_size), _pair(child.padding),
-                         bool(child.count_include_pad), name=full)
-    if isinstance(child, nn.AdaptiveAvgPool2d):
-        size = child.output_size
-        return AdaptiveAvgPool2d((size, size) if size is None or np.ndim(size) == 0 else tuple(size), name=full)
-    if isinstance(child, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        return BatchNorm(child.bias, child.running_mean, child.training or child.running_mean is None, name=full)
-    v.fail(f"model.{full}", "Linear, Conv2d, ReLU, Flatten, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Dropout or "
-           "BatchNorm layers (and residual additions between them)", type(child).__name__)
-
-
-def _traced_layers(model, rank=2):
-    """The layers of a module, read from its torch.fx graph, and how many ReLUs it applies.
-    torch.fx rather than torch.export: symbolic tracing needs no example input and keeps the
-    modules (their parameters are the ones rescaled in place); a module it cannot trace (a
-    branch on the data) is refused by name, but the input's rank (``rank``, with the batch) is
-    known, so a branch on ``x.dim()`` / ``x.ndim`` reads it (the authors' MLP_BN flattens only
-    inputs of more than two dimensions). A ReLU, nn.Identity and shape queries (``x.size(0)``)
-    are not layers: what reads them reads their input."""
-    import operator
-
-    import torch
-    import torch.fx as fx
-    import torch.nn as nn
-    import torch.nn.functional as F
-
-    if not list(model.children()):  # one layer (nn.Linear, ...): no graph to read
-        la = _layer_of(model, type(model).__name__)
-        return ([] if la is None else [la]), int(isinstance(model, nn.ReLU))
-    class Input(fx.Proxy):
-        def dim(self):
-            return rank
-
-        @property
-        def ndim(self):
-            return rank
-
-    class Tracer(fx.Tracer):
-        def proxy(self, node):
-            return Input(node, self) if node.op == "placeholder" else super().proxy(node)
-
-    try:  # the graph alone (no GraphModule: its code generation took longer than the rescaling)
-        graph = Tracer().trace(model)
-    except Exception as exc:  # noqa: BLE001 - whatever tracing raises, the module is not one fastmem can read
-        v.fail("model", "a module torch.fx can trace (no branch on the data)",
-               f"{type(model).__name__} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
-    modules = dict(model.named_modules())
-    layers, where, shapes, relus = [], {}, set(), 0  # where: fx node -> index in layers (-1: the input)
-    pools = {F.max_pool2d: nn.MaxPool2d, torch.max_pool2d: nn.MaxPool2d, F.avg_pool2d: nn.AvgPool2d,
-             F.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d}
-    additions = (operator.add, operator.iadd, torch.add)
-
-    def layer(la, inputs):
-        la.inputs = tuple(where[a] for a in inputs)
-        layers.append(la)
-        return len(layers) - 1
-
-    for node in graph.nodes:
-        what = f"{node.op} {getattr(node.target, '__name__', node.target)}"
-        if node.op == "placeholder":
-            if where:
-                v.fail(f"model.{node.name}", "one input", "a second input")
-            where[node] = -1
-            continue
-        size = node.op == "call_method" and node.target == "size"
-        shape = node.op == "call_function" and node.target is getattr and node.args[1] == "shape"
-        index = node.op == "call_function" and node.target is operator.getitem and node.args[0] in shapes
-        if size or shape or index:
-            shapes.add(node)  # x.size(0), x.shape[0]: the batch size for a view, not a layer
-            continue
-        if node.op == "get_attr":
-            v.fail(f"model.{node.name}", "parameters used through their modules (nn.Linear, nn.Conv2d), which "
-                   "fastmem rescales", f"{what} in a functional call")
-        inputs = [a for a in node.all_input_nodes if a not in shapes]
-        if node.op == "output":
-            if len(inputs) != 1 or where[inputs[0]] != len(layers) - 1:
-                v.fail("model", "one output, the last layer's", [a.name for a in inputs])
-            break
-        adds = (node.op == "call_function" and node.target in additions) or (node.op == "call_method"
-                                                                            and node.target in ("add", "add_"))
-        if adds and len(node.args) == 2 and not node.kwargs and all(isinstance(a, fx.Node) for a in node.args):
-            where[node] = layer(Add(name=node.name), node.args)  # a residual connection
-            continue
-        if len(inputs) != 1:
-            v.fail(f"model.{node.name}", "operations on one tensor, or the addition of two (a residual connection)",
-                   f"{what} on {[a.name for a in inputs]}")
-        if node.op == "call_module":
-            module = modules[node.target]
-            la = _layer_of(module, node.target)
-            if la is None:  # ReLU, nn.Identity
-                relus += isinstance(module, nn.ReLU)
-                where[node] = where[inputs[0]]
-            else:
-                where[node] = layer(la, inputs)
-        elif (node.op == "call_function" and node.target in (F.relu, torch.relu)) or (
-                node.op == "call_method" and node.target in ("relu", "relu_")):
-            relus += 1  # the network's nonlinearity: what reads it reads its input
-            where[node] = where[inputs[0]]
-        elif node.op == "call_function" and node.target in pools:
-            where[node] = layer(_layer_of(pools[node.target](*node.args[1:], **node.kwargs), node.name), inputs)
-        elif _flattens(node, shapes):
-            where[node] = layer(Flatten(name=node.name), inputs)
-        elif node.op == "call_function" and node.target is F.dropout:
-            where[node] = layer(Identity(name=node.name), inputs)
-        else:
-            v.fail(f"model.{node.name}", "Linear, Conv2d, ReLU (module or F.relu / torch.relu), flatten / view / "
-                   "reshape to (batch, -1), max or average pooling, Dropout, BatchNorm or a residual addition", what)
-    return layers, relus
-
-
-def _flattens(node, shapes):
-    """torch.flatten(x, 1), x.flatten(1), x.view(x.size(0), -1), x.reshape(x.shape[0], -1)."""
-    import torch
-
-    args = list(node.args[1:]) + [node.kwargs.get(k) for k in ("start_dim",) if k in node.kwargs]
-    if (node.op == "call_function" and node.target is torch.flatten) or (node.op == "call_method"
-                                                                         and node.target == "flatten"):
-        return args[:1] == [1] and node.kwargs.get("end_dim", -1) == -1 and (len(args) < 2 or args[1] == -1)
-    if node.op == "call_method" and node.target in ("view", "reshape"):
-        dims = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
-        return len(dims) == 2 and dims[0] in shapes and dims[1] == -1
-    return False
-
-
 def _check_param(name, a, ndim):
     """A layer's array: a float32/float64 numpy array or PyTorch tensor with data, of ndim dims.
     Returns where it lives ("numpy", or the tensor's device)."""
@@ -591,30 +330,6 @@ def _windows(shape, kernel, stride, padding):
 def _bias(la, n):
     if la.bias is not None and _shape(la.bias) != (n,):
         v.fail(f"layers[{la.name}].bias", f"shape ({n},)", f"shape {_shape(la.bias)}")
-
-
-def pool_weights(la, shape):
-    """The per-axis matrices (H_out, H) and (W_out, W) of an average pooling of a (C, H, W) input:
-    the layer is a[c] -> Ah @ a[c] @ Aw.T (a window's weight 1 / its size factors over the axes,
-    padded positions dropped; counted in the size where ``count_include_pad``)."""
-    mats = []
-    for axis, n in enumerate(shape[1:]):
-        if isinstance(la, AdaptiveAvgPool2d):
-            out = n if la.output_size[axis] is None else int(la.output_size[axis])
-            starts = [i * n // out for i in range(out)]
-            ends = [-(-(i + 1) * n // out) for i in range(out)]
-            sizes = [e - b for b, e in zip(starts, ends)]
-        else:
-            k, s, p = la.kernel[axis], la.stride[axis], la.padding[axis]
-            out = (n + 2 * p - k) // s + 1
-            starts = [i * s - p for i in range(out)]
-            ends = [b + k for b in starts]
-            sizes = [k if la.count_include_pad else min(e, n) - max(b, 0) for b, e in zip(starts, ends)]
-        A = np.zeros((out, n))
-        for i, (b, e, size) in enumerate(zip(starts, ends, sizes)):
-            A[i, max(b, 0):min(e, n)] = 1.0 / size
-        mats.append(A)
-    return mats
 
 
 def as_network(model, input_shape=None):
