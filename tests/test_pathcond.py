@@ -89,6 +89,20 @@ class _Bottleneck(nn.Module):
         return self.fc(out.view(out.size(0), -1))
 
 
+class _MeanPool(nn.Module):
+    """Global average pooling written as x.mean((2, 3)) (keepdim: then a flatten)."""
+
+    def __init__(self, keepdim=False):
+        super().__init__()
+        torch.manual_seed(10)
+        self.keepdim = keepdim
+        self.c1, self.c2, self.fc = nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 3, 3, padding=1), nn.Linear(3, 2)
+
+    def forward(self, x):
+        x = F.relu(self.c2(F.relu(self.c1(x)))).mean((2, 3), keepdim=self.keepdim)
+        return self.fc(torch.flatten(x, 1) if self.keepdim else x)
+
+
 def _dead_entries():
     """3 x 3 kernels over 1 x 1 maps: only their centres are on a path (G = 0 elsewhere)."""
     torch.manual_seed(8)
@@ -109,6 +123,8 @@ NETS = {
     "residual-conv": (lambda: _ResidualConv().double(), (1, 3, 3), {"avgpool"}),
     "bottleneck": (lambda: _Bottleneck().double(), (1, 3, 3), {"avgpool"}),
     "dead-entries": (lambda: _dead_entries().double(), (2, 1, 1), {"chain", "dead"}),
+    "mean-pool": (lambda: _MeanPool().double(), (1, 3, 3), {"avgpool"}),
+    "mean-pool-keepdim": (lambda: _MeanPool(keepdim=True).double(), (1, 3, 3), {"avgpool"}),
 }
 
 

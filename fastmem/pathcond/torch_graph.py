@@ -137,12 +137,33 @@ def traced_layers(model, rank=2):
             where[node] = layer(layer_of(pools[node.target](*node.args[1:], **node.kwargs), node.name), inputs)
         elif _flattens(node, shapes):
             where[node] = layer(Flatten(name=node.name), inputs)
+        elif _spatial_mean(node) is not None:  # global average pooling, x.mean((2, 3))
+            where[node] = layer(AdaptiveAvgPool2d((1, 1), name=node.name), inputs)
+            if not _spatial_mean(node):
+                where[node] = layer(Flatten(name=f"{node.name}.flatten"), [node])
         elif node.op == "call_function" and node.target is F.dropout:
             where[node] = layer(Identity(name=node.name), inputs)
         else:
             v.fail(f"model.{node.name}", "Linear, Conv2d, ReLU (module or F.relu / torch.relu), flatten / view / "
-                   "reshape to (batch, -1), max or average pooling, Dropout, BatchNorm or a residual addition", what)
+                   "reshape to (batch, -1), max or average pooling (x.mean((2, 3)) too), Dropout, BatchNorm or a "
+                   "residual addition", what)
     return layers, relus
+
+
+def _spatial_mean(node):
+    """x.mean((2, 3)) / torch.mean(x, dim=(-2, -1)) of a (batch, C, H, W) value: its keepdim, or
+    None for any other call."""
+    import torch
+
+    if not ((node.op == "call_method" and node.target == "mean") or (node.op == "call_function"
+                                                                   and node.target is torch.mean)):
+        return None
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    if isinstance(dims, (tuple, list)) and sorted(d % 4 for d in dims) == [2, 3] and set(node.kwargs) <= {"dim",
+                                                                                                  "keepdim"}:
+        return bool(keep)
+    return None
 
 
 def _flattens(node, shapes):
