@@ -89,8 +89,9 @@ def _pathcond_solve(weights, groups, z, objective, has_objective, tol, max_sweep
     P = weights.size if enorm else live.sum()
     w = weights.copy()
     log0 = np.log(weights[live]).sum() if has_objective else 0.0
-    A = np.empty(z.size)
-    _balances(weights, groups, A)
+    A = np.zeros(z.size)  # ENorm does not use it
+    if not enorm:
+        _balances(weights, groups, A)
     hmax = groups[:, 0].max()
     s_in, s_out, f_in, f_out = np.empty(hmax), np.empty(hmax), np.empty(hmax), np.empty(hmax)
     sign = 1.0 if enorm else -1.0
@@ -122,5 +123,5 @@ def _pathcond_solve(weights, groups, z, objective, has_objective, tol, max_sweep
 
 def pathcond_solve(weights, groups, z, objective, tol, max_sweeps, enorm):
     has = objective is not None
-    return int(interruptible(_pathcond_solve, weights, groups, z, objective if has else np.empty(1), has, tol, max_sweeps,
-                             enorm, progress=lambda sweeps: (sweeps, 0)))
+    return int(interruptible(_pathcond_solve, weights, groups, z, objective if has else np.empty(1), has, tol,
+                             max_sweeps, enorm, progress=lambda sweeps: (sweeps, 0)))

@@ -127,6 +127,11 @@ CONV_METHODS = ("baseline", "pathcond", "enorm", "pathcond-schedule")
 CONV_ARCHS = ("full_conv", "resnet18")
 
 
+def full_conv_widths(width):
+    """full_conv's three block widths from the first (the authors' 128, 256, 320)."""
+    return width, 2 * width, int(2.5 * width)
+
+
 def conv_model(arch, width, seed):
     """The network of a pathcond-conv run, for 1 x 8 x 8 digits and 10 classes: the authors'
     full_conv in shape (widths width, 2 width, 2.5 width; theirs 128, 256, 320) or their CIFAR
@@ -138,7 +143,7 @@ def conv_model(arch, width, seed):
 
     torch.manual_seed(seed)
     if arch == "full_conv":
-        return models.full_conv((width, 2 * width, int(2.5 * width)), in_channels=1, num_classes=10, image=8)
+        return models.full_conv(full_conv_widths(width), in_channels=1, num_classes=10, image=8)
     return models.resnet18(num_classes=10, width=width, in_channels=1, stem="cifar")
 
 
@@ -201,7 +206,8 @@ def conv_run(c, backend=None):
         if reached is None and accuracies[-1] >= 0.99:
             reached = epoch + 1
     finite = bool(np.isfinite(losses).all())
-    row = {"status": "ok" if finite else "diverged", "epochs_to_99": float("nan") if reached is None else float(reached),
+    row = {"status": "ok" if finite else "diverged",
+           "epochs_to_99": float("nan") if reached is None else float(reached),
            "final_loss": losses[-1], "final_accuracy": accuracies[-1], "rescale_change": change,
            "n_params": sum(p.numel() for p in model.parameters())}
     return row, {"epoch": np.arange(1, len(losses) + 1), "loss": np.array(losses), "accuracy": np.array(accuracies)}

@@ -57,12 +57,14 @@ class Network:
         params = [la for la in self.layers if isinstance(la, PARAM_LAYERS)]
         if len(params) < 2:
             v.fail("layers", "at least two parameterised layers (one hidden layer to rescale)", len(params))
-        kinds = {}
+        kinds = {}  # where the arrays live -> the first array there
         for la in self.layers:
-            arrays = [("weight", la.weight, 4 if isinstance(la, Conv2d) else 2), ("bias", la.bias, 1)] \
-                if isinstance(la, PARAM_LAYERS) else [("bias", la.bias, 1), ("running_mean", la.running_mean, 1)] \
-                if isinstance(la, BatchNorm) else []
-            for what, a, ndim in arrays:
+            if isinstance(la, PARAM_LAYERS):
+                arrays = [("weight", 4 if isinstance(la, Conv2d) else 2), ("bias", 1)]
+            else:
+                arrays = [("bias", 1), ("running_mean", 1)] if isinstance(la, BatchNorm) else []
+            for what, ndim in arrays:
+                a = getattr(la, what)
                 if a is not None or what == "weight":
                     kinds.setdefault(_check_param(f"{la.name}.{what}", a, ndim), f"{la.name}.{what}")
         if len(kinds) > 1:

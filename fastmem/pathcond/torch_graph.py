@@ -64,7 +64,8 @@ def traced_layers(model, rank=2):
     if not list(model.children()):  # one layer (nn.Linear, ...): no graph to read
         la = layer_of(model, type(model).__name__)
         return ([] if la is None else [la]), int(isinstance(model, nn.ReLU))
-    class Input(fx.Proxy):
+
+    class Input(fx.Proxy):  # the traced input, whose rank is known
         def dim(self):
             return rank
 
@@ -137,9 +138,9 @@ def traced_layers(model, rank=2):
             where[node] = layer(layer_of(pools[node.target](*node.args[1:], **node.kwargs), node.name), inputs)
         elif _flattens(node, shapes):
             where[node] = layer(Flatten(name=node.name), inputs)
-        elif _spatial_mean(node) is not None:  # global average pooling, x.mean((2, 3))
+        elif (keepdim := _spatial_mean(node)) is not None:  # global average pooling, x.mean((2, 3))
             where[node] = layer(AdaptiveAvgPool2d((1, 1), name=node.name), inputs)
-            if not _spatial_mean(node):
+            if not keepdim:
                 where[node] = layer(Flatten(name=f"{node.name}.flatten"), [node])
         elif node.op == "call_function" and node.target is F.dropout:
             where[node] = layer(Identity(name=node.name), inputs)

@@ -90,8 +90,9 @@ def conv_experiment(out, arch="full_conv", seeds=(0, 1, 2), epochs=None, width=N
     PathCond trains no slower than the baseline on every seed."""
     import fastmem as fm
 
-    from ..pathcond.experiments import CONV_METHODS
+    from ..pathcond.experiments import CONV, CONV_METHODS, full_conv_widths
 
+    lr, batch, every = (CONV.defaults[k] for k in ("lr", "batch_size", "every"))
     epochs = epochs or (20 if arch == "full_conv" else 15)
     width = width or (32 if arch == "full_conv" else 16)
     grid = {"arch": arch, "width": width, "seed": list(seeds), "method": list(CONV_METHODS), "epochs": epochs}
@@ -121,10 +122,10 @@ def conv_experiment(out, arch="full_conv", seeds=(0, 1, 2), epochs=None, width=N
                             "final_loss": float(r["final_loss"]), "final_accuracy": float(r["final_accuracy"]),
                             "loss": [float(x) for x in c["loss"].values[:n]],
                             "accuracy": [float(x) for x in c["accuracy"].values[:n]]})
-    name = {"full_conv": f"full_conv with BatchNorm, widths {width}/{2 * width}/{int(2.5 * width)}",
+    name = {"full_conv": "full_conv with BatchNorm, widths " + "/".join(map(str, full_conv_widths(width))),
             "resnet18": f"ResNet-18 (CIFAR stem), width {width}"}[arch]
     axes[0, 0].set(yscale="log", xlabel="epoch", ylabel="training loss", title=f"digits 8x8, {name}")
-    axes[0, 1].set(xlabel="epoch", ylabel="training accuracy (eval mode)", title=f"SGD lr 3e-3, batch 16, "
+    axes[0, 1].set(xlabel="epoch", ylabel="training accuracy (eval mode)", title=f"SGD lr {lr:g}, batch {batch}, "
                    f"{len(seeds)} seeds")
     axes[0, 0].legend()
 
@@ -155,10 +156,11 @@ def conv_experiment(out, arch="full_conv", seeds=(0, 1, 2), epochs=None, width=N
             "schedule_no_slower_per_seed": schedule, "largest_rescale_change": change,
             "note": "scikit-learn's load_digits as 1 x 8 x 8 images (CIFAR-10 cannot be downloaded here, and digits "
                     "ship with a package the project already uses; a synthetic set would test a rule we wrote), "
-                    f"the network at a width 2 cores train in seconds, {epochs} epochs of SGD at lr 3e-3, batch 16 "
+                    f"the network at a width 2 cores train in seconds, {epochs} epochs of SGD at lr {lr:g}, "
+                    f"batch {batch} "
                     "(the authors: CIFAR-10, widths 128/256/320, 128 epochs at lr 1e-3, batch 128: 50,000 steps; "
-                    "digits make 113 an epoch); ENorm after every epoch and the schedule's PathCond sweep every 10 "
-                    "epochs as the authors' loop (every 20 of their 128); rescaling in eval mode",
+                    f"digits make {-(-1797 // batch)} an epoch); ENorm after every epoch and the schedule's PathCond "
+                    f"sweep every {every} epochs as the authors' loop (every 20 of their 128); rescaling in eval mode",
             "expected": f"{claim} (the authors' Fig. 3: bn_pathcond trains no slower than bn_baseline on CIFAR-10)",
             "checks": checks, "known_misses": known, "holds": all(checks.values())}
 

@@ -284,8 +284,9 @@ inline index_t pathcond_solve(const PathCondParams& p, PathCondWorkspace& ws) {
     ws.f_in[i] = std::exp(in_sign * p.z[i]);
     ws.f_out[i] = 1.0 / ws.f_in[i];
   }
-  ws.A.resize(std::size_t(zoff[n]));
-  for (index_t k = 0; k < n; ++k) detail::balances(G, p.groups[k], ws.A.data() + zoff[k]);
+  ws.A.assign(std::size_t(zoff[n]), 0.0);  // ENorm does not use it
+  if (!p.enorm)
+    for (index_t k = 0; k < n; ++k) detail::balances(G, p.groups[k], ws.A.data() + zoff[k]);
   ws.s_in.resize(std::size_t(hmax));
   ws.s_out.resize(std::size_t(hmax));
   ws.dot.resize(std::size_t(hmax));
